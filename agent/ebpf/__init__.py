@@ -1,0 +1,15 @@
+"""The kernel side of sampling: libbpf bindings, perf events and the session."""
+
+from agent.ebpf.layout import DropReason, PidEventType, PidState
+from agent.ebpf.session import DEFAULT_OBJECT_PATH, PidEvent, RawSample, Session, SessionOptions
+
+__all__ = [
+    "DEFAULT_OBJECT_PATH",
+    "DropReason",
+    "PidEvent",
+    "PidEventType",
+    "PidState",
+    "RawSample",
+    "Session",
+    "SessionOptions",
+]

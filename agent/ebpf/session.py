@@ -1,0 +1,293 @@
+"""One loaded profile.bpf.o: load, attach, pid config, drain, teardown.
+
+Reads like libbpf-tools' ``main()``: :meth:`Session.open` is one linear setup
+and :meth:`Session.close` undoes it in reverse order.
+
+    with Session(SessionOptions(sample_rate=97)) as session:
+        session.set_pid(1234, PidState.PROFILE)
+        time.sleep(10)
+        for sample in session.drain():
+            ...
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_codes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.ebpf import perf
+from agent.ebpf.layout import (
+    Control,
+    DropReason,
+    PidConfig,
+    PidEventRecord,
+    PidEventType,
+    PidState,
+    ProfileConfig,
+    SampleKey,
+    StackTrace,
+)
+from agent.ebpf.libbpf import BpfLink, BpfObject, RingBuffer, RingBufferCallback, library
+from agent.errors import BpfError
+
+__all__ = ["DEFAULT_OBJECT_PATH", "PidEvent", "RawSample", "Session", "SessionOptions"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBJECT_PATH = Path(__file__).resolve().parents[2] / "bpf" / ".output" / "profile.bpf.o"
+_BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    sample_rate: int = 97
+    pid_map_size: int = 2048
+    collect_user: bool = True
+    collect_kernel: bool = True
+    discover_new: bool = False
+    """Report processes the kernel has not been told about, and count their
+    samples as pending until userspace classifies them."""
+    object_path: Path = DEFAULT_OBJECT_PATH
+
+
+@dataclass(frozen=True, slots=True)
+class RawSample:
+    """Samples of one (pid, user stack, kernel stack); stacks leaf first."""
+
+    pid: int
+    user_stack: tuple[int, ...]
+    kernel_stack: tuple[int, ...]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PidEvent:
+    type: PidEventType
+    pid: int
+    ppid: int
+
+
+class Session:
+    """Owns the BPF object, its perf events and links, and the event ring."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self._lib = library()
+        self._object: BpfObject | None = None
+        self._links: list[BpfLink] = []
+        self._ring: RingBuffer | None = None
+        self._ring_callback = RingBufferCallback(self._on_ring_record)
+        self._events: list[PidEvent] = []
+        self._fds: dict[str, int] = {}
+        self._active_buffer = 0
+        self._sync_inner_fd = ctypes.c_int(0)
+        self.cpus: list[int] = []
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open, size, load and attach the program on every online CPU."""
+        lib = self._lib
+        path = str(self.options.object_path)
+        if not Path(path).is_file():
+            raise BpfError("bpf_object__open_file", errno_codes.ENOENT, f"{path}: run 'make bpf'")
+        self._object = lib.bpf_object__open_file(path.encode(), None)
+        try:
+            self._configure()
+            lib.bpf_object__load(self._object)
+            for name in ("control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
+                         "events", "drops", "buffer_sync", "sync_inner"):
+                self._fds[name] = lib.bpf_map__fd(self._find_map(name))
+            self._sync_inner_fd.value = self._fds["sync_inner"]
+            self._attach_tracepoints()
+            self._ring = lib.ring_buffer__new(
+                self._fds["events"], self._ring_callback, None, None
+            )
+            self._attach_perf_events()
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self) -> None:
+        options = self.options
+        self._lib.bpf_map__set_max_entries(self._find_map("pids"), options.pid_map_size)
+        config = ProfileConfig(
+            discover_new=options.discover_new,
+            collect_user=options.collect_user,
+            collect_kernel=options.collect_kernel,
+        )
+        rodata = self._find_map(".rodata")
+        self._lib.bpf_map__set_initial_value(rodata, ctypes.byref(config), ctypes.sizeof(config))
+
+    def _find_map(self, name: str):  # noqa: ANN202 - a BpfMap
+        return self._lib.bpf_object__find_map_by_name(self._object, name.encode())
+
+    def _attach_tracepoints(self) -> None:
+        for name in ("handle_exec", "handle_exit"):
+            program = self._lib.bpf_object__find_program_by_name(self._object, name.encode())
+            self._links.append(self._lib.bpf_program__attach(program))
+
+    def _attach_perf_events(self) -> None:
+        program = self._lib.bpf_object__find_program_by_name(self._object, b"do_sample")
+        for cpu in perf.read_online_cpus():
+            fd = perf.open_cpu_clock(cpu, self.options.sample_rate)
+            if fd is None:
+                log.info("CPU %d is offline, not sampled", cpu)
+                continue
+            try:
+                # The link owns the perf fd from here and closes it on destroy.
+                self._links.append(self._lib.bpf_program__attach_perf_event(program, fd))
+            except BpfError:
+                os.close(fd)
+                raise
+            self.cpus.append(cpu)
+
+    def close(self) -> None:
+        """Detach and free everything, in reverse order of creation."""
+        lib = self._lib
+        for link in reversed(self._links):
+            lib.bpf_link__destroy(link)
+        self._links.clear()
+        if self._ring is not None:
+            lib.ring_buffer__free(self._ring)
+            self._ring = None
+        if self._object is not None:
+            lib.bpf_object__close(self._object)
+            self._object = None
+        self._fds.clear()
+
+    @property
+    def program_fd(self) -> int:
+        program = self._lib.bpf_object__find_program_by_name(self._object, b"do_sample")
+        return int(self._lib.bpf_program__fd(program))
+
+    # --- pid config -------------------------------------------------------
+
+    def set_pid(
+        self,
+        pid: int,
+        state: PidState,
+        collect_user: bool | None = None,
+        collect_kernel: bool | None = None,
+    ) -> None:
+        """Tell the kernel what to do with samples of ``pid``."""
+        options = self.options
+        value = PidConfig(
+            state=state,
+            collect_user=options.collect_user if collect_user is None else collect_user,
+            collect_kernel=options.collect_kernel if collect_kernel is None else collect_kernel,
+        )
+        key = ctypes.c_uint32(pid)
+        self._lib.bpf_map_update_elem(self._fds["pids"], ctypes.byref(key), ctypes.byref(value), 0)
+
+    def forget_pid(self, pid: int) -> None:
+        key = ctypes.c_uint32(pid)
+        self._lib.bpf_map_delete_elem(self._fds["pids"], ctypes.byref(key))
+
+    # --- events -----------------------------------------------------------
+
+    def poll_events(self, timeout_ms: int = 0) -> list[PidEvent]:
+        """Wait up to ``timeout_ms`` for pid events and return those read."""
+        try:
+            self._lib.ring_buffer__poll(self._ring, timeout_ms)
+        except BpfError as exc:
+            if exc.errno != errno_codes.EINTR:
+                raise
+        events, self._events = self._events, []
+        return events
+
+    def _on_ring_record(self, _ctx: int, data: int, size: int) -> int:
+        if size >= ctypes.sizeof(PidEventRecord):
+            record = PidEventRecord.from_address(data)
+            self._events.append(PidEvent(PidEventType(record.type), record.pid, record.ppid))
+        return 0
+
+    # --- draining ---------------------------------------------------------
+
+    def drain(self) -> list[RawSample]:
+        """Switch buffers and return every sample counted in the old one.
+
+        The kernel writes into the other buffer meanwhile, so nothing is lost
+        or counted twice.
+        """
+        draining = self._active_buffer
+        self._switch_buffer(1 - draining)
+        counts = self._take_all(self._fds[f"counts_{draining}"], SampleKey, ctypes.c_uint64)
+        stacks = {
+            key: _addresses(trace)
+            for key, trace in self._take_all(
+                self._fds[f"stacks_{draining}"], ctypes.c_uint64, StackTrace
+            )
+        }
+        stacks[0] = ()
+        return [
+            RawSample(
+                key.pid,
+                stacks.get(key.user_stack, ()),
+                stacks.get(key.kernel_stack, ()),
+                count,
+            )
+            for key, count in counts
+        ]
+
+    def _switch_buffer(self, buffer: int) -> None:
+        zero = ctypes.c_uint32(0)
+        control = Control(active_buffer=buffer)
+        self._lib.bpf_map_update_elem(
+            self._fds["control"], ctypes.byref(zero), ctypes.byref(control), 0
+        )
+        # Returns after an RCU grace period: see buffer_sync in profile.bpf.c.
+        self._lib.bpf_map_update_elem(
+            self._fds["buffer_sync"], ctypes.byref(zero), ctypes.byref(self._sync_inner_fd), 0
+        )
+        self._active_buffer = buffer
+
+    def _take_all(self, fd: int, key_type: type, value_type: type) -> list[tuple[Any, Any]]:
+        """Look up and delete every entry of a hash map, a batch at a time.
+
+        Each batch gets fresh arrays, so the returned structs stay valid views.
+        """
+        token = ctypes.c_uint64(0)
+        taken: list[tuple[Any, Any]] = []
+        in_batch = None
+        while True:
+            keys = (key_type * _BATCH_SIZE)()
+            values = (value_type * _BATCH_SIZE)()
+            count = ctypes.c_uint32(_BATCH_SIZE)
+            result = self._lib.bpf_map_lookup_and_delete_batch(
+                fd, in_batch, ctypes.byref(token), keys, values, ctypes.byref(count), None
+            )
+            taken.extend(zip(keys[: count.value], values[: count.value], strict=True))
+            if result < 0:  # ENOENT: nothing is left
+                return taken
+            in_batch = ctypes.byref(token)
+
+    def read_drops(self) -> dict[str, int]:
+        """Sum the per-CPU drop counters by reason (names as in profile.h)."""
+        possible = perf.read_online_cpus("/sys/devices/system/cpu/possible")
+        values = (ctypes.c_uint64 * len(possible))()
+        totals = {}
+        for reason in DropReason:
+            key = ctypes.c_uint32(reason)
+            self._lib.bpf_map_lookup_elem(self._fds["drops"], ctypes.byref(key), values)
+            totals[reason.name.lower()] = sum(values)
+        return totals
+
+
+def _addresses(trace: StackTrace) -> tuple[int, ...]:
+    """The captured frames of a zero-filled stack."""
+    ips = trace.ips
+    depth = 0
+    while depth < len(ips) and ips[depth]:
+        depth += 1
+    return tuple(ips[:depth])

@@ -1,0 +1,73 @@
+"""The exception tree of Emberscope.
+
+    EmberscopeError
+     ├── ConfigError      bad arguments or configuration
+     ├── BpfError         a bpf(), perf_event_open() or libbpf call failed (carries errno)
+     ├── SymbolError      a file could not be read for symbols (carries the path)
+     ├── ProcessError     a process could not be inspected through /proc (carries the pid)
+     └── OutputError      a profile could not be written
+
+Each room raises the most specific class, chaining the library error it
+translates with ``raise ... from exc``. Only ``agent.cli`` turns them into advice.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "BpfError",
+    "ConfigError",
+    "EmberscopeError",
+    "OutputError",
+    "ProcessError",
+    "SymbolError",
+]
+
+
+class EmberscopeError(Exception):
+    """Base class of every error Emberscope raises on purpose."""
+
+
+class ConfigError(EmberscopeError):
+    """An argument or configuration value is invalid."""
+
+
+class BpfError(EmberscopeError):
+    """A kernel call for BPF or perf events failed.
+
+    ``call`` names the failing function, ``errno`` is the positive errno.
+    """
+
+    def __init__(self, call: str, errno: int, detail: str = "") -> None:
+        self.call = call
+        self.errno = errno
+        text = os.strerror(errno) if errno else "unknown error"
+        name = _errno.errorcode.get(errno, str(errno))
+        message = f"{call} failed: {text} ({name})"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+
+
+class SymbolError(EmberscopeError):
+    """A file could not be read for symbols."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ProcessError(EmberscopeError):
+    """A process could not be inspected through /proc."""
+
+    def __init__(self, pid: int, reason: str) -> None:
+        self.pid = pid
+        self.reason = reason
+        super().__init__(f"pid {pid}: {reason}")
+
+
+class OutputError(EmberscopeError):
+    """A profile could not be written."""

@@ -1,0 +1,128 @@
+"""Read a pprof profile back and rank its functions, as ``pprof -top`` does."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from agent.pprof import profile_pb2
+
+__all__ = ["FunctionShare", "format_table", "read_profile", "top_functions"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionShare:
+    """One function's share of a profile's total value, as fractions of 1.
+
+    ``self_fraction`` counts samples whose leaf is the function,
+    ``total_fraction`` samples that have it anywhere in the stack.
+    """
+
+    name: str
+    self_fraction: float
+    total_fraction: float
+
+
+def read_profile(data: bytes) -> profile_pb2.Profile:
+    """Decode a profile from gzipped or raw pprof bytes."""
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"not a pprof profile: corrupt gzip stream ({exc})") from exc
+    try:
+        profile = profile_pb2.Profile.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(
+            f"not a pprof profile: neither gzip nor a valid Profile message ({exc})"
+        ) from exc
+    if not profile.string_table or profile.string_table[0] != "":
+        raise ValueError('not a pprof profile: string_table[0] must be ""')
+    return profile
+
+
+def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShare]:
+    """Return up to ``limit`` functions, by self share, then total, then name.
+
+    Values come from the default sample type, or the last one when none is
+    named, as ``pprof`` chooses. A recursive function counts once per sample
+    in its total.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be zero or more, not {limit}")
+    index = _value_index(profile)
+    names = _location_names(profile)
+    self_values: Counter[str] = Counter()
+    total_values: Counter[str] = Counter()
+    grand_total = 0
+    for sample in profile.sample:
+        if len(sample.value) != len(profile.sample_type):
+            raise ValueError("a sample's values do not match the profile's sample types")
+        value = sample.value[index]
+        grand_total += value
+        stack = [_lookup(names, location_id) for location_id in sample.location_id]
+        if stack and stack[0]:
+            self_values[stack[0][0]] += value
+        for name in {name for location in stack for name in location}:
+            total_values[name] += value
+    if grand_total == 0:
+        return []
+    rows = [
+        FunctionShare(name, self_values[name] / grand_total, total / grand_total)
+        for name, total in total_values.items()
+    ]
+    rows.sort(key=lambda row: (-row.self_fraction, -row.total_fraction, row.name))
+    return rows[:limit]
+
+
+def format_table(rows: Sequence[FunctionShare]) -> str:
+    """Lay rows out as an aligned text table with percentages, one per line."""
+    lines = [("function", "self%", "total%")]
+    lines += [
+        (row.name, f"{row.self_fraction * 100:.1f}", f"{row.total_fraction * 100:.1f}")
+        for row in rows
+    ]
+    name_width = max(len(line[0]) for line in lines)
+    self_width = max(len(line[1]) for line in lines)
+    total_width = max(len(line[2]) for line in lines)
+    return "\n".join(
+        f"{name:<{name_width}}  {self_:>{self_width}}  {total:>{total_width}}"
+        for name, self_, total in lines
+    )
+
+
+def _value_index(profile: profile_pb2.Profile) -> int:
+    if not profile.sample_type:
+        raise ValueError("profile has no sample_type")
+    if profile.default_sample_type:
+        for index, value_type in enumerate(profile.sample_type):
+            if value_type.type == profile.default_sample_type:
+                return index
+    return len(profile.sample_type) - 1
+
+
+def _location_names(profile: profile_pb2.Profile) -> dict[int, tuple[str, ...]]:
+    """Map each location id to its function names, innermost inlined first."""
+    strings = profile.string_table
+    try:
+        functions = {function.id: strings[function.name] for function in profile.function}
+        return {
+            location.id: tuple(functions[line.function_id] for line in location.line)
+            for location in profile.location
+        }
+    except (IndexError, KeyError) as exc:
+        raise ValueError(f"profile refers to a missing function or string ({exc})") from None
+
+
+def _lookup(names: dict[int, tuple[str, ...]], location_id: int) -> tuple[str, ...]:
+    try:
+        return names[location_id]
+    except KeyError:
+        raise ValueError(f"sample refers to missing location {location_id}") from None

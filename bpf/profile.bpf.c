@@ -1,0 +1,258 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * Emberscope's sampler: a perf_event program on a cpu-clock event per CPU.
+ * It counts (pid, user stack, kernel stack) for the processes userspace marks
+ * as profiled in the pids map, and reports processes it has never seen so
+ * userspace can classify them. Two count/stack buffers alternate so that
+ * userspace drains one while the kernel fills the other.
+ *
+ * Stacks live in hash maps keyed by a 64-bit hash of the addresses, not in a
+ * BPF_MAP_TYPE_STACK_TRACE: that map's buckets collide long before it is full
+ * (about 1 stack in 30 is lost with 1,000 stacks in 16,384 buckets).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "profile.h"
+
+#define PF_KTHREAD	0x00200000	/* include/linux/sched.h */
+#define E2BIG		7
+#define EEXIST		17
+
+const volatile struct profile_config profile_config = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct control);
+} control SEC(".maps");
+
+/* Resized by userspace to pid_map_size before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2048);
+	__type(key, __u32);
+	__type(value, struct pid_config);
+} pids SEC(".maps");
+
+#define COUNTS_MAP(name)					\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_HASH);		\
+		__uint(max_entries, 16384);			\
+		__type(key, struct sample_key);			\
+		__type(value, __u64);				\
+	} name SEC(".maps")
+
+#define STACKS_MAP(name)					\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_HASH);		\
+		__uint(max_entries, 16384);			\
+		__type(key, __u64);				\
+		__type(value, struct stack_trace);		\
+	} name SEC(".maps")
+
+/* Per-CPU room to capture the user (key 0) and kernel (key 1) stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct stack_trace);
+} stack_scratch SEC(".maps");
+
+COUNTS_MAP(counts_0);
+COUNTS_MAP(counts_1);
+STACKS_MAP(stacks_0);
+STACKS_MAP(stacks_1);
+
+/*
+ * Never read by the program. Userspace updates buffer_sync after switching
+ * buffers: an update of a map-of-maps returns only after an RCU grace
+ * period (maybe_wait_bpf_programs() in kernel/bpf/syscall.c), so no sample
+ * that saw the old active_buffer is still being recorded when it drains.
+ */
+struct sync_inner_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sync_inner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct sync_inner_map);
+} buffer_sync SEC(".maps") = {
+	.values = { [0] = &sync_inner },
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+static __always_inline void count_drop(enum drop_reason reason)
+{
+	__u32 key = reason;
+	__u64 *value;
+
+	value = bpf_map_lookup_elem(&drops, &key);
+	if (value)
+		*value += 1;	/* per-CPU slot: no atomics needed */
+}
+
+static __always_inline void send_event(__u32 type, __u32 pid, __u32 ppid)
+{
+	struct pid_event event = { .type = type, .pid = pid, .ppid = ppid };
+
+	if (bpf_ringbuf_output(&events, &event, sizeof(event), 0))
+		count_drop(DROP_EVENTS_FULL);
+}
+
+/* First sight of a process: keep it as pending and tell userspace. */
+static __always_inline struct pid_config *track_new_pid(struct task_struct *task, __u32 tgid)
+{
+	struct pid_config pending = {
+		.state = PID_STATE_PENDING,
+		.collect_user = profile_config.collect_user,
+		.collect_kernel = profile_config.collect_kernel,
+	};
+	long err;
+
+	if (!profile_config.discover_new)
+		return NULL;
+	err = bpf_map_update_elem(&pids, &tgid, &pending, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		count_drop(DROP_PID_MAP_FULL);
+		return NULL;
+	}
+	if (!err)
+		send_event(PID_EVENT_NEW, tgid, BPF_CORE_READ(task, real_parent, tgid));
+	return bpf_map_lookup_elem(&pids, &tgid);
+}
+
+/* FNV-1a over whole addresses; 0 is kept for "no stack". */
+static __always_inline __u64 hash_stack(const struct stack_trace *trace, __u32 depth)
+{
+	__u64 hash = 0xcbf29ce484222325ULL;
+
+	for (__u32 i = 0; i < PERF_MAX_STACK_DEPTH && i < depth; i++)
+		hash = (hash ^ trace->ips[i]) * 0x100000001b3ULL;
+	return hash ? hash : 1;
+}
+
+static __always_inline __u64 capture_stack(void *ctx, void *stacks, __u32 slot, __u64 flags)
+{
+	struct stack_trace *trace;
+	__u64 hash;
+	long size;
+
+	trace = bpf_map_lookup_elem(&stack_scratch, &slot);
+	if (!trace)
+		return 0;
+	/* zero-fills the rest of ips, so equal stacks are equal values */
+	size = bpf_get_stack(ctx, trace->ips, sizeof(trace->ips), flags);
+	if (size <= 0) {
+		/* no kernel stack just means the sample was taken in user mode */
+		if (flags & BPF_F_USER_STACK)
+			count_drop(DROP_USER_STACK_MISSING);
+		return 0;
+	}
+	hash = hash_stack(trace, size / sizeof(__u64));
+	if (bpf_map_lookup_elem(stacks, &hash))
+		return hash;
+	if (bpf_map_update_elem(stacks, &hash, trace, BPF_NOEXIST) == -E2BIG) {
+		count_drop(DROP_STACKS_MAP_FULL);
+		return 0;
+	}
+	return hash;
+}
+
+static __always_inline void record(void *ctx, struct pid_config *pc, __u32 tgid,
+				   void *stacks, void *counts)
+{
+	struct sample_key key = { .pid = tgid };
+	__u64 one = 1, *count;
+	long err;
+
+	if (pc->collect_user)
+		key.user_stack = capture_stack(ctx, stacks, 0, BPF_F_USER_STACK);
+	if (pc->collect_kernel)
+		key.kernel_stack = capture_stack(ctx, stacks, 1, 0);
+
+	count = bpf_map_lookup_elem(counts, &key);
+	if (count) {
+		__sync_fetch_and_add(count, 1);
+		return;
+	}
+	err = bpf_map_update_elem(counts, &key, &one, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		/* another CPU inserted the same key first */
+		count = bpf_map_lookup_elem(counts, &key);
+		if (count)
+			__sync_fetch_and_add(count, 1);
+	} else if (err) {
+		count_drop(DROP_COUNTS_MAP_FULL);
+	}
+}
+
+SEC("perf_event")
+int do_sample(struct bpf_perf_event_data *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pid_config *pc;
+	struct control *ctl;
+	__u32 zero = 0;
+
+	if (tgid == 0 || BPF_CORE_READ(task, flags) & PF_KTHREAD)
+		return 0;
+	pc = bpf_map_lookup_elem(&pids, &tgid);
+	if (!pc)
+		pc = track_new_pid(task, tgid);
+	if (!pc || pc->state == PID_STATE_IGNORE)
+		return 0;
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (!ctl)
+		return 0;
+	if (ctl->active_buffer == 0)
+		record(ctx, pc, tgid, &stacks_0, &counts_0);
+	else
+		record(ctx, pc, tgid, &stacks_1, &counts_1);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exec")
+int handle_exec(void *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (bpf_map_lookup_elem(&pids, &tgid))
+		send_event(PID_EVENT_EXEC, tgid, 0);
+	return 0;
+}
+
+SEC("tp/sched/sched_process_exit")
+int handle_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+
+	/* a thread other than the leader leaves the process alive */
+	if ((__u32)id != tgid)
+		return 0;
+	if (bpf_map_delete_elem(&pids, &tgid))
+		return 0;
+	send_event(PID_EVENT_EXIT, tgid, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
