@@ -99,6 +99,14 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
+/* Samples recorded since load, per CPU: the progress and cost denominator. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sample_total SEC(".maps");
+
 static __always_inline void count_drop(enum drop_reason reason)
 {
 	__u32 key = reason;
@@ -181,7 +189,12 @@ static __always_inline void record(void *ctx, struct pid_config *pc, __u32 tgid,
 {
 	struct sample_key key = { .pid = tgid };
 	__u64 one = 1, *count;
+	__u32 zero = 0;
 	long err;
+
+	count = bpf_map_lookup_elem(&sample_total, &zero);
+	if (count)
+		*count += 1;
 
 	if (pc->collect_user)
 		key.user_stack = capture_stack(ctx, stacks, 0, BPF_F_USER_STACK);

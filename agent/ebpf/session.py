@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.ebpf import perf
+from agent.ebpf import perf, tracefs
 from agent.ebpf.layout import (
     Control,
     DropReason,
@@ -87,6 +87,8 @@ class Session:
         self._active_buffer = 0
         self._sync_inner_fd = ctypes.c_int(0)
         self.cpus: list[int] = []
+        # per-CPU map values come as one slot per possible CPU
+        self._possible_cpus = len(perf.read_online_cpus("/sys/devices/system/cpu/possible"))
 
     def __enter__(self) -> Session:
         self.open()
@@ -106,9 +108,10 @@ class Session:
             self._configure()
             lib.bpf_object__load(self._object)
             for name in ("control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
-                         "events", "drops", "buffer_sync", "sync_inner"):
+                         "events", "drops", "sample_total", "buffer_sync", "sync_inner"):
                 self._fds[name] = lib.bpf_map__fd(self._find_map(name))
             self._sync_inner_fd.value = self._fds["sync_inner"]
+            tracefs.ensure_tracefs()
             self._attach_tracepoints()
             self._ring = lib.ring_buffer__new(
                 self._fds["events"], self._ring_callback, None, None
@@ -274,14 +277,19 @@ class Session:
 
     def read_drops(self) -> dict[str, int]:
         """Sum the per-CPU drop counters by reason (names as in profile.h)."""
-        possible = perf.read_online_cpus("/sys/devices/system/cpu/possible")
-        values = (ctypes.c_uint64 * len(possible))()
-        totals = {}
-        for reason in DropReason:
-            key = ctypes.c_uint32(reason)
-            self._lib.bpf_map_lookup_elem(self._fds["drops"], ctypes.byref(key), values)
-            totals[reason.name.lower()] = sum(values)
-        return totals
+        return {
+            reason.name.lower(): self._sum_per_cpu("drops", reason) for reason in DropReason
+        }
+
+    def read_sample_total(self) -> int:
+        """Samples recorded since the program was loaded, drained or not."""
+        return self._sum_per_cpu("sample_total", 0)
+
+    def _sum_per_cpu(self, map_name: str, index: int) -> int:
+        values = (ctypes.c_uint64 * self._possible_cpus)()
+        key = ctypes.c_uint32(index)
+        self._lib.bpf_map_lookup_elem(self._fds[map_name], ctypes.byref(key), values)
+        return sum(values)
 
 
 def _addresses(trace: StackTrace) -> tuple[int, ...]:

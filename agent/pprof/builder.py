@@ -36,7 +36,7 @@ class ProfileBuilder:
             raise ValueError(f"sample_rate must be a positive number of Hz, not {sample_rate}")
         self._period = _NANOS_PER_SECOND // sample_rate
         self._time_nanos = time_nanos
-        self._duration_nanos = duration_nanos
+        self.duration_nanos = duration_nanos
         self._strings: dict[str, int] = {"": 0}
         self._cpu = self._string("cpu")
         self._nanoseconds = self._string("nanoseconds")
@@ -80,7 +80,7 @@ class ProfileBuilder:
         """Return the profile of everything added so far."""
         profile = profile_pb2.Profile(
             time_nanos=self._time_nanos,
-            duration_nanos=self._duration_nanos,
+            duration_nanos=self.duration_nanos,
             period=self._period,
         )
         profile.sample_type.add(type=self._cpu, unit=self._nanoseconds)

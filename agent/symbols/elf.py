@@ -9,7 +9,7 @@ import os
 import struct
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -59,7 +59,9 @@ class SymbolTable:
     __slots__ = ("_starts", "_ends", "_reach_ends", "_reach_owners", "_name_offsets",
                  "_strings", "_names")
 
-    def __init__(self, starts: array, ends: array, name_offsets: array, strings: bytes) -> None:
+    def __init__(
+        self, starts: array[int], ends: array[int], name_offsets: array[int], strings: bytes
+    ) -> None:
         self._starts = starts
         self._ends = ends
         self._name_offsets = name_offsets
@@ -240,10 +242,8 @@ def _symbol_bytes(
     if section["sh_entsize"] != entry_size:
         raise SymbolError(path, f"{section.name}: sh_entsize is {section['sh_entsize']}, "
                           f"expected {entry_size}")
-    link = section["sh_link"]
-    if not 0 < link < len(sections) or sections[link]["sh_type"] != "SHT_STRTAB":
-        raise SymbolError(path, f"{section.name}: sh_link {link} is not a string table")
-    return _raw(elf, section), _raw(elf, sections[link])
+    # pyelftools has checked that sh_link names a string table.
+    return _raw(elf, section), _raw(elf, sections[section["sh_link"]])
 
 
 def _raw(elf: ELFFile, section: Any) -> bytes:
@@ -252,7 +252,7 @@ def _raw(elf: ELFFile, section: Any) -> bytes:
 
 
 def _collect(
-    symbols: Any,
+    symbols: Iterable[tuple[int, ...]],
     code_ends: list[int | None],
     names: bytes,
     names_base: int,

@@ -1,0 +1,45 @@
+# The project's commands. Each target installs what it needs first.
+#   make install   system packages, .venv, BPF objects
+#   make run       profile this host for 30 s into profiles/host.pb.gz
+#   make test      every test
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc g++ make golang-go linux-perf \
+	python3-venv util-linux
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bpf proto bench clean
+
+install: $(STAMP) bpf
+
+# Installs the Debian packages only where one is missing, then the venv.
+$(STAMP): pyproject.toml
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+bpf:
+	$(MAKE) -C bpf
+
+run: install
+	$(VENV)/bin/emberscope profile --all --duration 30s --output profiles/host.pb.gz
+
+test: install
+	$(PYTHON) -m pytest
+
+proto:
+	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. agent/pprof/profile.proto
+
+clean:
+	$(MAKE) -C bpf clean
+	rm -rf $(VENV) profiles
+
+bench: install
+	$(PYTHON) bench/overhead.py

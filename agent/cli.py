@@ -1,0 +1,291 @@
+"""The ``emberscope`` command line: the only place errors become advice."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import parse_duration
+from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
+from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
+from agent.pipeline import ProcessSelection, Profiler
+from agent.pprof import ProfileBuilder, format_table, top_functions
+from agent.symbols import Symbolizer
+
+__all__ = ["main"]
+
+log = logging.getLogger("agent")
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+_COLLECT_EVERY_S = 5.0
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.handler(args))
+    except EmberscopeError as exc:
+        print(f"emberscope: error: {_advice(exc)}", file=sys.stderr)
+        return 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="emberscope", description="A continuous eBPF CPU profiler.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=lambda _args: print(f"emberscope {__version__}") or 0)
+
+    profile = commands.add_parser(
+        "profile",
+        help="profile processes once and write a pprof file",
+        usage="emberscope profile [options] (--pid PID ... | --all | -- COMMAND [ARG...])",
+    )
+    profile.add_argument("--pid", type=_pid, action="append", default=[], help="a process to profile (repeatable)")
+    profile.add_argument("--all", action="store_true", help="profile every process of this host")
+    profile.add_argument("--duration", type=_duration, default=10.0, help="how long, e.g. 500ms, 10s, 2m (default 10s)")
+    profile.add_argument("--sample-rate", type=_sample_rate, default=97, help="samples per second per CPU (default 97)")
+    profile.add_argument("--output", type=Path, default=Path("profile.pb.gz"), help="the gzipped pprof to write")
+    profile.add_argument("--no-user", action="store_true", help="leave out user-space frames")
+    profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
+    profile.add_argument("--top", type=_count, default=10, help="rows of the printed table (default 10)")
+    profile.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+    profile.set_defaults(handler=_profile)
+    return parser
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid pid {text!r}: a positive number is expected")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: it must be longer than 0")
+    return seconds
+
+
+def _sample_rate(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid sample rate {text!r}: use 1 to 1000 Hz")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: a number is expected")
+    return int(text)
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * min(verbosity, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter('ts=%(asctime)s level=%(levelname)s logger=%(name)s msg="%(message)s"')
+    )
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+# --- emberscope profile ------------------------------------------------------
+
+
+def _profile(args: argparse.Namespace) -> int:
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    modes = sum((bool(args.pid), args.all, bool(command)))
+    if modes != 1:
+        raise ConfigError("choose exactly one of --pid PID, --all or -- COMMAND")
+    if args.no_user and args.no_kernel:
+        raise ConfigError("--no-user and --no-kernel together leave nothing to collect")
+    _check_privileges()
+    for pid in args.pid:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ProcessError(pid, "no such process")
+
+    options = SessionOptions(
+        sample_rate=args.sample_rate,
+        collect_user=not args.no_user,
+        collect_kernel=not args.no_kernel,
+        discover_new=not args.pid,
+    )
+    selection = ProcessSelection(all_processes=args.all, pids=frozenset(args.pid))
+    stop = _StopFlag()
+    with Session(options) as session, Symbolizer() as symbolizer:
+        profiler = Profiler(session, symbolizer, selection)
+        for pid in args.pid:
+            profiler.add(pid)
+        child = _spawn(command, selection, profiler) if command else None
+        builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
+        started = time.monotonic()
+        _sample_until(session, profiler, builder, started + args.duration, child, stop)
+        builder.duration_nanos = int((time.monotonic() - started) * 1e9)
+        if child is not None:
+            child.terminate()
+    _write(builder, args.output)
+    rows = top_functions(builder.build(), args.top)
+    print(format_table(rows))
+    print(f"wrote {args.output}: {builder.sample_count} samples, {len(builder)} stacks")
+    return 0
+
+
+def _check_privileges() -> None:
+    """Fail early, with advice, where the kernel would refuse later."""
+    capabilities = _effective_capabilities()
+    can_bpf = capabilities >> _CAP_SYS_ADMIN & 1 or (
+        capabilities >> _CAP_BPF & 1 and capabilities >> _CAP_PERFMON & 1
+    )
+    if not can_bpf:
+        raise ConfigError(
+            "emberscope needs root: run it with sudo (or grant CAP_BPF, CAP_PERFMON, "
+            "CAP_SYS_PTRACE and CAP_SYS_RESOURCE)"
+        )
+    if not os.path.exists(BTF_PATH):
+        raise ConfigError(
+            f"this kernel has no BTF ({BTF_PATH} is missing): "
+            "Emberscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        )
+
+
+def _effective_capabilities() -> int:
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+class _StopFlag:
+    """Set by SIGINT or SIGTERM: the run ends early and still writes its profile."""
+
+    def __init__(self) -> None:
+        self.set = False
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.set = True
+
+
+class _Child:
+    """The profiled command: its pid, reaped together with orphans of its tree."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exited = False
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.pid:
+                self.exited = True
+
+    def terminate(self) -> None:
+        if self.exited:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        for _ in range(50):
+            self.reap()
+            if self.exited:
+                return
+            time.sleep(0.02)
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def _spawn(command: list[str], selection: ProcessSelection, profiler: Profiler) -> _Child:
+    import ctypes
+
+    # Orphans of the command's tree are reparented to us, so they still
+    # count as its descendants (ProcessSelection.matches).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    selection.reaper = os.getpid()
+    try:
+        pid = os.posix_spawnp(command[0], command, os.environ)
+    except OSError as exc:
+        raise ConfigError(f"cannot start {command[0]!r}: {exc.strerror}") from exc
+    selection.roots.add(pid)
+    profiler.add(pid)
+    return _Child(pid)
+
+
+def _sample_until(
+    session: Session,
+    profiler: Profiler,
+    builder: ProfileBuilder,
+    deadline: float,
+    child: _Child | None,
+    stop: _StopFlag,
+) -> None:
+    show_progress = sys.stderr.isatty()
+    started = time.monotonic()
+    next_collect = started + _COLLECT_EVERY_S
+    while not stop.set and time.monotonic() < deadline:
+        profiler.poll(timeout_ms=int(min(0.2, max(deadline - time.monotonic(), 0)) * 1000))
+        if child is not None:
+            child.reap()
+            if child.exited:
+                break
+        if time.monotonic() >= next_collect:
+            profiler.collect(builder)
+            next_collect += _COLLECT_EVERY_S
+        if show_progress:
+            elapsed = time.monotonic() - started
+            print(f"\r{elapsed:6.1f}s  {session.read_sample_total():8d} samples", end="", file=sys.stderr)
+    profiler.collect(builder)
+    if show_progress:
+        print(file=sys.stderr)
+
+
+def _write(builder: ProfileBuilder, path: Path) -> None:
+    try:
+        if path.parent != Path():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(builder.encode())
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _advice(exc: EmberscopeError) -> str:
+    """Turn a known failure into a sentence that says what to do."""
+    if isinstance(exc, BpfError):
+        if exc.errno in (1, 13):  # EPERM, EACCES
+            return (
+                f"the kernel refused {exc.call} ({os.strerror(exc.errno)}): Emberscope needs "
+                "root with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, and "
+                "kernel.perf_event_paranoid or lockdown may forbid it"
+            )
+        if exc.call == "bpf_object__open_file" and exc.errno == 2:
+            return f"the BPF object is missing ({DEFAULT_OBJECT_PATH}): run 'make install'"
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
