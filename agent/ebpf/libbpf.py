@@ -120,13 +120,15 @@ class _Library:
         cdll.libbpf_set_print(self._print_callback)
 
     def _log_libbpf(self, level: int, fmt: bytes, args: int) -> int:
+        """libbpf's own lines, at INFO for its warnings (``-v``) and DEBUG else.
+
+        Its warnings explain a failure that is raised as a BpfError anyway,
+        so by default the user sees that one line, not libbpf's several.
+        """
         buffer = ctypes.create_string_buffer(1024)
         self._libc.vsnprintf(buffer, len(buffer), fmt, args)
         text = buffer.value.decode(errors="replace").rstrip()
-        if level == LIBBPF_WARN:
-            log.warning("libbpf: %s", text)
-        else:
-            log.debug("libbpf: %s", text)
+        log.log(logging.INFO if level == LIBBPF_WARN else logging.DEBUG, "%s", text)
         return 0
 
 

@@ -170,9 +170,15 @@ class Session:
         self._fds.clear()
 
     @property
-    def program_fd(self) -> int:
+    def program_id(self) -> int:
+        """The kernel's id of the sampling program, as bpftool shows it."""
         program = self._lib.bpf_object__find_program_by_name(self._object, b"do_sample")
-        return int(self._lib.bpf_program__fd(program))
+        fd = self._lib.bpf_program__fd(program)
+        with open(f"/proc/self/fdinfo/{fd}") as stream:
+            for line in stream:
+                if line.startswith("prog_id:"):
+                    return int(line.split()[1])
+        raise BpfError("bpf_program__fd", errno_codes.ENOENT, "no prog_id in fdinfo")
 
     # --- pid config -------------------------------------------------------
 

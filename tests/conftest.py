@@ -1,0 +1,79 @@
+"""Fixtures shared by the rooms' tests: workloads built by the tests, the
+real-kernel requirements, and a runner for the ``emberscope`` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKLOADS = REPO / "tests" / "workloads"
+BPF_OBJECT = REPO / "bpf" / ".output" / "profile.bpf.o"
+
+
+def _kernel_blocker() -> str | None:
+    """Why BPF tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root to load BPF programs"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    if not BPF_OBJECT.exists():
+        return f"{BPF_OBJECT} is not built: run 'make install'"
+    return None
+
+
+@pytest.fixture(scope="session")
+def bpf_ready() -> None:
+    """Skip, with the reason, where the kernel features are truly absent."""
+    blocker = _kernel_blocker()
+    if blocker:
+        pytest.skip(blocker)
+
+
+@pytest.fixture(scope="session")
+def build_workload(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Compile ``tests/workloads/<name>.c`` once per session; return the binary."""
+    out = tmp_path_factory.mktemp("workloads")
+    built: dict[tuple[str, tuple[str, ...]], Path] = {}
+
+    def build(name: str, *flags: str) -> Path:
+        key = (name, flags)
+        if key not in built:
+            binary = out / (name + "".join(flags).replace("-", "_").replace("/", "_"))
+            subprocess.run(
+                ["gcc", "-O0", "-fno-omit-frame-pointer", *flags,
+                 "-o", str(binary), str(WORKLOADS / f"{name}.c")],
+                check=True,
+            )
+            built[key] = binary
+        return built[key]
+
+    return build
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def emberscope() -> Callable[..., CliResult]:
+    """Run ``emberscope ARGS`` as a real process, optionally behind a wrapper."""
+
+    def run(*args: str, wrapper: tuple[str, ...] = (), timeout: float = 120) -> CliResult:
+        command = [*wrapper, sys.executable, "-m", "agent.cli", *args]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            stdin=subprocess.DEVNULL,
+        )
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    return run

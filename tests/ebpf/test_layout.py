@@ -1,0 +1,61 @@
+"""The ctypes mirrors in agent/ebpf/layout.py match bpf/profile.h as the C compiler lays it out."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.ebpf import layout
+
+REPO = Path(__file__).resolve().parents[2]
+
+STRUCTS = {
+    "profile_config": layout.ProfileConfig,
+    "pid_config": layout.PidConfig,
+    "sample_key": layout.SampleKey,
+    "stack_trace": layout.StackTrace,
+    "pid_event": layout.PidEventRecord,
+    "control": layout.Control,
+}
+
+
+@pytest.fixture(scope="module")
+def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], int]:
+    binary = tmp_path_factory.mktemp("layout") / "layout_sizes"
+    subprocess.run(
+        ["gcc", "-I", str(REPO / "bpf"), "-o", str(binary),
+         str(REPO / "tests/workloads/layout_sizes.c")],
+        check=True,
+    )
+    lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+    return {(s, f): int(v) for s, f, v in (line.split() for line in lines.splitlines())}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTS))
+def test_struct_size_and_offsets_match_the_header(c_layout, name):
+    mirror = STRUCTS[name]
+    assert ctypes.sizeof(mirror) == c_layout[(name, "sizeof")]
+    checked = 0
+    for field, *_ in mirror._fields_:
+        if (name, field) in c_layout:
+            assert getattr(mirror, field).offset == c_layout[(name, field)], field
+            checked += 1
+    assert checked >= 1
+
+
+def test_enums_match_the_header(c_layout):
+    enums = {f: v for (s, f), v in c_layout.items() if s == "enum"}
+    ours = {
+        **{f"PID_STATE_{m.name}": m.value for m in layout.PidState},
+        **{f"DROP_{m.name}": m.value for m in layout.DropReason},
+        **{f"PID_EVENT_{m.name}": m.value for m in layout.PidEventType},
+    }
+    assert ours == enums
+
+
+def test_stack_depth_matches_the_header():
+    header = (REPO / "bpf/profile.h").read_text()
+    assert f"#define PERF_MAX_STACK_DEPTH\t{layout.PERF_MAX_STACK_DEPTH}" in header
