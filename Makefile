@@ -32,6 +32,7 @@ run: install
 	$(VENV)/bin/emberscope profile --all --duration 30s --output profiles/host.pb.gz
 
 test: install
+	$(VENV)/bin/ruff check agent tests bench
 	$(PYTHON) -m pytest
 
 proto:

@@ -60,14 +60,30 @@ def _build_parser() -> argparse.ArgumentParser:
         help="profile processes once and write a pprof file",
         usage="emberscope profile [options] (--pid PID ... | --all | -- COMMAND [ARG...])",
     )
-    profile.add_argument("--pid", type=_pid, action="append", default=[], help="a process to profile (repeatable)")
+    profile.add_argument(
+        "--pid", type=_pid, action="append", default=[], help="a process to profile (repeatable)"
+    )
     profile.add_argument("--all", action="store_true", help="profile every process of this host")
-    profile.add_argument("--duration", type=_duration, default=10.0, help="how long, e.g. 500ms, 10s, 2m (default 10s)")
-    profile.add_argument("--sample-rate", type=_sample_rate, default=97, help="samples per second per CPU (default 97)")
-    profile.add_argument("--output", type=Path, default=Path("profile.pb.gz"), help="the gzipped pprof to write")
+    profile.add_argument(
+        "--duration",
+        type=_duration,
+        default=10.0,
+        help="how long, e.g. 500ms, 10s, 2m (default 10s)",
+    )
+    profile.add_argument(
+        "--sample-rate",
+        type=_sample_rate,
+        default=97,
+        help="samples per second per CPU (default 97)",
+    )
+    profile.add_argument(
+        "--output", type=Path, default=Path("profile.pb.gz"), help="the gzipped pprof to write"
+    )
     profile.add_argument("--no-user", action="store_true", help="leave out user-space frames")
     profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
-    profile.add_argument("--top", type=_count, default=10, help="rows of the printed table (default 10)")
+    profile.add_argument(
+        "--top", type=_count, default=10, help="rows of the printed table (default 10)"
+    )
     profile.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     profile.set_defaults(handler=_profile)
     return parser
@@ -258,7 +274,11 @@ def _sample_until(
             next_collect += _COLLECT_EVERY_S
         if show_progress:
             elapsed = time.monotonic() - started
-            print(f"\r{elapsed:6.1f}s  {session.read_sample_total():8d} samples", end="", file=sys.stderr)
+            print(
+                f"\r{elapsed:6.1f}s  {session.read_sample_total():8d} samples",
+                end="",
+                file=sys.stderr,
+            )
     profiler.collect(builder)
     if show_progress:
         print(file=sys.stderr)

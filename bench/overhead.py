@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +34,8 @@ TARGET_CPU_PCT, TARGET_RSS_MB, TARGET_BPF_US = 0.5, 80.0, 3.0
 # Three call chains of different weight, so a profile has something to show.
 WORKLOAD_C = r"""
 static volatile unsigned long sink;
-static void leaf_hash(int n) {
-    unsigned long h = 5381;
-    for (int i = 0; i < n; i++) h = h * 33 + i;
-    sink += h;
-}
-static void leaf_mul(int n) {
-    unsigned long p = 1;
-    for (int i = 1; i < n; i++) p *= i | 1;
-    sink += p;
-}
+static void leaf_hash(int n) { unsigned long h = 5381; while (n--) h = h * 33 + n; sink += h; }
+static void leaf_mul(int n) { unsigned long p = 1; while (--n > 0) p *= n | 1; sink += p; }
 static void middle(int n) { leaf_mul(n); leaf_hash(n / 2); }
 static void chain_a(void) { leaf_hash(200000); }
 static void chain_b(void) { middle(200000); }
@@ -60,6 +53,7 @@ class Usage:
     rss_mb: float
     wall_s: float
     samples: int | None
+    workload_pct: float  # of their cores the workloads got meanwhile; < 100 means contention
 
 
 @dataclass
@@ -71,26 +65,52 @@ class BpfStats:
 def build_workload(workdir: Path) -> Path:
     source, binary = workdir / "burn.c", workdir / "burn"
     source.write_text(WORKLOAD_C)
-    subprocess.run(
-        ["gcc", "-O0", "-fno-omit-frame-pointer", "-o", str(binary), str(source)], check=True
-    )
+    flags = ["-O0", "-fno-omit-frame-pointer"]
+    subprocess.run(["gcc", *flags, "-o", str(binary), str(source)], check=True)
     return binary
 
 
-def run_measured(tool: str, argv: list[str], workdir: Path, pattern: str) -> Usage:
-    """Run ``argv`` to its end; its rusage comes from ``os.wait4`` on its pid."""
+def read_workload_ticks(pids: list[int]) -> int:
+    """User + system clock ticks the workloads have used (/proc/<pid>/stat fields 14, 15)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def run_measured(
+    tool: str,
+    argv: list[str],
+    workdir: Path,
+    pattern: str,
+    workloads: list[int],
+    watch: Callable[[int, threading.Event], None] = lambda _pid, _done: None,
+) -> Usage:
+    """Run ``argv`` to its end; its rusage comes from ``os.wait4`` on its pid.
+
+    ``watch`` runs in a thread with the tool's pid until the tool exits.
+    """
     out_path, err_path = workdir / f"{tool}.out", workdir / f"{tool}.err"
+    ticks = read_workload_ticks(workloads)
+    done = threading.Event()
     with out_path.open("w") as out, err_path.open("w") as err:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=out, stderr=err)
+        watcher = threading.Thread(target=watch, args=(proc.pid, done), daemon=True)
+        watcher.start()
         try:
             _pid, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            done.set()
+            watcher.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
+    ticks = read_workload_ticks(workloads) - ticks
     text = out_path.read_text() + err_path.read_text()
     if proc.returncode != 0:
         sys.exit(f"{tool} failed with status {proc.returncode}:\n{text}")
@@ -101,47 +121,48 @@ def run_measured(tool: str, argv: list[str], workdir: Path, pattern: str) -> Usa
         rss_mb=usage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
         wall_s=wall,
         samples=int(match.group(1)) if match else None,
+        workload_pct=100 * ticks / os.sysconf("SC_CLK_TCK") / wall / len(workloads),
     )
 
 
-def read_bpf_stats(exclude: set[int]) -> tuple[BpfStats | None, set[int]]:
-    """The newest ``do_sample`` program not in ``exclude``, and every id seen."""
+def read_bpf_stats(owner: int) -> BpfStats | None:
+    """Run stats of the ``do_sample`` program whose fd process ``owner`` holds."""
+    ids: set[int] = set()
+    try:
+        for fdinfo in Path(f"/proc/{owner}/fdinfo").iterdir():
+            match = re.search(r"^prog_id:\s*(\d+)", fdinfo.read_text(), re.MULTILINE)
+            if match:
+                ids.add(int(match.group(1)))
+    except OSError:  # the process or one of its fds is gone
+        return None
     shown = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
-    programs = json.loads(shown.stdout or "[]")
-    ids = {p["id"] for p in programs if p.get("name") == PROGRAM}
-    ours = [p for p in programs if p.get("name") == PROGRAM and p["id"] not in exclude]
-    if not ours:
-        return None, ids
-    newest = max(ours, key=lambda p: p["id"])
-    return BpfStats(newest.get("run_time_ns", 0), newest.get("run_cnt", 0)), ids
+    for program in json.loads(shown.stdout or "[]"):
+        if program.get("name") == PROGRAM and program["id"] in ids:
+            return BpfStats(program.get("run_time_ns", 0), program.get("run_cnt", 0))
+    return None
 
 
 def profile_emberscope(
     pids: list[int], args: argparse.Namespace, workdir: Path
 ) -> tuple[Usage, BpfStats | None]:
-    """Run emberscope with BPF run stats on, polling them until it exits."""
-    _stats, before = read_bpf_stats(set())
+    """Run emberscope with BPF run stats on, keeping the last reading before it exits."""
     last: list[BpfStats] = []
-    done = threading.Event()
 
-    def poll() -> None:
+    def poll(owner: int, done: threading.Event) -> None:
         while not done.wait(1.0):
-            stats, _ids = read_bpf_stats(before)
+            stats = read_bpf_stats(owner)
             if stats is not None:
                 last[:] = [stats]
 
+    argv = [str(EMBERSCOPE), "profile", *[f"--pid={p}" for p in pids]]
+    argv += ["--duration", args.duration, "--sample-rate", str(args.rate)]
+    argv += ["--output", str(workdir / "emberscope.pb.gz")]
     old = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
     try:
-        argv = [str(EMBERSCOPE), "profile", *[f"--pid={p}" for p in pids]]
-        argv += ["--duration", args.duration, "--sample-rate", str(args.rate)]
-        argv += ["--output", str(workdir / "emberscope.pb.gz")]
-        usage = run_measured("emberscope", argv, workdir, r"wrote .*?: (\d+) samples")
+        pattern = r"wrote .*?: (\d+) samples"
+        usage = run_measured("emberscope", argv, workdir, pattern, pids, poll)
     finally:
-        done.set()
-        poller.join()
         BPF_STATS.write_text(old)
     return usage, (last[0] if last else None)
 
@@ -150,22 +171,22 @@ def profile_perf(pids: list[int], args: argparse.Namespace, workdir: Path) -> Us
     # Attach mode (-p) like emberscope's --pid; only the record step is measured.
     argv = ["perf", "record", "-F", str(args.rate), "-g", "-p", ",".join(map(str, pids))]
     argv += ["-o", str(workdir / "perf.data"), "--", "sleep", str(args.seconds)]
-    return run_measured("perf", argv, workdir, r"\((\d+) samples\)")
+    return run_measured("perf", argv, workdir, r"\((\d+) samples\)", pids)
 
 
 def format_report(ember: Usage, perf: Usage, bpf: BpfStats | None, seconds: float) -> str:
     rows = [
-        "| tool | CPU s | CPU % of one core | peak RSS MB | wall s | samples |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| tool | CPU s | CPU % of one core | peak RSS MB | wall s | samples | workloads' CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for u in (ember, perf):
         samples = "n/a" if u.samples is None else str(u.samples)
         rows.append(
             f"| {u.tool} | {u.cpu_s:.3f} | {100 * u.cpu_s / seconds:.3f} | "
-            f"{u.rss_mb:.1f} | {u.wall_s:.1f} | {samples} |"
+            f"{u.rss_mb:.1f} | {u.wall_s:.1f} | {samples} | {u.workload_pct:.0f} |"
         )
-    lines = ["\n".join(rows), ""]
     cpu_ratio = f"{ember.cpu_s / perf.cpu_s:.2f}" if perf.cpu_s else "n/a (perf used 0 s)"
+    lines = ["\n".join(rows), ""]
     lines.append(f"emberscope / perf: CPU {cpu_ratio}, RSS {ember.rss_mb / perf.rss_mb:.2f}")
     if bpf is not None and bpf.run_cnt:
         lines.append(
@@ -185,22 +206,15 @@ def format_targets(ember: Usage, bpf: BpfStats | None, seconds: float) -> str:
         return f"- {name}: {value:.3g} {unit}, {verdict} (target ≤ {limit:g} {unit})"
 
     us = bpf.run_time_ns / bpf.run_cnt / 1000 if bpf is not None and bpf.run_cnt else None
-    cpu_pct = 100 * ember.cpu_s / seconds
-    return "\n".join(
-        (
-            mark("agent CPU", cpu_pct, TARGET_CPU_PCT, "% of one CPU"),
-            mark("agent peak RSS", ember.rss_mb, TARGET_RSS_MB, "MB"),
-            mark("BPF cost", us, TARGET_BPF_US, "µs/sample"),
-        )
-    )
+    cpu = mark("agent CPU", 100 * ember.cpu_s / seconds, TARGET_CPU_PCT, "% of one CPU")
+    rss = mark("agent peak RSS", ember.rss_mb, TARGET_RSS_MB, "MB")
+    return f"{cpu}\n{rss}\n{mark('BPF cost', us, TARGET_BPF_US, 'µs/sample')}"
 
 
 def describe_machine() -> str:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    model = found.group(1).strip() if found else "unknown CPU"
     return f"Linux {platform.release()}, {os.cpu_count()} CPUs, {model}"
 
 

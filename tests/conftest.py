@@ -47,8 +47,15 @@ def build_workload(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         if key not in built:
             binary = out / (name + "".join(flags).replace("-", "_").replace("/", "_"))
             subprocess.run(
-                ["gcc", "-O0", "-fno-omit-frame-pointer", *flags,
-                 "-o", str(binary), str(WORKLOADS / f"{name}.c")],
+                [
+                    "gcc",
+                    "-O0",
+                    "-fno-omit-frame-pointer",
+                    *flags,
+                    "-o",
+                    str(binary),
+                    str(WORKLOADS / f"{name}.c"),
+                ],
                 check=True,
             )
             built[key] = binary
@@ -71,7 +78,11 @@ def emberscope() -> Callable[..., CliResult]:
     def run(*args: str, wrapper: tuple[str, ...] = (), timeout: float = 120) -> CliResult:
         command = [*wrapper, sys.executable, "-m", "agent.cli", *args]
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
             stdin=subprocess.DEVNULL,
         )
         return CliResult(done.returncode, done.stdout, done.stderr)

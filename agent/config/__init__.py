@@ -1,5 +1,5 @@
 """Configuration: values and their parsing."""
 
-from agent.config.duration import format_duration, parse_duration
+from agent.config.duration import parse_duration
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["parse_duration"]

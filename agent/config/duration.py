@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["parse_duration"]
 
 _UNITS_NS = {
     "ns": 1,
@@ -40,15 +40,3 @@ def parse_duration(text: str) -> float:
         total_ns += float(match.group(1)) * _UNITS_NS[match.group(2)]
         position = match.end()
     return total_ns / 1e9
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling for whole milliseconds, e.g. ``1m30s``."""
-    millis = round(seconds * 1000)
-    if millis % 1000:
-        return f"{millis}ms"
-    whole = millis // 1000
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts) or "0s"

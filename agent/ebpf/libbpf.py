@@ -51,7 +51,9 @@ class RingBuffer(ctypes.c_void_p):
 
 
 # int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
-RingBufferCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+RingBufferCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *fmt, va_list ap)
 _PrintCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
@@ -167,7 +169,9 @@ def library() -> Any:
             try:
                 cdll = ctypes.CDLL(path, use_errno=True)
             except OSError as exc:
-                raise BpfError("dlopen(libbpf.so.1)", errno_codes.ENOENT, "install libbpf1") from exc
+                raise BpfError(
+                    "dlopen(libbpf.so.1)", errno_codes.ENOENT, "install libbpf1"
+                ) from exc
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         _library = _Library(cdll, libc)
     return _library

@@ -107,15 +107,24 @@ class Session:
         try:
             self._configure()
             lib.bpf_object__load(self._object)
-            for name in ("control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
-                         "events", "drops", "sample_total", "buffer_sync", "sync_inner"):
+            for name in (
+                "control",
+                "pids",
+                "counts_0",
+                "counts_1",
+                "stacks_0",
+                "stacks_1",
+                "events",
+                "drops",
+                "sample_total",
+                "buffer_sync",
+                "sync_inner",
+            ):
                 self._fds[name] = lib.bpf_map__fd(self._find_map(name))
             self._sync_inner_fd.value = self._fds["sync_inner"]
             tracefs.ensure_tracefs()
             self._attach_tracepoints()
-            self._ring = lib.ring_buffer__new(
-                self._fds["events"], self._ring_callback, None, None
-            )
+            self._ring = lib.ring_buffer__new(self._fds["events"], self._ring_callback, None, None)
             self._attach_perf_events()
         except BaseException:
             self.close()
@@ -283,9 +292,7 @@ class Session:
 
     def read_drops(self) -> dict[str, int]:
         """Sum the per-CPU drop counters by reason (names as in profile.h)."""
-        return {
-            reason.name.lower(): self._sum_per_cpu("drops", reason) for reason in DropReason
-        }
+        return {reason.name.lower(): self._sum_per_cpu("drops", reason) for reason in DropReason}
 
     def read_sample_total(self) -> int:
         """Samples recorded since the program was loaded, drained or not."""

@@ -21,6 +21,12 @@ def ensure_tracefs(path: str = TRACEFS) -> None:
     if os.path.isdir(os.path.join(path, "events")):
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
     if libc.mount(b"tracefs", path.encode(), b"tracefs", 0, None) != 0:
         raise BpfError("mount(tracefs)", ctypes.get_errno(), f"cannot mount tracefs at {path}")

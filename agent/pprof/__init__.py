@@ -1,7 +1,5 @@
 """Build pprof CPU profiles from symbolized stacks, and read them back."""
 
-from __future__ import annotations
-
 from agent.pprof.builder import ProfileBuilder
 from agent.pprof.summary import FunctionShare, format_table, read_profile, top_functions
 

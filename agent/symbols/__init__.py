@@ -1,7 +1,5 @@
 """The symbols room: sampled addresses in, named frames out."""
 
-from __future__ import annotations
-
 from agent.symbols.elf import ElfInfo, LoadSegment, SymbolTable, read_build_id, read_elf
 from agent.symbols.frames import Frame, MappedFile
 from agent.symbols.kallsyms import KernelSymbols, read_kallsyms

@@ -56,8 +56,15 @@ class SymbolTable:
     >>> symbols.lookup(vaddr)   # a name, or None when no symbol covers vaddr
     """
 
-    __slots__ = ("_starts", "_ends", "_reach_ends", "_reach_owners", "_name_offsets",
-                 "_strings", "_names")
+    __slots__ = (
+        "_starts",
+        "_ends",
+        "_reach_ends",
+        "_reach_owners",
+        "_name_offsets",
+        "_strings",
+        "_names",
+    )
 
     def __init__(
         self, starts: array[int], ends: array[int], name_offsets: array[int], strings: bytes
@@ -176,15 +183,18 @@ def _open(stream: BinaryIO, path: str) -> tuple[ELFFile, list[Any]]:
     stream.seek(0)
     elf = ELFFile(stream)
     header = elf.header
-    _check_range(path, "program headers", header["e_phoff"],
-                 header["e_phnum"] * header["e_phentsize"], size)
-    _check_range(path, "section headers", header["e_shoff"],
-                 elf.num_sections() * header["e_shentsize"], size)
+    _check_range(
+        path, "program headers", header["e_phoff"], header["e_phnum"] * header["e_phentsize"], size
+    )
+    _check_range(
+        path, "section headers", header["e_shoff"], elf.num_sections() * header["e_shentsize"], size
+    )
     sections = list(elf.iter_sections())
     for section in sections:
         if section["sh_type"] != "SHT_NOBITS":
-            _check_range(path, f"section {section.name!r}", section["sh_offset"],
-                         section["sh_size"], size)
+            _check_range(
+                path, f"section {section.name!r}", section["sh_offset"], section["sh_size"], size
+            )
     return elf, sections
 
 
@@ -221,8 +231,7 @@ def _read_symbols(elf: ELFFile, sections: list[Any], path: str) -> SymbolTable:
     layout = ("<" if elf.little_endian else ">") + layout
     # Per section index: the end address if it holds code, else None.
     code_ends = [
-        s["sh_addr"] + s["sh_size"] if s["sh_flags"] & _SHF_EXECINSTR else None
-        for s in sections
+        s["sh_addr"] + s["sh_size"] if s["sh_flags"] & _SHF_EXECINSTR else None for s in sections
     ]
     candidates: list[tuple[int, ...]] = []
     strings = b""
@@ -240,8 +249,9 @@ def _symbol_bytes(
     elf: ELFFile, section: Any, sections: list[Any], entry_size: int, path: str
 ) -> tuple[bytes, bytes]:
     if section["sh_entsize"] != entry_size:
-        raise SymbolError(path, f"{section.name}: sh_entsize is {section['sh_entsize']}, "
-                          f"expected {entry_size}")
+        raise SymbolError(
+            path, f"{section.name}: sh_entsize is {section['sh_entsize']}, expected {entry_size}"
+        )
     # pyelftools has checked that sh_link names a string table.
     return _raw(elf, section), _raw(elf, sections[section["sh_link"]])
 
@@ -273,8 +283,18 @@ def _collect(
         # ARM mapping symbols ($x, $d, $t) are NOTYPE labels, not functions.
         if code_end is None or (kind == 0 and names[name] == 0x24):
             continue
-        out.append((value, _TYPE_RANK[kind], _BIND_RANK.get(info >> 4, 1), size == 0,
-                    len(out), size, names_base + name, code_end))
+        out.append(
+            (
+                value,
+                _TYPE_RANK[kind],
+                _BIND_RANK.get(info >> 4, 1),
+                size == 0,
+                len(out),
+                size,
+                names_base + name,
+                code_end,
+            )
+        )
 
 
 def _build_table(candidates: list[tuple[int, ...]], strings: bytes) -> SymbolTable:

@@ -56,8 +56,14 @@ def test_without_privileges_it_asks_for_root(emberscope):
 @pytest.mark.usefixtures("bpf_ready")
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
 def test_without_btf_it_names_the_kernel_option(emberscope):
-    hide_btf = ("unshare", "-m", "sh", "-c",
-                'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh")
+    hide_btf = (
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        'mount -t tmpfs none /sys/kernel/btf && exec "$@"',
+        "sh",
+    )
     result = emberscope("profile", "--all", "--duration", "1s", wrapper=hide_btf)
     assert result.returncode == 1
     assert "no BTF" in result.stderr and "CONFIG_DEBUG_INFO_BTF" in result.stderr

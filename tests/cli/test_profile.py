@@ -42,13 +42,39 @@ def stacks(profile) -> list[tuple[list[str], list[int], int, dict[str, str]]]:
 def perf_self_shares(binary: Path, seconds: int, tmp_path: Path) -> dict[str, float]:
     data = tmp_path / "perf.data"
     subprocess.run(
-        ["perf", "record", "-q", "-F", RATE, "-g", "-o", str(data), "--", str(binary), str(seconds)],
-        check=True, capture_output=True,
+        [
+            "perf",
+            "record",
+            "-q",
+            "-F",
+            RATE,
+            "-g",
+            "-o",
+            str(data),
+            "--",
+            str(binary),
+            str(seconds),
+        ],
+        check=True,
+        capture_output=True,
     )
     report = subprocess.run(
-        ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "sym", "-q",
-         "-g", "none"],
-        check=True, capture_output=True, text=True,
+        [
+            "perf",
+            "report",
+            "-i",
+            str(data),
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "sym",
+            "-q",
+            "-g",
+            "none",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     shares = {}
     for line in report.splitlines():
@@ -63,8 +89,16 @@ def three_leaves_profile(build_workload, emberscope, tmp_path_factory):
     out = tmp_path_factory.mktemp("profile") / "three.pb.gz"
     binary = build_workload("three_leaves")
     result = emberscope(
-        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(out),
-        "--", str(binary), "6",
+        "profile",
+        "--sample-rate",
+        RATE,
+        "--duration",
+        "20s",
+        "--output",
+        str(out),
+        "--",
+        str(binary),
+        "6",
     )
     assert result.returncode == 0, result.stderr
     return out, result
@@ -72,7 +106,9 @@ def three_leaves_profile(build_workload, emberscope, tmp_path_factory):
 
 def test_self_shares_agree_with_perf_record(three_leaves_profile, build_workload, tmp_path):
     out, _ = three_leaves_profile
-    ours = {row.name: row.self_fraction for row in top_functions(read_profile(out.read_bytes()), 50)}
+    ours = {
+        row.name: row.self_fraction for row in top_functions(read_profile(out.read_bytes()), 50)
+    }
     theirs = perf_self_shares(build_workload("three_leaves"), 6, tmp_path)
     for leaf in LEAVES:
         assert abs(ours[leaf] - theirs[leaf]) <= 0.03, (leaf, ours[leaf], theirs[leaf])
@@ -100,24 +136,37 @@ def test_the_profile_has_the_pprof_shape_a_server_needs(three_leaves_profile):
     out, _ = three_leaves_profile
     profile = read_profile(out.read_bytes())
     strings = profile.string_table
-    assert [(strings[t.type], strings[t.unit]) for t in profile.sample_type] == [("cpu", "nanoseconds")]
+    assert [(strings[t.type], strings[t.unit]) for t in profile.sample_type] == [
+        ("cpu", "nanoseconds")
+    ]
     assert profile.period == 1_000_000_000 // int(RATE)
     assert all(s.value[0] % profile.period == 0 for s in profile.sample)
     assert profile.time_nanos > 0 and profile.duration_nanos > 5e9
     binaries = [m for m in profile.mapping if strings[m.filename].endswith("three_leaves")]
     assert binaries and strings[binaries[0].build_id]
-    readelf = subprocess.run(["readelf", "-n", strings[binaries[0].filename]], capture_output=True, text=True).stdout
+    readelf = subprocess.run(
+        ["readelf", "-n", strings[binaries[0].filename]], capture_output=True, text=True
+    ).stdout
     assert strings[binaries[0].build_id] in readelf
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="go (golang-go) is not installed")
 def test_go_tool_pprof_reads_the_file(three_leaves_profile, tmp_path):
     out, _ = three_leaves_profile
-    env = {**os.environ, "HOME": str(tmp_path), "GOCACHE": str(tmp_path / "cache"),
-           "GOPATH": str(tmp_path / "go"), "GOPROXY": "off", "PPROF_TMPDIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "GOCACHE": str(tmp_path / "cache"),
+        "GOPATH": str(tmp_path / "go"),
+        "GOPROXY": "off",
+        "PPROF_TMPDIR": str(tmp_path),
+    }
     raw = subprocess.run(
         ["go", "tool", "pprof", "-raw", "-symbolize=none", str(out)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert raw.returncode == 0, raw.stderr
     for name in (*LEAVES, "chain_a1", "main"):
@@ -128,8 +177,17 @@ def test_go_tool_pprof_reads_the_file(three_leaves_profile, tmp_path):
 def run_syscalls(build_workload, emberscope, tmp_path, *flags: str):
     out = tmp_path / "sys.pb.gz"
     result = emberscope(
-        "profile", "--sample-rate", RATE, "--duration", "10s", "--output", str(out), *flags,
-        "--", str(build_workload("syscalls")), "3",
+        "profile",
+        "--sample-rate",
+        RATE,
+        "--duration",
+        "10s",
+        "--output",
+        str(out),
+        *flags,
+        "--",
+        str(build_workload("syscalls")),
+        "3",
     )
     assert result.returncode == 0, result.stderr
     return stacks(read_profile(out.read_bytes()))
@@ -143,8 +201,10 @@ def kernel_text_symbols() -> set[str]:
 def test_kernel_frames_are_named_from_kallsyms(build_workload, emberscope, tmp_path):
     samples = run_syscalls(build_workload, emberscope, tmp_path)
     kernel_names = {
-        name for names, addresses, _, _ in samples
-        for name, address in zip(names, addresses, strict=True) if address >= KERNEL_BASE
+        name
+        for names, addresses, _, _ in samples
+        for name, address in zip(names, addresses, strict=True)
+        if address >= KERNEL_BASE
     }
     assert kernel_names, "no kernel frames"
     named = kernel_names & kernel_text_symbols()
@@ -171,8 +231,17 @@ def test_an_unselected_process_does_not_appear(build_workload, emberscope, tmp_p
     other = subprocess.Popen([str(build_workload("three_leaves")), "30"])
     out = tmp_path / "one.pb.gz"
     try:
-        result = emberscope("profile", "--pid", str(selected.pid), "--duration", "3s",
-                            "--sample-rate", RATE, "--output", str(out))
+        result = emberscope(
+            "profile",
+            "--pid",
+            str(selected.pid),
+            "--duration",
+            "3s",
+            "--sample-rate",
+            RATE,
+            "--output",
+            str(out),
+        )
     finally:
         for process in (selected, other):
             process.kill()
@@ -189,8 +258,17 @@ def test_a_selected_process_that_exits_keeps_its_samples(build_workload, embersc
     short = subprocess.Popen([str(build_workload("three_leaves")), "2"])
     out = tmp_path / "short.pb.gz"
     started = time.monotonic()
-    result = emberscope("profile", "--pid", str(short.pid), "--duration", "6s",
-                        "--sample-rate", RATE, "--output", str(out))
+    result = emberscope(
+        "profile",
+        "--pid",
+        str(short.pid),
+        "--duration",
+        "6s",
+        "--sample-rate",
+        RATE,
+        "--output",
+        str(out),
+    )
     short.wait()
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started >= 6

@@ -26,8 +26,14 @@ STRUCTS = {
 def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], int]:
     binary = tmp_path_factory.mktemp("layout") / "layout_sizes"
     subprocess.run(
-        ["gcc", "-I", str(REPO / "bpf"), "-o", str(binary),
-         str(REPO / "tests/workloads/layout_sizes.c")],
+        [
+            "gcc",
+            "-I",
+            str(REPO / "bpf"),
+            "-o",
+            str(binary),
+            str(REPO / "tests/workloads/layout_sizes.c"),
+        ],
         check=True,
     )
     lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout

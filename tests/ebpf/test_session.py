@@ -87,7 +87,11 @@ def test_kernel_and_user_stacks_follow_the_pid_config(build_workload):
         process.wait()
     assert any(sample.kernel_stack for sample in kernel_only)
     assert not any(sample.user_stack for sample in kernel_only)
-    assert all(sample.kernel_stack[0] >= 0xFFFF800000000000 for sample in kernel_only if sample.kernel_stack)
+    assert all(
+        sample.kernel_stack[0] >= 0xFFFF800000000000
+        for sample in kernel_only
+        if sample.kernel_stack
+    )
     assert all(sample.user_stack for sample in user_only)
     assert not any(sample.kernel_stack for sample in user_only)
 

@@ -148,14 +148,31 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
     _compile(*flags, "-fPIE", "-pie", "-o", root / "prog_pie", root / "prog.c")
     _compile(*flags, "-no-pie", "-o", root / "prog_nopie", root / "prog.c")
     # A text segment above 0 makes vaddr differ from file offset in the library.
-    _compile(*flags, "-shared", "-fPIC", "-Wl,-Ttext-segment=0x200000",
-             "-o", root / "libdemo.so", root / "lib.c")
-    _compile(*flags, "-DWITH_LIB", "-o", root / "prog_lib", root / "prog.c",
-             f"-L{root}", "-ldemo", f"-Wl,-rpath,{root}")
+    _compile(
+        *flags,
+        "-shared",
+        "-fPIC",
+        "-Wl,-Ttext-segment=0x200000",
+        "-o",
+        root / "libdemo.so",
+        root / "lib.c",
+    )
+    _compile(
+        *flags,
+        "-DWITH_LIB",
+        "-o",
+        root / "prog_lib",
+        root / "prog.c",
+        f"-L{root}",
+        "-ldemo",
+        f"-Wl,-rpath,{root}",
+    )
     # The stripped copy keeps .dynsym only; the unstripped twin is its nm oracle.
     _compile(*flags, "-rdynamic", "-o", root / "prog_rdynamic", root / "prog.c")
-    subprocess.run(["strip", "--strip-all", "-o", str(root / "prog_stripped"),
-                    str(root / "prog_rdynamic")], check=True)
+    subprocess.run(
+        ["strip", "--strip-all", "-o", str(root / "prog_stripped"), str(root / "prog_rdynamic")],
+        check=True,
+    )
     _compile(*flags, "-o", root / "dlopener", root / "dlopener.c", "-ldl")
     _compile("-shared", "-nostdlib", "-o", root / "libasm.so", root / "asm.s")
     return Binaries(
@@ -173,11 +190,20 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
 
 
 def _build_lib32(root: Path) -> Path | None:
-    (root / "lib32.c").write_text("int f32a(int x) { return x + 1; }\n"
-                                  "int f32b(int x) { return f32a(x) * 2; }\n")
+    (root / "lib32.c").write_text(
+        "int f32a(int x) { return x + 1; }\nint f32b(int x) { return f32a(x) * 2; }\n"
+    )
     try:
-        _compile("-m32", "-O0", "-shared", "-fPIC", "-nostdlib", "-o", root / "lib32.so",
-                 root / "lib32.c")
+        _compile(
+            "-m32",
+            "-O0",
+            "-shared",
+            "-fPIC",
+            "-nostdlib",
+            "-o",
+            root / "lib32.so",
+            root / "lib32.c",
+        )
     except subprocess.CalledProcessError:
         return None
     return root / "lib32.so"
@@ -266,8 +292,9 @@ def readelf_build_id() -> Callable[[Path], str]:
     """The oracle for build ids: the ``Build ID:`` line of ``readelf -n``."""
 
     def build_id(path: Path) -> str:
-        out = subprocess.run(["readelf", "-n", str(path)], check=True, capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["readelf", "-n", str(path)], check=True, capture_output=True, text=True
+        ).stdout
         return next(line.split()[-1] for line in out.splitlines() if "Build ID:" in line)
 
     return build_id

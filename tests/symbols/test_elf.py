@@ -21,8 +21,9 @@ def read(path: Path) -> ElfInfo:
 
 
 def readelf_loads(path: Path) -> list[tuple[int, int, int, int]]:
-    out = subprocess.run(["readelf", "-lW", str(path)], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["readelf", "-lW", str(path)], check=True, capture_output=True, text=True
+    ).stdout
     rows = [line.split() for line in out.splitlines()]
     # LOAD Offset VirtAddr PhysAddr FileSiz MemSiz Flg Align
     return [tuple(int(row[i], 16) for i in (1, 2, 4, 5)) for row in rows if row[:1] == ["LOAD"]]
@@ -55,8 +56,9 @@ def test_system_libc_dynsym_matches_nm(nm):
 
 def test_stripped_binary_resolves_exports_from_dynsym_only(binaries, nm):
     info = read(binaries.stripped)
-    full = {name: address for address, (_, names) in nm(binaries.rdynamic).items()
-            for name in names}
+    full = {
+        name: address for address, (_, names) in nm(binaries.rdynamic).items() for name in names
+    }
     assert info.symbols.lookup(full["alpha"]) == "alpha"
     assert info.symbols.lookup(full["gamma_"]) == "gamma_"
     # beta is static: it was only in .symtab, which strip removed.
@@ -72,8 +74,9 @@ def test_build_id_matches_readelf(binaries, readelf_build_id, name):
         assert read_build_id(stream) == readelf_build_id(path)
 
 
-@pytest.mark.parametrize(("name", "elf_type"), [("pie", "ET_DYN"), ("nopie", "ET_EXEC"),
-                                                ("library", "ET_DYN")])
+@pytest.mark.parametrize(
+    ("name", "elf_type"), [("pie", "ET_DYN"), ("nopie", "ET_EXEC"), ("library", "ET_DYN")]
+)
 def test_type_and_load_segments_match_readelf(binaries, name, elf_type):
     info = read(getattr(binaries, name))
     assert info.elf_type == elf_type
@@ -83,9 +86,9 @@ def test_type_and_load_segments_match_readelf(binaries, name, elf_type):
 
 def test_file_offset_maps_to_vaddr_through_its_segment(binaries):
     info = read(binaries.library)
-    (offset, vaddr, filesz, _), = [
-        load for load, segment in zip(readelf_loads(binaries.library), info.load_segments,
-                                      strict=True)
+    ((offset, vaddr, filesz, _),) = [
+        load
+        for load, segment in zip(readelf_loads(binaries.library), info.load_segments, strict=True)
         if segment.flags & 1  # PF_X
     ]
     assert vaddr != offset, "the fixture should place text away from its file offset"
@@ -105,8 +108,9 @@ def test_reads_32bit_elf(binaries, nm):
 
 @pytest.fixture(scope="module")
 def placed(binaries):
-    out = subprocess.run(["nm", str(binaries.assembly)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["nm", str(binaries.assembly)], capture_output=True, text=True, check=True
+    ).stdout
     addresses = {line.split()[2]: int(line.split()[0], 16) for line in out.splitlines()}
     return read(binaries.assembly).symbols, addresses
 
@@ -159,10 +163,12 @@ def test_data_and_unmapped_addresses_have_no_symbol(placed):
 
 def section_headers(data: bytes) -> list[tuple[int, int]]:
     """(file offset of the header, sh_type) per section of an ELF64 LE file."""
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     entsize, count = struct.unpack_from("<HH", data, 0x3A)
-    return [(shoff + i * entsize, struct.unpack_from("<I", data, shoff + i * entsize + 4)[0])
-            for i in range(count)]
+    return [
+        (shoff + i * entsize, struct.unpack_from("<I", data, shoff + i * entsize + 4)[0])
+        for i in range(count)
+    ]
 
 
 def patched(source: Path, target: Path, field_at: int, fmt: str, value: int) -> Path:
@@ -221,8 +227,11 @@ def test_symbol_name_outside_string_table_raises_symbol_error(binaries, tmp_path
     header = next(at for at, kind in section_headers(data) if kind == SHT_SYMTAB)
     offset, size = struct.unpack_from("<QQ", data, header + SHDR_OFFSET_AT)
     alpha = next(a for a, (_, names) in nm(binaries.pie).items() if "alpha" in names)
-    entry = next(at for at in range(offset, offset + size, 24)
-                 if struct.unpack_from("<Q", data, at + 8)[0] == alpha)
+    entry = next(
+        at
+        for at in range(offset, offset + size, 24)
+        if struct.unpack_from("<Q", data, at + 8)[0] == alpha
+    )
     struct.pack_into("<I", data, entry, 0xFFFFFFF0)
     (tmp_path / "badname").write_bytes(data)
     assert_symbol_error(tmp_path / "badname", "bad section or name")

@@ -63,8 +63,9 @@ def test_counts_only_text_symbols():
 
 
 def test_zero_addresses_mean_hidden_by_kptr_restrict():
-    hidden = "".join(f"0000000000000000 {line.split(' ', 1)[1]}\n"
-                     for line in CAPTURED.splitlines())
+    hidden = "".join(
+        f"0000000000000000 {line.split(' ', 1)[1]}\n" for line in CAPTURED.splitlines()
+    )
     with pytest.raises(SymbolError) as caught:
         read(hidden)
     assert caught.value.path == "/proc/kallsyms"
@@ -73,8 +74,12 @@ def test_zero_addresses_mean_hidden_by_kptr_restrict():
 
 @pytest.mark.parametrize(
     ("text", "what"),
-    [("ffffffff81000000 T\n", "line 1"), ("ffffffff81000000 T ok\nzzzz T bad\n", "line 2"),
-     ("ffffffff81000000 D only_data\n", "no kernel text symbols"), ("", "no kernel text")],
+    [
+        ("ffffffff81000000 T\n", "line 1"),
+        ("ffffffff81000000 T ok\nzzzz T bad\n", "line 2"),
+        ("ffffffff81000000 D only_data\n", "no kernel text symbols"),
+        ("", "no kernel text"),
+    ],
 )
 def test_malformed_kallsyms_raise_symbol_error(text, what):
     with pytest.raises(SymbolError, match=what):

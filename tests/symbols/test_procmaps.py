@@ -27,8 +27,14 @@ CAPTURED = """\
 def test_parses_every_column_of_a_file_mapping():
     entry = parse_maps(CAPTURED)[1]
     assert entry == MapEntry(
-        start=0x55D4A1A02000, end=0x55D4A1A07000, perms="r-xp", offset=0x2000,
-        dev_major=0xFD, dev_minor=1, inode=1835021, path="/usr/bin/cat",
+        start=0x55D4A1A02000,
+        end=0x55D4A1A07000,
+        perms="r-xp",
+        offset=0x2000,
+        dev_major=0xFD,
+        dev_minor=1,
+        inode=1835021,
+        path="/usr/bin/cat",
     )
     assert entry.is_exec and entry.is_file
 

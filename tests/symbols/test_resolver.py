@@ -52,7 +52,10 @@ def test_runtime_addresses_resolve_to_the_functions_that_printed_them(
         assert frame.address == address
         assert frame.mapping is not None
         assert (frame.mapping.start, frame.mapping.offset, frame.mapping.path) == (
-            start, offset, mapped)
+            start,
+            offset,
+            mapped,
+        )
         assert frame.mapping.path == str(path)
         assert frame.mapping.build_id == readelf_build_id(path)
     assert symbolizer.errors == {}
@@ -100,7 +103,8 @@ def test_process_that_exited_after_add_process_still_resolves(
     assert not Path(f"/proc/{workload.pid}").exists()
     stack = [workload.addresses[f] for f in WORKLOAD_FUNCTIONS]
     assert names([symbolizer.resolve_user(workload.pid, [a])[0] for a in stack]) == list(
-        WORKLOAD_FUNCTIONS)
+        WORKLOAD_FUNCTIONS
+    )
 
 
 def test_deleted_binary_resolves_through_map_files(binaries, run_workload, symbolizer, tmp_path):
@@ -121,7 +125,8 @@ def test_library_shared_by_two_processes_is_parsed_once(binaries, run_workload, 
     assert symbolizer.tables_parsed == 1
     for workload in (first, second):
         assert names(symbolizer.resolve_user(workload.pid, [workload.addresses["beta"]])) == [
-            "beta"]
+            "beta"
+        ]
     assert symbolizer.tables_parsed == 2
 
 
@@ -132,7 +137,8 @@ def test_copies_with_one_build_id_share_a_table(binaries, run_workload, symboliz
         workloads.append(run_workload(tmp_path / copy))
     for workload in workloads:
         assert names(symbolizer.resolve_user(workload.pid, [workload.addresses["alpha"]])) == [
-            "alpha"]
+            "alpha"
+        ]
     assert symbolizer.tables_parsed == 1
 
 
@@ -206,8 +212,12 @@ def test_corrupt_file_falls_back_to_offsets_and_warns_once(fake_proc, caplog):
     caplog.set_level(logging.WARNING, logger="agent.symbols.resolver")
     for _ in range(2):
         frames = symbolizer.resolve_user(FAKE_PID, [0x10010, 0x20020, 0x30030, 0x40040])
-        assert names(frames) == ["broken.so+0x2010", "missing.so+0x20", "[vdso]+0x30",
-                                 "[anon]+0x40"]
+        assert names(frames) == [
+            "broken.so+0x2010",
+            "missing.so+0x20",
+            "[vdso]+0x30",
+            "[anon]+0x40",
+        ]
         assert frames[0].mapping is not None and frames[0].mapping.build_id == ""
     assert symbolizer.errors == {"file_corrupt": 1, "file_unopened": 1}
     assert symbolizer.tables_parsed == 0
@@ -231,10 +241,16 @@ def test_kernel_addresses_resolve_through_kallsyms_once(tmp_path):
     kallsyms = tmp_path / "kallsyms"
     kallsyms.write_text(KALLSYMS)
     with Symbolizer(kallsyms_path=str(kallsyms)) as symbolizer:
-        frames = symbolizer.resolve_kernel([0xFFFFFFFF81000110, 0xFFFFFFFF81000201,
-                                            0xFFFFFFFF81000200, 0xFFFFFFFFC0A00001, 0x1234])
-        assert names(frames) == ["do_work", "helper", "do_work", "nvme_probe",
-                                 "[kernel.kallsyms]+0x1234"]
+        frames = symbolizer.resolve_kernel(
+            [0xFFFFFFFF81000110, 0xFFFFFFFF81000201, 0xFFFFFFFF81000200, 0xFFFFFFFFC0A00001, 0x1234]
+        )
+        assert names(frames) == [
+            "do_work",
+            "helper",
+            "do_work",
+            "nvme_probe",
+            "[kernel.kallsyms]+0x1234",
+        ]
         assert all(frame.mapping is None for frame in frames)
         kallsyms.write_text(KALLSYMS.replace("do_work", "renamed"))
         assert names(symbolizer.resolve_kernel([0xFFFFFFFF81000110])) == ["do_work"]
@@ -252,17 +268,29 @@ def test_unreadable_kallsyms_gives_addresses_and_is_counted(tmp_path, caplog):
 def test_real_kernel_symbol_resolves(symbolizer):
     if os.geteuid() != 0:
         pytest.skip("kallsyms addresses are hidden from non-root")
-    line = next(line for line in Path("/proc/kallsyms").read_text().splitlines()
-                if line.endswith(" T schedule"))
+    line = next(
+        line
+        for line in Path("/proc/kallsyms").read_text().splitlines()
+        if line.endswith(" T schedule")
+    )
     address = int(line.split()[0], 16)
-    assert names(symbolizer.resolve_kernel([address + 1, address + 2])) == ["schedule",
-                                                                             "schedule"]
+    assert names(symbolizer.resolve_kernel([address + 1, address + 2])) == ["schedule", "schedule"]
 
 
 def test_room_exports_exactly_its_public_names():
     assert agent.symbols.__all__ == sorted(agent.symbols.__all__)
     assert set(agent.symbols.__all__) == {
-        "ElfInfo", "Frame", "KernelSymbols", "LoadSegment", "MapEntry", "MappedFile",
-        "SymbolTable", "Symbolizer", "parse_maps", "read_build_id", "read_elf",
-        "read_kallsyms", "read_maps",
+        "ElfInfo",
+        "Frame",
+        "KernelSymbols",
+        "LoadSegment",
+        "MapEntry",
+        "MappedFile",
+        "SymbolTable",
+        "Symbolizer",
+        "parse_maps",
+        "read_build_id",
+        "read_elf",
+        "read_kallsyms",
+        "read_maps",
     }
