@@ -9,7 +9,6 @@ function. The library is loaded on first use, not at import.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as errno_codes
 import logging
 from collections.abc import Callable
@@ -57,7 +56,7 @@ RingBufferCallback = ctypes.CFUNCTYPE(
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *fmt, va_list ap)
 _PrintCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
-_c_int, _c_uint, _c_ulong, _c_size_t = ctypes.c_int, ctypes.c_uint, ctypes.c_ulong, ctypes.c_size_t
+_c_int, _c_size_t = ctypes.c_int, ctypes.c_size_t
 _c_char_p, _c_void_p = ctypes.c_char_p, ctypes.c_void_p
 _c_uint32_p = ctypes.POINTER(ctypes.c_uint32)
 
@@ -89,8 +88,6 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
         _c_int,
         [_c_int, _c_void_p, _c_void_p, _c_void_p, _c_void_p, _c_uint32_p, _c_void_p],
     ),
-    "bpf_obj_get_info_by_fd": (_c_int, [_c_int, _c_void_p, _c_uint32_p]),
-    "bpf_enable_stats": (_c_int, [_c_int]),
 }
 
 # Failures that are part of normal control flow, not errors.
@@ -99,6 +96,7 @@ _EXPECTED = {
     "bpf_map_delete_elem": {errno_codes.ENOENT},
     "bpf_map_get_next_key": {errno_codes.ENOENT},
     "bpf_map_lookup_and_delete_batch": {errno_codes.ENOENT},
+    "ring_buffer__poll": {errno_codes.EINTR},
 }
 
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
@@ -162,16 +160,9 @@ def library() -> Any:
     """Load libbpf.so.1 once and return its checked functions."""
     global _library
     if _library is None:
-        path = ctypes.util.find_library("bpf") or "libbpf.so.1"
         try:
             cdll = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError:
-            try:
-                cdll = ctypes.CDLL(path, use_errno=True)
-            except OSError as exc:
-                raise BpfError(
-                    "dlopen(libbpf.so.1)", errno_codes.ENOENT, "install libbpf1"
-                ) from exc
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _library = _Library(cdll, libc)
+        except OSError as exc:
+            raise BpfError("dlopen", errno_codes.ENOENT, "libbpf.so.1: install libbpf1") from exc
+        _library = _Library(cdll, ctypes.CDLL(None, use_errno=True))
     return _library

@@ -32,7 +32,7 @@ from agent.ebpf.layout import (
     SampleKey,
     StackTrace,
 )
-from agent.ebpf.libbpf import BpfLink, BpfObject, RingBuffer, RingBufferCallback, library
+from agent.ebpf.libbpf import BpfLink, BpfMap, BpfObject, RingBuffer, RingBufferCallback, library
 from agent.errors import BpfError
 
 __all__ = ["DEFAULT_OBJECT_PATH", "PidEvent", "RawSample", "Session", "SessionOptions"]
@@ -40,6 +40,10 @@ __all__ = ["DEFAULT_OBJECT_PATH", "PidEvent", "RawSample", "Session", "SessionOp
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECT_PATH = Path(__file__).resolve().parents[2] / "bpf" / ".output" / "profile.bpf.o"
+_MAPS = (
+    "control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
+    "events", "drops", "sample_total", "buffer_sync", "sync_inner",
+)  # fmt: skip
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
 
 
@@ -102,24 +106,14 @@ class Session:
         lib = self._lib
         path = str(self.options.object_path)
         if not Path(path).is_file():
-            raise BpfError("bpf_object__open_file", errno_codes.ENOENT, f"{path}: run 'make bpf'")
+            raise BpfError(
+                "bpf_object__open_file", errno_codes.ENOENT, f"{path}: run 'make install'"
+            )
         self._object = lib.bpf_object__open_file(path.encode(), None)
         try:
             self._configure()
             lib.bpf_object__load(self._object)
-            for name in (
-                "control",
-                "pids",
-                "counts_0",
-                "counts_1",
-                "stacks_0",
-                "stacks_1",
-                "events",
-                "drops",
-                "sample_total",
-                "buffer_sync",
-                "sync_inner",
-            ):
+            for name in _MAPS:
                 self._fds[name] = lib.bpf_map__fd(self._find_map(name))
             self._sync_inner_fd.value = self._fds["sync_inner"]
             tracefs.ensure_tracefs()
@@ -141,7 +135,7 @@ class Session:
         rodata = self._find_map(".rodata")
         self._lib.bpf_map__set_initial_value(rodata, ctypes.byref(config), ctypes.sizeof(config))
 
-    def _find_map(self, name: str):  # noqa: ANN202 - a BpfMap
+    def _find_map(self, name: str) -> BpfMap:
         return self._lib.bpf_object__find_map_by_name(self._object, name.encode())
 
     def _attach_tracepoints(self) -> None:
@@ -216,11 +210,7 @@ class Session:
 
     def poll_events(self, timeout_ms: int = 0) -> list[PidEvent]:
         """Wait up to ``timeout_ms`` for pid events and return those read."""
-        try:
-            self._lib.ring_buffer__poll(self._ring, timeout_ms)
-        except BpfError as exc:
-            if exc.errno != errno_codes.EINTR:
-                raise
+        self._lib.ring_buffer__poll(self._ring, timeout_ms)
         events, self._events = self._events, []
         return events
 
