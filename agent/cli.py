@@ -15,8 +15,8 @@ from agent import __version__
 from agent.config import parse_duration
 from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
-from agent.pipeline import ProcessSelection, Profiler
 from agent.pprof import ProfileBuilder, format_table, top_functions
+from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.symbols import Symbolizer
 
 __all__ = ["main"]
@@ -149,15 +149,20 @@ def _profile(args: argparse.Namespace) -> int:
         discover_new=not args.pid,
     )
     selection = ProcessSelection(all_processes=args.all, pids=frozenset(args.pid))
+    builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
+    destination = ProcessProfile(builder, not args.no_user, not args.no_kernel)
     stop = _StopFlag()
     with Session(options) as session, Symbolizer() as symbolizer:
-        profiler = Profiler(session, symbolizer, selection)
+
+        def classify(pid: int, ppid: int) -> list[ProcessProfile]:
+            return [destination] if selection.matches(pid, ppid, profiler.profiled) else []
+
+        profiler = Profiler(session, symbolizer, classify)
         for pid in args.pid:
-            profiler.add(pid)
-        child = _spawn(command, selection, profiler) if command else None
-        builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
+            profiler.add(pid, [destination])
+        child = _spawn(command, selection, profiler, destination) if command else None
         started = time.monotonic()
-        _sample_until(session, profiler, builder, started + args.duration, child, stop)
+        _sample_until(session, profiler, started + args.duration, child, stop)
         builder.duration_nanos = int((time.monotonic() - started) * 1e9)
         if child is not None:
             child.terminate()
@@ -236,7 +241,12 @@ class _Child:
         os.kill(self.pid, signal.SIGKILL)
 
 
-def _spawn(command: list[str], selection: ProcessSelection, profiler: Profiler) -> _Child:
+def _spawn(
+    command: list[str],
+    selection: ProcessSelection,
+    profiler: Profiler,
+    destination: ProcessProfile,
+) -> _Child:
     import ctypes
 
     # Orphans of the command's tree are reparented to us, so they still
@@ -248,14 +258,13 @@ def _spawn(command: list[str], selection: ProcessSelection, profiler: Profiler) 
     except OSError as exc:
         raise ConfigError(f"cannot start {command[0]!r}: {exc.strerror}") from exc
     selection.roots.add(pid)
-    profiler.add(pid)
+    profiler.add(pid, [destination])
     return _Child(pid)
 
 
 def _sample_until(
     session: Session,
     profiler: Profiler,
-    builder: ProfileBuilder,
     deadline: float,
     child: _Child | None,
     stop: _StopFlag,
@@ -270,7 +279,7 @@ def _sample_until(
             if child.exited:
                 break
         if time.monotonic() >= next_collect:
-            profiler.collect(builder)
+            profiler.collect()
             next_collect += _COLLECT_EVERY_S
         if show_progress:
             elapsed = time.monotonic() - started
@@ -279,7 +288,7 @@ def _sample_until(
                 end="",
                 file=sys.stderr,
             )
-    profiler.collect(builder)
+    profiler.collect()
     if show_progress:
         print(file=sys.stderr)
 

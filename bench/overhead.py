@@ -195,6 +195,8 @@ def format_report(ember: Usage, perf: Usage, bpf: BpfStats | None, seconds: floa
         )
     else:
         lines.append(f"BPF {PROGRAM}: no run stats were read")
+    if min(ember.workload_pct, perf.workload_pct) < 90:
+        lines.append("note: the workloads got under 90% of their cores: other load on this machine")
     return "\n".join(lines)
 
 

@@ -1,0 +1,117 @@
+"""The contract between the configuration graph and the components it runs.
+
+A component kind is a class with a nested ``Arguments`` dataclass. The graph
+decodes a block of the configuration file into that dataclass, starts the
+component, and re-decodes its arguments whenever an export it refers to
+changes. The graph knows components only through this interface; the table
+of kinds (``"pyroscope.ebpf"`` → class) is handed to it by ``agent.pipeline``.
+
+Declaring arguments::
+
+    @dataclass(frozen=True)
+    class Arguments:
+        targets: list[dict[str, str]]                     # required: no default
+        forward_to: list[Capsule]                         # component exports, e.g. receivers
+        collect_interval: Duration = Duration(15)
+        demangle: str = "none"
+        rule: list[RuleBlock] = block(default_factory=list)  # nested blocks, repeatable
+        basic_auth: BasicAuth | None = block(default=None)   # a nested block, at most once
+
+        def __post_init__(self) -> None:
+            if self.collect_interval <= 0:
+                raise ArgumentError("collect_interval", "must be greater than 0")
+
+Field names are the Alloy attribute and block names. Accepted field types:
+``str``, ``Secret``, ``int``, ``float``, ``bool``, ``Duration``, ``list[X]``,
+``dict[str, X]``, ``X | None``, ``Capsule``, and nested dataclasses for blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+__all__ = [
+    "ArgumentError",
+    "Capsule",
+    "Component",
+    "ComponentOptions",
+    "Duration",
+    "Health",
+    "Secret",
+    "block",
+]
+
+
+class Duration(float):
+    """Seconds, written in the configuration as a Go duration string (``"15s"``)."""
+
+
+class Secret(str):
+    """A string never shown in logs, debug info or errors."""
+
+    def __repr__(self) -> str:
+        return "Secret('(redacted)')"
+
+
+class Capsule:
+    """Marks an argument that takes values exported by other components
+    (receivers, for example) rather than plain data. The decoder accepts any
+    object that is not a string, number, bool, list or object."""
+
+
+class ArgumentError(ValueError):
+    """Raised by an ``Arguments.__post_init__`` to reject one argument's value.
+
+    The graph turns it into a ConfigError positioned at that attribute.
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        super().__init__(f"{argument}: {message}")
+
+
+def block(**kwargs: Any) -> Any:
+    """A dataclass field that is a nested block rather than an attribute."""
+    return dataclasses.field(metadata={"block": True}, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    state: str  # "healthy", "unhealthy" or "unknown"
+    message: str = ""
+    updated: float = 0.0  # time.time() of the change
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentOptions:
+    """What the graph gives every component it creates."""
+
+    id: str  # "pyroscope.ebpf.default": kind and label
+    on_exports: Callable[[dict[str, Any]], None]  # call when exports change
+    shared: dict[str, Any]  # per-agent singletons by name (the one BPF session, ...)
+    shared_lock: threading.Lock
+
+
+class Component(Protocol):
+    """One running component.
+
+    ``__init__`` validates nothing beyond what ``Arguments`` did and must not
+    block; ``run`` does the work until ``stop`` is set; ``update`` may be
+    called from another thread while ``run`` runs.
+    """
+
+    Arguments: ClassVar[type]
+
+    def __init__(self, options: ComponentOptions, arguments: Any) -> None: ...
+
+    def run(self, stop: threading.Event) -> None: ...
+
+    def update(self, arguments: Any) -> None: ...
+
+    def exports(self) -> dict[str, Any]: ...
+
+    def health(self) -> Health: ...

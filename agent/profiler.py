@@ -1,0 +1,243 @@
+"""The sampling core: keeps the kernel's pid map in line with what userspace
+wants, and routes each drained, symbolized stack to where it belongs.
+
+The kernel reports each process it has not been told about; a classifier
+decides which destinations (profiles being built) want it, if any; each
+:meth:`Profiler.collect` drains the session, symbolizes every unique stack
+once and hands it to the destinations of its pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.ebpf import PidEvent, PidEventType, PidState, Session
+from agent.errors import ProcessError
+from agent.pprof import ProfileBuilder
+from agent.symbols import Frame, Symbolizer
+
+__all__ = [
+    "Destination",
+    "ProcessProfile",
+    "ProcessSelection",
+    "Profiler",
+    "read_comm",
+    "read_ppid",
+]
+
+log = logging.getLogger(__name__)
+
+_MAX_ANCESTRY = 64
+# A process maps its shared libraries while it starts (the dynamic loader
+# runs after exec). Its maps are re-read on each poll for this long, so that
+# a short-lived process that exits before the next collection still resolves.
+_SETTLE_S = 1.0
+
+
+class Destination(Protocol):
+    """Where the samples of some processes go: one profile being built."""
+
+    collect_user: bool
+    collect_kernel: bool
+
+    def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None: ...
+
+
+# (pid, ppid) -> the destinations that want the process; empty: not profiled
+Classifier = Callable[[int, int], Sequence[Destination]]
+
+
+def read_ppid(pid: int, proc_root: str = "/proc") -> int:
+    """The parent of ``pid`` from ``/proc/<pid>/stat``; 0 when it is gone."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as stream:
+            stat = stream.read()
+    except OSError:
+        return 0
+    # The command name may hold spaces and parentheses: fields follow the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def read_comm(pid: int, proc_root: str = "/proc") -> str:
+    try:
+        with open(f"{proc_root}/{pid}/comm") as stream:
+            return stream.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class ProcessSelection:
+    """Which processes ``emberscope profile`` samples: all, given pids, or
+    descendants of roots.
+
+    Descendants are found by walking parents. Orphans of a root's subtree are
+    reparented to ``reaper`` (the agent, made a child subreaper), so a
+    process whose parent is ``reaper`` descends from a root too.
+    """
+
+    all_processes: bool = False
+    pids: frozenset[int] = frozenset()
+    roots: set[int] = field(default_factory=set)
+    reaper: int = 0
+    proc_root: str = "/proc"
+
+    def matches(self, pid: int, ppid: int, members: Collection[int] = ()) -> bool:
+        if self.all_processes or pid in self.pids or pid in self.roots:
+            return True
+        if not self.roots:
+            return False
+        parent = ppid or read_ppid(pid, self.proc_root)
+        for _ in range(_MAX_ANCESTRY):
+            if parent <= 1:
+                return False
+            if parent in self.roots or parent in members or parent == self.reaper:
+                return True
+            parent = read_ppid(parent, self.proc_root)
+        return False
+
+
+class ProcessProfile:
+    """One profile of many processes, each sample labelled with ``pid`` and ``comm``."""
+
+    def __init__(
+        self,
+        builder: ProfileBuilder,
+        collect_user: bool = True,
+        collect_kernel: bool = True,
+        proc_root: str = "/proc",
+    ) -> None:
+        self.builder = builder
+        self.collect_user = collect_user
+        self.collect_kernel = collect_kernel
+        self._proc_root = proc_root
+        self._comms: dict[int, str] = {}
+
+    def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None:
+        if pid not in self._comms:
+            self._comms[pid] = read_comm(pid, self._proc_root)
+        labels = {"pid": str(pid), "comm": self._comms[pid]}
+        self.builder.add_sample([*kernel, *user], count, labels)
+
+
+class Profiler:
+    """Decides, per process, where its samples go, and collects them."""
+
+    def __init__(self, session: Session, symbolizer: Symbolizer, classify: Classifier) -> None:
+        self._session = session
+        self._symbolizer = symbolizer
+        self._classify = classify
+        self._routes: dict[int, tuple[Destination, ...]] = {}  # empty tuple: ignored
+        self._exited: set[int] = set()
+        self._settling: dict[int, float] = {}  # pid -> when it was first seen
+
+    @property
+    def profiled(self) -> Collection[int]:
+        return [pid for pid, routes in self._routes.items() if routes]
+
+    def add(self, pid: int, destinations: Sequence[Destination]) -> None:
+        """Profile ``pid`` from now on; raise ProcessError if it does not exist."""
+        self._symbolizer.add_process(pid)
+        self._route(pid, tuple(destinations))
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Handle the pid events the kernel has reported."""
+        for event in self._session.poll_events(timeout_ms):
+            self._handle(event)
+        self._refresh_settling()
+
+    def reclassify(self) -> None:
+        """Decide again for every known process: the targets have changed."""
+        for pid in list(self._routes):
+            self._decide(pid, 0)
+
+    def _handle(self, event: PidEvent) -> None:
+        pid = event.pid
+        if event.type is PidEventType.NEW:
+            self._decide(pid, event.ppid)
+        elif event.type is PidEventType.EXEC and self._routes.get(pid):
+            # A new program image: its old mappings mean nothing any more.
+            self._symbolizer.forget(pid)
+            self._decide(pid, 0)
+        elif event.type is PidEventType.EXIT:
+            self._exited.add(pid)
+
+    def _decide(self, pid: int, ppid: int) -> tuple[Destination, ...]:
+        destinations = tuple(self._classify(pid, ppid))
+        if destinations and not self._routes.get(pid):
+            try:
+                self._symbolizer.add_process(pid)
+            except ProcessError as exc:
+                # Gone already: its samples keep the addresses they have.
+                log.debug("cannot read a profiled process: %s", exc)
+        self._route(pid, destinations)
+        return destinations
+
+    def _route(self, pid: int, destinations: tuple[Destination, ...]) -> None:
+        if destinations and not self._routes.get(pid):
+            self._settling[pid] = time.monotonic()
+        self._routes[pid] = destinations
+        if destinations:
+            self._session.set_pid(
+                pid,
+                PidState.PROFILE,
+                collect_user=any(d.collect_user for d in destinations),
+                collect_kernel=any(d.collect_kernel for d in destinations),
+            )
+        else:
+            self._session.set_pid(pid, PidState.IGNORE)
+
+    def _refresh_settling(self) -> None:
+        now = time.monotonic()
+        for pid, since in list(self._settling.items()):
+            try:
+                if now - since > _SETTLE_S:
+                    raise ProcessError(pid, "settled")
+                self._symbolizer.add_process(pid)
+            except ProcessError:
+                del self._settling[pid]
+
+    def collect(self) -> int:
+        """Drain the kernel's counts into the destinations; return the samples routed."""
+        self.poll(0)
+        exited, self._exited = self._exited, set()
+        routed = 0
+        user_frames: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
+        kernel_frames: dict[tuple[int, ...], list[Frame]] = {}
+        for sample in self._session.drain():
+            destinations = self._destinations(sample.pid)
+            if not destinations:
+                continue
+            user_key = (sample.pid, sample.user_stack)
+            if user_key not in user_frames:
+                user_frames[user_key] = self._symbolizer.resolve_user(*user_key)
+            kernel_key = sample.kernel_stack
+            if kernel_key not in kernel_frames:
+                kernel_frames[kernel_key] = self._symbolizer.resolve_kernel(kernel_key)
+            for destination in destinations:
+                destination.add(
+                    sample.pid,
+                    kernel_frames[kernel_key] if destination.collect_kernel else (),
+                    user_frames[user_key] if destination.collect_user else (),
+                    sample.count,
+                )
+            routed += sample.count
+        for pid in exited:
+            self._forget(pid)
+        return routed
+
+    def _destinations(self, pid: int) -> tuple[Destination, ...]:
+        if pid in self._routes:
+            return self._routes[pid]
+        # Its event was lost or not read yet: decide now.
+        return self._decide(pid, 0)
+
+    def _forget(self, pid: int) -> None:
+        self._symbolizer.forget(pid)
+        self._settling.pop(pid, None)
+        self._routes.pop(pid, None)

@@ -1,0 +1,7 @@
+"""Where finished profiles go: receivers, the fan-out to them, and the file sink."""
+
+from agent.write.fanout import Fanout
+from agent.write.files import FileReceiver
+from agent.write.profile import LabeledProfile, Receiver
+
+__all__ = ["Fanout", "FileReceiver", "LabeledProfile", "Receiver"]

@@ -1,0 +1,26 @@
+"""A finished profile on its way out, and what receives it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["LabeledProfile", "Receiver"]
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledProfile:
+    """One gzipped pprof with the series labels it is sent under."""
+
+    labels: Mapping[str, str]
+    data: bytes
+    time_nanos: int
+
+
+@runtime_checkable
+class Receiver(Protocol):
+    """Takes finished profiles. ``append`` never blocks on I/O: a receiver
+    queues what it cannot handle at once, and drops and counts when full."""
+
+    def append(self, profile: LabeledProfile) -> None: ...
