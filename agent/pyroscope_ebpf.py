@@ -1,0 +1,277 @@
+"""The ``pyroscope.ebpf`` component: one profile per target every interval.
+
+Every ``pyroscope.ebpf`` component of an agent shares one :class:`Sampler`:
+one loaded BPF program, one symbolizer, one container-ID cache. Each
+component routes the processes that match its targets to a profile per
+target, and every ``collect_interval`` sends those profiles to its
+``forward_to`` receivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config.component import ArgumentError, Capsule, ComponentOptions, Duration, Health
+from agent.discovery import ContainerIdCache, Target, TargetSet, build_targets
+from agent.ebpf import Session, SessionOptions
+from agent.errors import EmberscopeError
+from agent.pprof import ProfileBuilder
+from agent.profiler import Profiler
+from agent.symbols import Frame, Symbolizer
+from agent.write import Fanout, LabeledProfile
+
+__all__ = ["EbpfComponent", "Sampler"]
+
+log = logging.getLogger(__name__)
+
+_SHARED_KEY = "pyroscope.ebpf.sampler"
+_POLL_MS = 200
+DEMANGLE_MODES = ("none", "simplified", "templates", "full")
+
+
+@dataclass(frozen=True)
+class EbpfArguments:
+    """The arguments of ``pyroscope.ebpf``, with Alloy's names and defaults."""
+
+    targets: list[dict[str, str]]
+    forward_to: list[Capsule]
+    collect_interval: Duration = Duration(15)
+    sample_rate: int = 97
+    pid_cache_size: int = 32
+    build_id_cache_size: int = 64
+    same_file_cache_size: int = 8
+    container_id_cache_size: int = 1024
+    collect_user_profile: bool = True
+    collect_kernel_profile: bool = True
+    demangle: str = "none"
+    python_enabled: bool = True
+    symbols_map_size: int = 16384
+    pid_map_size: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.collect_interval <= 0:
+            raise ArgumentError("collect_interval", "must be greater than 0")
+        if not 1 <= self.sample_rate <= 1000:
+            raise ArgumentError("sample_rate", f"must be within 1..1000, not {self.sample_rate}")
+        for name in (
+            "pid_cache_size",
+            "build_id_cache_size",
+            "same_file_cache_size",
+            "container_id_cache_size",
+            "symbols_map_size",
+            "pid_map_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ArgumentError(name, f"must be greater than 0, not {getattr(self, name)}")
+        if self.demangle not in DEMANGLE_MODES:
+            raise ArgumentError(
+                "demangle", f"must be one of {', '.join(DEMANGLE_MODES)}, not {self.demangle!r}"
+            )
+
+
+class Sampler:
+    """The one BPF session, symbolizer and container-ID cache of an agent.
+
+    Its own thread reads pid events; components call :meth:`collect`. All
+    access to the profiler goes through one lock.
+    """
+
+    def __init__(self, arguments: EbpfArguments) -> None:
+        self.arguments = arguments
+        self._components: list[EbpfComponent] = []
+        self._lock = threading.Lock()
+        self._containers = ContainerIdCache(arguments.container_id_cache_size)
+        self._session = Session(
+            SessionOptions(
+                sample_rate=arguments.sample_rate,
+                pid_map_size=arguments.pid_map_size,
+                collect_user=arguments.collect_user_profile,
+                collect_kernel=arguments.collect_kernel_profile,
+                discover_new=True,
+            )
+        )
+        self._symbolizer = Symbolizer()
+        self._profiler = Profiler(self._session, self._symbolizer, self._classify)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        self._session.open()
+        self._thread = threading.Thread(target=self._poll, name="ebpf-events", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self._symbolizer.close()
+            self._session.close()
+
+    def register(self, component: EbpfComponent) -> None:
+        with self._lock:
+            self._components.append(component)
+            self._profiler.reclassify()
+
+    def unregister(self, component: EbpfComponent) -> int:
+        """Remove ``component``; return how many components remain."""
+        with self._lock:
+            self._components.remove(component)
+            self._profiler.reclassify()
+            return len(self._components)
+
+    def targets_changed(self) -> None:
+        with self._lock:
+            self._profiler.reclassify()
+
+    def collect(self, component: EbpfComponent) -> dict[Target, ProfileBuilder]:
+        """Drain the kernel into every component; return ``component``'s profiles."""
+        with self._lock:
+            self._profiler.collect()
+            return component.take_profiles()
+
+    @property
+    def processes(self) -> int:
+        with self._lock:
+            return len(self._profiler.profiled)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._profiler.poll(0)
+            self._stop.wait(_POLL_MS / 1000)
+
+    def _classify(self, pid: int, _ppid: int) -> list[_TargetProfile]:
+        container_id = self._containers.lookup(pid)
+        routes = []
+        for component in self._components:
+            route = component.route(pid, container_id)
+            if route is not None:
+                routes.append(route)
+        return routes
+
+
+class _TargetProfile:
+    """The destination for one target's processes within one component."""
+
+    def __init__(self, component: EbpfComponent, target: Target) -> None:
+        self.component = component
+        self.target = target
+        self.collect_user = component.arguments.collect_user_profile
+        self.collect_kernel = component.arguments.collect_kernel_profile
+
+    def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None:
+        self.component.add(self.target, [*kernel, *user], count)
+
+
+class EbpfComponent:
+    """``pyroscope.ebpf``: profiles the processes of its targets."""
+
+    Arguments = EbpfArguments
+
+    def __init__(self, options: ComponentOptions, arguments: EbpfArguments) -> None:
+        self._options = options
+        self.arguments = arguments
+        self._targets: TargetSet = build_targets(arguments.targets)
+        self._routes: dict[Target, _TargetProfile] = {}
+        self._builders: dict[Target, ProfileBuilder] = {}
+        self._interval_start = time.time_ns()
+        self._health = Health("unknown", "starting", time.time())
+        self.profiles_sent = 0
+
+    # --- the graph's interface ---
+
+    def exports(self) -> dict[str, Any]:
+        return {}
+
+    def health(self) -> Health:
+        return self._health
+
+    def update(self, arguments: EbpfArguments) -> None:
+        self.arguments = arguments
+        self._targets = build_targets(arguments.targets)
+        self._routes = {}
+        sampler = self._options.shared.get(_SHARED_KEY)
+        if sampler is not None:
+            sampler.targets_changed()
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            sampler = self._join_sampler()
+        except EmberscopeError as exc:
+            self._health = Health("unhealthy", str(exc), time.time())
+            log.error("pyroscope.ebpf %s cannot start: %s", self._options.id, exc)
+            stop.wait()
+            return
+        self._health = Health("healthy", "", time.time())
+        try:
+            while not stop.wait(self.arguments.collect_interval):
+                self._collect(sampler)
+            self._collect(sampler)  # what the last, partial interval holds
+        finally:
+            self._leave_sampler(sampler)
+
+    # --- routing, called under the sampler's lock ---
+
+    def route(self, pid: int, container_id: str | None) -> _TargetProfile | None:
+        target = self._targets.match(pid, container_id)
+        if target is None:
+            return None
+        if target not in self._routes:
+            self._routes[target] = _TargetProfile(self, target)
+        return self._routes[target]
+
+    def add(self, target: Target, frames: list[Frame], count: int) -> None:
+        builder = self._builders.get(target)
+        if builder is None:
+            builder = ProfileBuilder(self.arguments.sample_rate, self._interval_start)
+            self._builders[target] = builder
+        builder.add_sample(frames, count)
+
+    def take_profiles(self) -> dict[Target, ProfileBuilder]:
+        """The interval's profiles, leaving empty ones for the next interval."""
+        builders, self._builders = self._builders, {}
+        return builders
+
+    # --- the collection loop ---
+
+    def _join_sampler(self) -> Sampler:
+        with self._options.shared_lock:
+            sampler = self._options.shared.get(_SHARED_KEY)
+            if sampler is None:
+                sampler = Sampler(self.arguments)
+                sampler.open()
+                self._options.shared[_SHARED_KEY] = sampler
+        sampler.register(self)
+        return sampler
+
+    def _leave_sampler(self, sampler: Sampler) -> None:
+        with self._options.shared_lock:
+            if sampler.unregister(self) == 0:
+                sampler.close()
+                del self._options.shared[_SHARED_KEY]
+
+    def _collect(self, sampler: Sampler) -> None:
+        builders = sampler.collect(self)
+        now = time.time_ns()
+        started, self._interval_start = self._interval_start, now
+        fanout = Fanout(self.arguments.forward_to)
+        samples = 0
+        for target, builder in builders.items():
+            builder.duration_nanos = now - started
+            samples += builder.sample_count
+            fanout.append(LabeledProfile(target.public_labels(), builder.encode(), started))
+        self.profiles_sent += len(builders)
+        log.info(
+            "collected component=%s targets=%d processes=%d samples=%d profiles=%d",
+            self._options.id,
+            len(self._targets),
+            sampler.processes,
+            samples,
+            len(builders),
+        )
