@@ -141,8 +141,15 @@ class Profiler:
         return [pid for pid, routes in self._routes.items() if routes]
 
     def add(self, pid: int, destinations: Sequence[Destination]) -> None:
-        """Profile ``pid`` from now on; raise ProcessError if it does not exist."""
-        self._symbolizer.add_process(pid)
+        """Profile ``pid`` from now on.
+
+        A process whose maps cannot be read (another user namespace, say) is
+        still sampled: its kernel frames resolve, its user frames stay addresses.
+        """
+        try:
+            self._symbolizer.add_process(pid)
+        except ProcessError as exc:
+            log.warning("user frames of pid %d cannot be named: %s", pid, exc.reason)
         self._route(pid, tuple(destinations))
 
     def poll(self, timeout_ms: int = 0) -> None:

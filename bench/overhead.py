@@ -143,7 +143,7 @@ def read_bpf_stats(owner: int) -> BpfStats | None:
 
 
 def profile_emberscope(
-    pids: list[int], args: argparse.Namespace, workdir: Path
+    pids: list[int], args: argparse.Namespace, workdir: Path, duration: str
 ) -> tuple[Usage, BpfStats | None]:
     """Run emberscope with BPF run stats on, keeping the last reading before it exits."""
     last: list[BpfStats] = []
@@ -155,7 +155,7 @@ def profile_emberscope(
                 last[:] = [stats]
 
     argv = [str(EMBERSCOPE), "profile", *[f"--pid={p}" for p in pids]]
-    argv += ["--duration", args.duration, "--sample-rate", str(args.rate)]
+    argv += ["--duration", duration, "--sample-rate", str(args.rate)]
     argv += ["--output", str(workdir / "emberscope.pb.gz")]
     old = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1")
@@ -200,7 +200,19 @@ def format_report(ember: Usage, perf: Usage, bpf: BpfStats | None, seconds: floa
     return "\n".join(lines)
 
 
-def format_targets(ember: Usage, bpf: BpfStats | None, seconds: float) -> str:
+def steady_state_pct(ember: Usage, short: Usage, seconds: float) -> float:
+    """CPU % of one core once running: the long run less the 1 s run, per second."""
+    return 100 * max(ember.cpu_s - short.cpu_s, 0.0) / (seconds - 1)
+
+
+def format_steady_state(ember: Usage, short: Usage, seconds: float) -> str:
+    return (
+        f"emberscope start-up and exit (a 1 s run): {short.cpu_s:.3f} CPU s; "
+        f"steady state: {steady_state_pct(ember, short, seconds):.3f} % of one core"
+    )
+
+
+def format_targets(ember: Usage, short: Usage, bpf: BpfStats | None, seconds: float) -> str:
     def mark(name: str, value: float | None, limit: float, unit: str) -> str:
         if value is None:
             return f"- {name}: not measured (target ≤ {limit:g} {unit})"
@@ -209,6 +221,8 @@ def format_targets(ember: Usage, bpf: BpfStats | None, seconds: float) -> str:
 
     us = bpf.run_time_ns / bpf.run_cnt / 1000 if bpf is not None and bpf.run_cnt else None
     cpu = mark("agent CPU", 100 * ember.cpu_s / seconds, TARGET_CPU_PCT, "% of one CPU")
+    steady = steady_state_pct(ember, short, seconds)
+    cpu += "\n" + mark("agent CPU, steady state", steady, TARGET_CPU_PCT, "% of one CPU")
     rss = mark("agent peak RSS", ember.rss_mb, TARGET_RSS_MB, "MB")
     return f"{cpu}\n{rss}\n{mark('BPF cost', us, TARGET_BPF_US, 'µs/sample')}"
 
@@ -257,14 +271,17 @@ def main() -> int:
             workloads = [subprocess.Popen([str(binary)]) for _ in range(2)]
             pids = [w.pid for w in workloads]
             print(f"workloads {pids}; profiling each tool for {args.duration}", file=sys.stderr)
-            ember, bpf = profile_emberscope(pids, args, workdir)
+            ember, bpf = profile_emberscope(pids, args, workdir, args.duration)
+            # The same run cut to 1 s: what starting and stopping cost alone.
+            short, _ = profile_emberscope(pids, args, workdir, "1s")
             perf = profile_perf(pids, args, workdir)
         finally:
             for w in workloads:
                 w.kill()
                 w.wait()
     report = format_report(ember, perf, bpf, args.seconds)
-    targets = format_targets(ember, bpf, args.seconds)
+    report += "\n" + format_steady_state(ember, short, args.seconds)
+    targets = format_targets(ember, short, bpf, args.seconds)
     print(f"{report}\n\n{targets}")
     if args.write_results:
         write_results(report, targets, args)
