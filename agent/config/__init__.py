@@ -1,5 +1,28 @@
-"""Configuration: values and their parsing."""
+"""Configuration: the Alloy syntax, the component contract and the component graph."""
 
+from agent.config.component import (
+    ArgumentError,
+    Capsule,
+    Component,
+    ComponentOptions,
+    Duration,
+    Health,
+    Secret,
+    block,
+)
 from agent.config.duration import parse_duration
+from agent.config.graph import Graph, check_config
 
-__all__ = ["parse_duration"]
+__all__ = [
+    "ArgumentError",
+    "Capsule",
+    "Component",
+    "ComponentOptions",
+    "Duration",
+    "Graph",
+    "Health",
+    "Secret",
+    "block",
+    "check_config",
+    "parse_duration",
+]

@@ -24,6 +24,11 @@ Declaring arguments::
 Field names are the Alloy attribute and block names. Accepted field types:
 ``str``, ``Secret``, ``int``, ``float``, ``bool``, ``Duration``, ``list[X]``,
 ``dict[str, X]``, ``X | None``, ``Capsule``, and nested dataclasses for blocks.
+
+A kind may also declare an ``Exports`` dataclass whose field names are the
+names in its ``exports()`` dict (``targets``, ``output``, ``receiver``). The
+graph then rejects at load a reference to an export the kind lacks; without
+it, such a reference fails only when evaluated, after start.
 """
 
 from __future__ import annotations

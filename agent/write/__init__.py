@@ -3,5 +3,6 @@
 from agent.write.fanout import Fanout
 from agent.write.files import FileReceiver
 from agent.write.profile import LabeledProfile, Receiver
+from agent.write.pyroscope import PyroscopeWriteArguments
 
-__all__ = ["Fanout", "FileReceiver", "LabeledProfile", "Receiver"]
+__all__ = ["Fanout", "FileReceiver", "LabeledProfile", "PyroscopeWriteArguments", "Receiver"]

@@ -1,0 +1,327 @@
+"""The component graph: load and check a configuration, then run its components.
+
+    graph = Graph.load(Path("agent.alloy"), kinds)   # parse, check, decode: nothing runs
+    graph.start()                                    # create in dependency order, run each
+    ...
+    graph.stop()                                     # stop, join in reverse order
+
+A component reads another's exports through references such as
+``discovery.relabel.local_pods.output``; they make the graph, and must not form
+a cycle. When a component calls ``on_exports``, one worker thread re-evaluates
+the arguments of every component that references it and calls ``update``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config.component import ComponentOptions, Health
+from agent.config.decode import decode
+from agent.config.evaluate import UNKNOWN, Reference, Scope, references
+from agent.config.lexer import decode_source, error_at
+from agent.config.parser import Attribute, Block, Expr, File, Statement, parse
+from agent.errors import ConfigError
+
+__all__ = ["Graph", "check_config"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class _Node:
+    """One component: its declaration, and once started, its running state."""
+
+    id: str
+    kind: type
+    block: Block
+    index: int  # declaration order, which breaks ties in the dependency order
+    dependencies: frozenset[str] = frozenset()
+    arguments: Any = None
+    component: Any = None
+    thread: threading.Thread | None = None
+    failure: Health | None = None  # set by the graph: evaluation, update or run failed
+
+
+class Graph:
+    """A checked configuration: components in dependency order, ready to start."""
+
+    def __init__(self, nodes: list[_Node], environ: Mapping[str, str]) -> None:
+        self._nodes = nodes
+        self._by_id = {node.id: node for node in nodes}
+        self._environ = environ
+        self._stop = threading.Event()
+        self._changed: set[str] = set()
+        self._announced: dict[str, dict[str, Any]] = {}  # exports passed to on_exports
+        self._wakeup = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._shared: dict[str, Any] = {}
+        self._shared_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        kinds: Mapping[str, type],
+        *,
+        environ: Mapping[str, str] | None = None,
+        filename: str = "<config>",
+    ) -> Graph:
+        """Parse and check a configuration: a path to read, or (a ``str``) the text itself.
+
+        ``kinds`` maps component names (``"pyroscope.ebpf"``) to classes with an
+        ``Arguments`` dataclass. ``environ`` is what ``sys.env`` reads
+        (``os.environ`` when omitted). Raises ConfigError; nothing is started.
+        """
+        if isinstance(source, os.PathLike):
+            filename = os.fspath(source)
+            source = _read(Path(source))
+        nodes = _declare(parse(source, filename), kinds)
+        ordered = _sort(nodes)
+        graph = cls(ordered, os.environ if environ is None else environ)
+        scope = Scope({node.id: UNKNOWN for node in ordered}, graph._environ)
+        for node in ordered:
+            node.arguments = decode(node.block, node.kind.Arguments, scope)
+        return graph
+
+    @property
+    def order(self) -> list[str]:
+        """Component ids in dependency order: each after every component it references."""
+        return [node.id for node in self._nodes]
+
+    def arguments(self, component_id: str) -> Any:
+        """The arguments a component was last given; at load, unknown exports read as empty."""
+        return self._by_id[component_id].arguments
+
+    def components(self) -> list[tuple[str, Any]]:
+        """(id, component) of every created component, in dependency order."""
+        return [(node.id, node.component) for node in self._nodes if node.component is not None]
+
+    def health(self, component_id: str) -> Health:
+        """The graph's verdict when it failed the component, else the component's own."""
+        node = self._by_id[component_id]
+        if node.failure is not None:
+            return node.failure
+        if node.component is None:
+            return Health("unknown", "not started")
+        return node.component.health()
+
+    def start(self) -> None:
+        """Create every component in dependency order and run each in its own thread.
+
+        If one cannot be created, those already running are stopped and the error raised.
+        A graph starts once.
+        """
+        if self._stop.is_set() or self._worker is not None:
+            raise RuntimeError("a graph can be started only once; load a new one")
+        try:
+            for node in self._nodes:
+                self._start_node(node)
+        except BaseException:
+            self.stop()
+            raise
+        self._worker = threading.Thread(target=self._reevaluate_loop, name="config-graph")
+        self._worker.daemon = True
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> list[str]:
+        """Stop every component, joining in reverse order; return the ids still running."""
+        self._stop.set()
+        with self._wakeup:
+            self._wakeup.notify_all()
+        deadline = time.monotonic() + timeout
+        threads = [(node.id, node.thread) for node in reversed(self._nodes) if node.thread]
+        if self._worker is not None:
+            threads.append(("config-graph", self._worker))
+        stuck = []
+        for name, thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s did not stop within %.1fs", name, timeout)
+                stuck.append(name)
+        return stuck
+
+    def _start_node(self, node: _Node) -> None:
+        arguments = decode(node.block, node.kind.Arguments, self._scope())
+        on_exports = functools.partial(self._on_exports, node.id)
+        options = ComponentOptions(node.id, on_exports, self._shared, self._shared_lock)
+        node.component = node.kind(options, arguments)
+        node.arguments = arguments
+        node.thread = threading.Thread(target=self._run, args=(node,), name=node.id)
+        node.thread.daemon = True
+        node.thread.start()
+
+    def _run(self, node: _Node) -> None:
+        try:
+            node.component.run(self._stop)
+        except Exception as exc:  # one component's failure must not take the agent down
+            log.exception("component %s failed", node.id)
+            node.failure = Health("unhealthy", f"run failed: {exc}", time.time())
+        else:
+            if not self._stop.is_set():
+                log.info("component %s exited", node.id)
+
+    def _scope(self) -> Scope:
+        """Exports of created components (as last announced); UNKNOWN for the others."""
+        with self._wakeup:
+            announced = dict(self._announced)
+        exports = {
+            node.id: announced[node.id] if node.id in announced else node.component.exports()
+            for node in self._nodes
+            if node.component is not None
+        }
+        unknown = {node.id: UNKNOWN for node in self._nodes if node.component is None}
+        return Scope(exports | unknown, self._environ)
+
+    def _on_exports(self, component_id: str, exports: dict[str, Any]) -> None:
+        with self._wakeup:
+            self._announced[component_id] = dict(exports)
+            self._changed.add(component_id)
+            self._wakeup.notify()
+
+    def _reevaluate_loop(self) -> None:
+        """The graph's worker: serializes updates; a burst of changes is handled once."""
+        while True:
+            with self._wakeup:
+                while not self._changed and not self._stop.is_set():
+                    self._wakeup.wait()
+                if self._stop.is_set():
+                    return
+                changed, self._changed = self._changed, set()
+            for node in self._nodes:
+                if node.dependencies & changed and node.component is not None:
+                    self._reevaluate(node)
+
+    def _reevaluate(self, node: _Node) -> None:
+        """Decode the arguments again; on failure keep the old ones and mark the component."""
+        try:
+            arguments = decode(node.block, node.kind.Arguments, self._scope())
+        except ConfigError as exc:
+            log.error("component %s: %s", node.id, exc)
+            node.failure = Health("unhealthy", str(exc), time.time())
+            return
+        node.failure = None
+        if arguments == node.arguments:
+            return
+        try:
+            node.component.update(arguments)
+        except Exception as exc:  # a component's bug must not stop the other updates
+            log.exception("component %s rejected its new arguments", node.id)
+            node.failure = Health("unhealthy", f"update failed: {exc}", time.time())
+            return
+        node.arguments = arguments
+
+
+def check_config(
+    path: str | os.PathLike[str],
+    kinds: Mapping[str, type],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Raise ConfigError if the configuration file at ``path`` is not valid."""
+    Graph.load(Path(path), kinds, environ=environ)
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+    return decode_source(data, str(path))
+
+
+def _declare(file: File, kinds: Mapping[str, type]) -> list[_Node]:
+    """One node per top-level block, with its references checked."""
+    nodes: dict[str, _Node] = {}
+    for index, statement in enumerate(file.body):
+        node = _declare_one(statement, kinds, index)
+        if node.id in nodes:
+            first = nodes[node.id].block.pos
+            raise error_at(statement.pos, f"block {node.id} already declared at {first}")
+        nodes[node.id] = node
+    for node in nodes.values():
+        found = [ref for expr in _expressions(node.block.body) for ref in references(expr, nodes)]
+        for reference in found:
+            _check_export(reference, nodes[reference.component_id].kind)
+        node.dependencies = frozenset(ref.component_id for ref in found)
+    return list(nodes.values())
+
+
+def _declare_one(statement: Statement, kinds: Mapping[str, type], index: int) -> _Node:
+    if isinstance(statement, Attribute):
+        raise error_at(statement.pos, f'unrecognized attribute name "{statement.name}"')
+    kind = kinds.get(statement.name)
+    if kind is None:
+        message = f'cannot find the definition of component name "{statement.name}"'
+        raise error_at(statement.pos, message)
+    if not statement.label:
+        raise error_at(statement.pos, f'block "{statement.name}" requires non-empty label')
+    return _Node(f"{statement.name}.{statement.label}", kind, statement, index)
+
+
+def _expressions(body: tuple[Statement, ...]) -> Iterator[Expr]:
+    for statement in body:
+        if isinstance(statement, Attribute):
+            yield statement.value
+        else:
+            yield from _expressions(statement.body)
+
+
+def _check_export(reference: Reference, kind: type) -> None:
+    """A kind that declares an ``Exports`` dataclass can only be read for its fields."""
+    exports = getattr(kind, "Exports", None)
+    if exports is None or not reference.fields:
+        return
+    name = reference.fields[0]
+    if name not in {field.name for field in dataclasses.fields(exports)}:
+        raise error_at(reference.pos, f'field "{name}" does not exist')
+
+
+def _sort(nodes: list[_Node]) -> list[_Node]:
+    """Dependency order (Kahn's algorithm, declaration order among equals); a cycle is an error."""
+    by_id = {node.id: node for node in nodes}
+    waiting = {node.id: set(node.dependencies) for node in nodes}
+    dependents: dict[str, list[str]] = {node.id: [] for node in nodes}
+    for node in nodes:
+        for dependency in node.dependencies:
+            dependents[dependency].append(node.id)
+    ready = [(node.index, node.id) for node in nodes if not node.dependencies]
+    heapq.heapify(ready)
+    ordered: list[_Node] = []
+    while ready:
+        _, current = heapq.heappop(ready)
+        ordered.append(by_id[current])
+        for dependent in dependents[current]:
+            waiting[dependent].discard(current)
+            if not waiting[dependent]:
+                heapq.heappush(ready, (by_id[dependent].index, dependent))
+    if len(ordered) < len(nodes):
+        cycle = _find_cycle([node for node in nodes if waiting[node.id]], by_id)
+        names = ", ".join(node.id for node in cycle)
+        raise error_at(cycle[0].block.pos, f"cycle: {names}")
+    return ordered
+
+
+def _find_cycle(blocked: list[_Node], by_id: dict[str, _Node]) -> list[_Node]:
+    """Follow references from the first blocked component until one repeats."""
+    blocked_ids = {node.id for node in blocked}
+    path: list[_Node] = []
+    current = blocked[0]
+    while current not in path:
+        path.append(current)
+        following = sorted(
+            (by_id[dep] for dep in current.dependencies if dep in blocked_ids),
+            key=lambda node: node.index,
+        )
+        current = following[0]
+    cycle = path[path.index(current) :]
+    start = min(range(len(cycle)), key=lambda i: cycle[i].index)
+    return cycle[start:] + cycle[:start]
