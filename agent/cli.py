@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from agent import __version__
 from agent.config import parse_duration
 from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
+from agent.pipeline import DEFAULT_CONFIG, Agent, check
 from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.symbols import Symbolizer
@@ -39,9 +41,13 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(getattr(args, "default_log_level", logging.WARNING), args.verbose)
     try:
         return int(args.handler(args))
+    except ConfigError as exc:
+        # Configuration errors already start with file:line:col.
+        print(f"emberscope: {exc}", file=sys.stderr)
+        return 1
     except EmberscopeError as exc:
         print(f"emberscope: error: {_advice(exc)}", file=sys.stderr)
         return 1
@@ -86,6 +92,20 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     profile.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
     profile.set_defaults(handler=_profile)
+
+    run = commands.add_parser("run", help="run the agent on an Alloy-syntax configuration")
+    run.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=DEFAULT_CONFIG,
+        help="the configuration file (default examples/local.alloy)",
+    )
+    run.set_defaults(handler=_run, default_log_level=logging.INFO)
+
+    check_config = commands.add_parser("check-config", help="check a configuration file and exit")
+    check_config.add_argument("config", type=Path, help="the configuration file")
+    check_config.set_defaults(handler=_check_config)
     return parser
 
 
@@ -117,14 +137,33 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * min(verbosity, 2)
+def _configure_logging(default: int, verbosity: int) -> None:
+    level = max(default - 10 * verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter('ts=%(asctime)s level=%(levelname)s logger=%(name)s msg="%(message)s"')
     )
     log.addHandler(handler)
     log.setLevel(level)
+
+
+# --- emberscope run and check-config -----------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_privileges()
+    agent = Agent.load(args.config, os.environ)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    agent.run_until(stop)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    check(args.config, os.environ)
+    print(f"{args.config}: valid")
+    return 0
 
 
 # --- emberscope profile ------------------------------------------------------

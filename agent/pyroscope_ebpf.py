@@ -265,7 +265,8 @@ class EbpfComponent:
         for target, builder in builders.items():
             builder.duration_nanos = now - started
             samples += builder.sample_count
-            fanout.append(LabeledProfile(target.public_labels(), builder.encode(), started))
+            labels = dict(target.public_labels())
+            fanout.append(LabeledProfile(labels, builder.encode(), started))
         self.profiles_sent += len(builders)
         log.info(
             "collected component=%s targets=%d processes=%d samples=%d profiles=%d",
