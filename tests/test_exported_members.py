@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-ROOMS = ["agent.config", "agent.ebpf", "agent.pprof", "agent.symbols"]
+ROOMS = ["agent.config", "agent.discovery", "agent.ebpf", "agent.pprof", "agent.symbols", "agent.write"]
 
 
 @pytest.mark.parametrize("name", ROOMS)

@@ -1,0 +1,31 @@
+"""The discovery room: targets found, relabeled and indexed by the pid or container they profile."""
+
+from agent.discovery.containers import (
+    CgroupInfo,
+    ContainerIdCache,
+    parse_cgroup,
+    parse_container_id,
+)
+from agent.discovery.docker import DockerArguments
+from agent.discovery.kubernetes import KubernetesArguments
+from agent.discovery.process import DiscoverConfig, ProcessDiscovery
+from agent.discovery.relabel import RelabelComponent, Rule, Rules, relabel
+from agent.discovery.targets import Target, TargetSet, build_targets
+
+__all__ = [
+    "CgroupInfo",
+    "ContainerIdCache",
+    "DiscoverConfig",
+    "DockerArguments",
+    "KubernetesArguments",
+    "ProcessDiscovery",
+    "RelabelComponent",
+    "Rule",
+    "Rules",
+    "Target",
+    "TargetSet",
+    "build_targets",
+    "parse_cgroup",
+    "parse_container_id",
+    "relabel",
+]

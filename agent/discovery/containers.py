@@ -1,0 +1,165 @@
+"""The container of a process, from the text of ``/proc/<pid>/cgroup``.
+
+Rules from kubernetes-and-containers.md §6: the innermost 64-hex ID of a path, the ``0::``
+line before v1 lines, conmon monitors never credited to their container, and a cache keyed
+by (pid, start time) because PIDs are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+__all__ = ["CgroupInfo", "ContainerIdCache", "parse_cgroup", "parse_container_id"]
+
+log = logging.getLogger(__name__)
+
+# hierarchy-ID ":" controllers without colons ":" path (the path may hold colons).
+_LINE = re.compile(r"(\d+):([^:]*):(.*)")
+_ID = re.compile(r"(?<=[/:-])[0-9a-f]{64}(?=[./]|\Z)")
+_RUNTIME = re.compile(r"([a-z]+(?:-[a-z]+)*)[-:]\Z")
+_POD_UID = re.compile(
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupInfo:
+    """What a cgroup file tells about a process; each part may be absent.
+
+    ``runtime`` is the prefix before the ID without its separator (``docker``,
+    ``cri-containerd``, ``crio``, ``libpod``, ``crio-conmon``); cgroupfs paths have none.
+    """
+
+    container_id: str | None = None
+    runtime: str | None = None
+    pod_uid: str | None = None
+
+    @property
+    def is_conmon(self) -> bool:
+        """A CRI-O or Podman monitor process, whose cgroup repeats its container's ID."""
+        return self.runtime is not None and self.runtime.endswith("-conmon")
+
+
+def parse_cgroup(cgroup_text: str) -> CgroupInfo:
+    """Parse the whole text of ``/proc/<pid>/cgroup`` (v1, v2 or hybrid)."""
+    v2_hit: tuple[str, str | None] | None = None
+    v1_hit: tuple[str, str | None] | None = None
+    for line in cgroup_text.splitlines():
+        match = _LINE.fullmatch(line.rstrip("\r"))
+        if match is None:
+            continue
+        hit = _parse_path(match.group(3))
+        if hit is None:
+            continue
+        if match.group(1) == "0" and match.group(2) == "":
+            v2_hit = v2_hit or hit
+        else:
+            v1_hit = v1_hit or hit
+    pods = _POD_UID.findall(cgroup_text)
+    pod_uid = pods[-1].replace("_", "-") if pods else None
+    container_id, runtime = v2_hit or v1_hit or (None, None)
+    return CgroupInfo(container_id, runtime, pod_uid)
+
+
+def _parse_path(path: str) -> tuple[str, str | None] | None:
+    """The innermost (last) container ID of a path and its runtime prefix."""
+    matches = list(_ID.finditer(path))
+    if not matches:
+        return None
+    last = matches[-1]
+    component = path[: last.start()].rsplit("/", 1)[-1]
+    runtime = _RUNTIME.search(component)
+    return last.group(), runtime.group(1) if runtime else None
+
+
+def parse_container_id(cgroup_text: str) -> str | None:
+    """The container ID of the process, or None for host processes and conmon monitors."""
+    info = parse_cgroup(cgroup_text)
+    return None if info.is_conmon else info.container_id
+
+
+def _read_start_time(proc_root: str, pid: int) -> int:
+    """Field 22 of ``/proc/<pid>/stat``: start time in clock ticks since boot.
+
+    Raises OSError when the process is gone. The command name (field 2) may hold spaces
+    and parentheses, so fields are counted after its last ``)``.
+    """
+    with open(os.path.join(proc_root, str(pid), "stat"), "rb") as stat:
+        text = stat.read()
+    fields = text[text.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+class ContainerIdCache:
+    """LRU of pid → container ID (misses too, as None), checked against process start time.
+
+    Example::
+
+        cache = ContainerIdCache(1024)
+        cache.lookup(4242)   # "3f1c…" or None
+        cache.forget(4242)   # on process exit
+    """
+
+    def __init__(self, size: int, proc_root: str = "/proc") -> None:
+        if size < 1:
+            raise ValueError(f"container ID cache size must be at least 1, got {size}")
+        self.size = size
+        self.proc_root = proc_root
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[int, tuple[int, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, pid: int) -> str | None:
+        """The container ID of ``pid``; None for a host process or one already gone."""
+        try:
+            start_time = _read_start_time(self.proc_root, pid)
+        except (OSError, ValueError, IndexError):
+            return None
+        with self._lock:
+            entry = self._entries.get(pid)
+            if entry is not None and entry[0] == start_time:
+                self._entries.move_to_end(pid)
+                self.hits += 1
+                return entry[1]
+            self.misses += 1
+        container_id = self._read(pid, start_time)
+        return container_id
+
+    def _read(self, pid: int, start_time: int) -> str | None:
+        try:
+            with open(os.path.join(self.proc_root, str(pid), "cgroup"), "rb") as cgroup:
+                text = cgroup.read().decode("utf-8", "replace")
+            # The pid may have been reused while we read; then cache nothing.
+            unchanged = _read_start_time(self.proc_root, pid) == start_time
+        except (OSError, ValueError, IndexError):
+            return None
+        container_id = parse_container_id(text)
+        if unchanged:
+            self._store(pid, start_time, container_id)
+        return container_id
+
+    def _store(self, pid: int, start_time: int, container_id: str | None) -> None:
+        with self._lock:
+            self._entries[pid] = (start_time, container_id)
+            self._entries.move_to_end(pid)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            self._entries.pop(pid, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def debug_info(self) -> dict[str, object]:
+        """Size, counters and every entry, for the debug endpoint."""
+        with self._lock:
+            entries = {pid: cid for pid, (_, cid) in self._entries.items()}
+        return {"size": self.size, "hits": self.hits, "misses": self.misses, "entries": entries}
