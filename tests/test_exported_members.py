@@ -7,7 +7,14 @@ import types
 
 import pytest
 
-ROOMS = ["agent.config", "agent.discovery", "agent.ebpf", "agent.pprof", "agent.symbols", "agent.write"]
+ROOMS = [
+    "agent.config",
+    "agent.discovery",
+    "agent.ebpf",
+    "agent.pprof",
+    "agent.symbols",
+    "agent.write",
+]
 
 
 @pytest.mark.parametrize("name", ROOMS)
