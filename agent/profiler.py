@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.ebpf import PidEvent, PidEventType, PidState, Session
+from agent.ebpf import PidEvent, PidEventType, PidState, RawSample, Session
 from agent.errors import ProcessError
 from agent.pprof import ProfileBuilder
 from agent.symbols import Frame, Symbolizer
@@ -36,6 +36,10 @@ _MAX_ANCESTRY = 64
 # runs after exec). Its maps are re-read on each poll for this long, so that
 # a short-lived process that exits before the next collection still resolves.
 _SETTLE_S = 1.0
+# How long a process that matches nothing stays pending before it is ignored:
+# discovery may not have seen it yet (discovery.process looks every second),
+# and its samples are held meanwhile, so none are lost while the agent learns.
+_PENDING_S = 3.0
 
 
 class Destination(Protocol):
@@ -133,6 +137,8 @@ class Profiler:
         self._symbolizer = symbolizer
         self._classify = classify
         self._routes: dict[int, tuple[Destination, ...]] = {}  # empty tuple: ignored
+        self._pending: dict[int, float] = {}  # pid -> when it was first seen, undecided
+        self._held: dict[int, list[RawSample]] = {}  # drained samples of pending pids
         self._exited: set[int] = set()
         self._settling: dict[int, float] = {}  # pid -> when it was first seen
 
@@ -157,11 +163,18 @@ class Profiler:
         for event in self._session.poll_events(timeout_ms):
             self._handle(event)
         self._refresh_settling()
+        self._expire_pending()
 
     def reclassify(self) -> None:
         """Decide again for every known process: the targets have changed."""
-        for pid in list(self._routes):
+        for pid in [*self._routes, *self._pending]:
             self._decide(pid, 0)
+
+    def _expire_pending(self) -> None:
+        deadline = time.monotonic() - _PENDING_S
+        for pid in [pid for pid, seen in self._pending.items() if seen < deadline]:
+            if not self._decide(pid, 0, wait=False):
+                self._held.pop(pid, None)
 
     def _handle(self, event: PidEvent) -> None:
         pid = event.pid
@@ -174,8 +187,14 @@ class Profiler:
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
 
-    def _decide(self, pid: int, ppid: int) -> tuple[Destination, ...]:
+    def _decide(self, pid: int, ppid: int, *, wait: bool = True) -> tuple[Destination, ...]:
         destinations = tuple(self._classify(pid, ppid))
+        if not destinations and wait and pid not in self._routes:
+            # Never decided: wait a little for discovery before ignoring it.
+            first_seen = self._pending.setdefault(pid, time.monotonic())
+            if time.monotonic() - first_seen <= _PENDING_S:
+                return ()
+        self._pending.pop(pid, None)
         if destinations and not self._routes.get(pid):
             try:
                 self._symbolizer.add_process(pid)
@@ -216,9 +235,11 @@ class Profiler:
         routed = 0
         user_frames: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
         kernel_frames: dict[tuple[int, ...], list[Frame]] = {}
-        for sample in self._session.drain():
+        for sample in self._take_samples():
             destinations = self._destinations(sample.pid)
             if not destinations:
+                if sample.pid in self._pending:
+                    self._held.setdefault(sample.pid, []).append(sample)
                 continue
             user_key = (sample.pid, sample.user_stack)
             if user_key not in user_frames:
@@ -235,8 +256,18 @@ class Profiler:
                 )
             routed += sample.count
         for pid in exited:
-            self._forget(pid)
+            if pid in self._pending:
+                self._exited.add(pid)  # its held samples still wait for a decision
+            else:
+                self._forget(pid)
         return routed
+
+    def _take_samples(self) -> list[RawSample]:
+        """The drained samples, and the held ones of processes decided since."""
+        samples = self._session.drain()
+        for pid in [pid for pid in self._held if pid not in self._pending]:
+            samples.extend(self._held.pop(pid))
+        return samples
 
     def _destinations(self, pid: int) -> tuple[Destination, ...]:
         if pid in self._routes:

@@ -52,9 +52,20 @@ pyroscope.file "out" {{
 """
 
 
-def loaded_programs() -> set[int]:
+def loaded_programs() -> dict[int, str]:
+    """Every BPF program loaded in the kernel: id -> name."""
     shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
-    return {p["id"] for p in json.loads(shown.stdout or "[]") if p.get("name") == "do_sample"}
+    return {p["id"]: p.get("name", "") for p in json.loads(shown.stdout or "[]")}
+
+
+def programs_held_by(pid: int) -> set[int]:
+    """The ids of the BPF programs a process holds file descriptors of."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        for line in info.read_text().splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
 
 
 def profiles_of(output: Path, service: str) -> list[tuple[dict, object]]:
@@ -73,7 +84,6 @@ def agent_run(build_workload, tmp_path_factory):
     output = tmp_path_factory.mktemp("agent-out")
     config = tmp_path_factory.mktemp("agent-config") / "agent.alloy"
     config.write_text(CONFIG.format(folder=early.parent, interval=INTERVAL_S, output=output))
-    before = loaded_programs()
     first = subprocess.Popen([str(early), "30"])
     agent = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", str(config)],
@@ -86,7 +96,8 @@ def agent_run(build_workload, tmp_path_factory):
         second_started = time.time_ns()
         second = subprocess.Popen([str(late), "30"])
         time.sleep(2.5 * INTERVAL_S)
-        while_running = loaded_programs() - before
+        held = programs_held_by(agent.pid)
+        names = sorted(loaded_programs()[program] for program in held)
         agent.send_signal(signal.SIGTERM)
         _, log = agent.communicate(timeout=30)
     finally:
@@ -101,16 +112,17 @@ def agent_run(build_workload, tmp_path_factory):
         "early": early.name,
         "late": late.name,
         "second_started": second_started,
-        "while_running": while_running,
-        "after": loaded_programs() - before,
+        "names": names,
+        "left": held & loaded_programs().keys(),
     }
 
 
 def test_sigterm_stops_it_cleanly_with_the_bpf_program_unloaded(agent_run):
     assert agent_run["returncode"] == 0, agent_run["log"]
     assert "agent stopped" in agent_run["log"]
-    assert len(agent_run["while_running"]) == 1
-    assert agent_run["after"] == set()
+    # one sampler and its two tracepoint programs, however many components share it
+    assert agent_run["names"] == ["do_sample", "handle_exec", "handle_exit"]
+    assert agent_run["left"] == set()
 
 
 def test_one_profile_per_target_per_interval_with_the_target_labels(agent_run):
@@ -131,8 +143,8 @@ def test_each_interval_holds_the_functions_and_the_samples_of_its_time(agent_run
     profiles = profiles_of(agent_run["output"], agent_run["early"])
     for _, profile in profiles[1:-1]:  # whole intervals
         samples = sum(s.value[0] for s in profile.sample) // profile.period
-        # one busy thread at 97 Hz; the machine has other busy processes too
-        assert 0.6 * 97 * INTERVAL_S <= samples <= 1.1 * 97 * INTERVAL_S
+        # one busy thread at 97 Hz, sharing two cores with the other workload and the test
+        assert 0.4 * 97 * INTERVAL_S <= samples <= 1.1 * 97 * INTERVAL_S
         assert profile.duration_nanos == pytest.approx(INTERVAL_S * 1e9, rel=0.2)
         names = {row.name for row in top_functions(profile, 20)}
         assert {"leaf_a", "leaf_b", "leaf_c", "main"} <= names

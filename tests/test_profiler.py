@@ -1,0 +1,139 @@
+"""The profiler's decisions per pid, with a scripted session in place of the kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import profiler as profiler_module
+from agent.ebpf import PidEvent, PidEventType, PidState, RawSample
+from agent.profiler import ProcessSelection, Profiler
+from agent.symbols import Frame
+
+
+class ScriptedSession:
+    def __init__(self) -> None:
+        self.events: list[PidEvent] = []
+        self.counts: list[RawSample] = []
+        self.states: dict[int, PidState] = {}
+
+    def poll_events(self, timeout_ms: int = 0) -> list[PidEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def drain(self) -> list[RawSample]:
+        counts, self.counts = self.counts, []
+        return counts
+
+    def set_pid(self, pid, state, collect_user=None, collect_kernel=None) -> None:
+        self.states[pid] = state
+
+
+class NamingSymbolizer:
+    def __init__(self) -> None:
+        self.added: list[int] = []
+        self.forgotten: list[int] = []
+
+    def add_process(self, pid: int) -> None:
+        self.added.append(pid)
+
+    def forget(self, pid: int) -> None:
+        self.forgotten.append(pid)
+
+    def resolve_user(self, pid, addresses):
+        return [Frame(f"user_{address:x}") for address in addresses]
+
+    def resolve_kernel(self, addresses):
+        return [Frame(f"kernel_{address:x}") for address in addresses]
+
+
+class Recorder:
+    collect_user = True
+    collect_kernel = True
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, list[str], int]] = []
+
+    def add(self, pid, kernel, user, count) -> None:
+        self.samples.append((pid, [f.name for f in [*kernel, *user]], count))
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(profiler_module.time, "monotonic", lambda: now[0])
+    return now
+
+
+def make(targets: dict[int, Recorder]):
+    session, symbolizer = ScriptedSession(), NamingSymbolizer()
+    profiler = Profiler(
+        session, symbolizer, lambda pid, _ppid: [targets[pid]] if pid in targets else []
+    )
+    return profiler, session, symbolizer
+
+
+def test_samples_of_a_process_discovery_has_not_seen_yet_are_held_then_routed(clock):
+    targets: dict[int, Recorder] = {}
+    profiler, session, _ = make(targets)
+    session.events = [PidEvent(PidEventType.NEW, 42, 1)]
+    session.counts = [RawSample(42, (0x10,), (), 5)]
+    profiler.collect()
+    assert 42 not in session.states  # still pending in the kernel, not ignored
+    clock[0] += 1
+    targets[42] = Recorder()  # discovery caught up
+    profiler.reclassify()
+    session.counts = [RawSample(42, (0x10,), (), 2)]
+    profiler.collect()
+    assert session.states[42] is PidState.PROFILE
+    assert sorted(targets[42].samples) == [(42, ["user_10"], 2), (42, ["user_10"], 5)]
+
+
+def test_a_process_that_matches_nothing_is_ignored_after_the_grace_period(clock):
+    profiler, session, _ = make({})
+    session.events = [PidEvent(PidEventType.NEW, 7, 1)]
+    session.counts = [RawSample(7, (0x1,), (), 3)]
+    profiler.collect()
+    clock[0] += profiler_module._PENDING_S + 0.1
+    profiler.poll()
+    assert session.states[7] is PidState.IGNORE
+    assert profiler._held == {}
+
+
+def test_an_exited_process_is_forgotten_after_its_last_samples(clock):
+    recorder = Recorder()
+    profiler, session, symbolizer = make({9: recorder})
+    session.events = [PidEvent(PidEventType.NEW, 9, 1)]
+    profiler.poll()
+    session.events = [PidEvent(PidEventType.EXIT, 9, 0)]
+    session.counts = [RawSample(9, (0x2,), (0xFFFF_FFFF_8100_0000,), 4)]
+    profiler.collect()
+    assert recorder.samples == [(9, ["kernel_ffffffff81000000", "user_2"], 4)]
+    assert symbolizer.forgotten == [9]
+    assert 9 not in profiler.profiled
+    # the pid is reused by a process nobody wants: it is not routed to the old target
+    session.events = [PidEvent(PidEventType.NEW, 9, 1)]
+    session.counts = [RawSample(9, (0x3,), (), 1)]
+    del_target = {}
+    profiler._classify = lambda pid, ppid: [del_target[pid]] if pid in del_target else []
+    profiler.collect()
+    assert len(recorder.samples) == 1
+
+
+def test_exec_rereads_the_maps_of_a_profiled_process(clock):
+    profiler, session, symbolizer = make({5: Recorder()})
+    session.events = [PidEvent(PidEventType.NEW, 5, 1), PidEvent(PidEventType.EXEC, 5, 0)]
+    profiler.poll()
+    assert symbolizer.forgotten == [5]
+    assert symbolizer.added.count(5) >= 2
+
+
+def test_selection_follows_the_tree_of_a_root(tmp_path):
+    proc = tmp_path
+    for pid, ppid in ((10, 1), (11, 10), (12, 11), (20, 1)):
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "stat").write_text(f"{pid} (sh (x)) S {ppid} 0 0\n")
+    selection = ProcessSelection(roots={10}, proc_root=str(proc))
+    assert selection.matches(12, 0)
+    assert selection.matches(11, 10)
+    assert not selection.matches(20, 0)
+    assert ProcessSelection(all_processes=True).matches(20, 1)
