@@ -1,6 +1,7 @@
 # The project's commands. Each target installs what it needs first.
 #   make install   system packages, .venv, BPF objects
-#   make run       profile this host for 30 s into profiles/host.pb.gz
+#   make run       run the agent on examples/local.alloy (profiles under ./profiles)
+#   make profile   profile this host once for 30 s into profiles/host.pb.gz
 #   make test      every test
 
 VENV := .venv
@@ -9,7 +10,7 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc g++ make golang-go lin
 	python3-venv util-linux
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bpf proto bench clean
+.PHONY: install run profile test bpf proto bench clean
 
 install: $(STAMP) bpf
 
@@ -29,6 +30,9 @@ bpf:
 	$(MAKE) -C bpf
 
 run: install
+	$(VENV)/bin/emberscope run examples/local.alloy
+
+profile: install
 	$(VENV)/bin/emberscope profile --all --duration 30s --output profiles/host.pb.gz
 
 test: install

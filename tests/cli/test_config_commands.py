@@ -1,0 +1,73 @@
+"""`emberscope check-config` and the refusals of `emberscope run`, through the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "name", ["deploy/k8s.alloy", "examples/docker.alloy", "examples/local.alloy"]
+)
+def test_the_shipped_configurations_are_valid(emberscope, name):
+    result = emberscope("check-config", name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{name}: valid"
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ('pyroscope.ebpf "a" {\n  targets = [\n', "3:1", "expected"),
+        ('pyroscope.nope "a" {\n}\n', "1:1", "pyroscope.nope"),
+        ('pyroscope.ebpf "a" {\n  forward_to = []\n}\n', "1:1", '"targets"'),
+        (
+            'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = []\n  demangle = "all"\n}\n',
+            "4:3",
+            "demangle",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = "x"\n  forward_to = []\n}\n',
+            "2:13",
+            "expected array, got string",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = []\n  bogus = 1\n}\n',
+            "4:3",
+            "bogus",
+        ),
+        (
+            'discovery.relabel "a" {\n  targets = discovery.relabel.b.output\n}\n'
+            'discovery.relabel "b" {\n  targets = discovery.relabel.a.output\n}\n',
+            ":",
+            "cycle",
+        ),
+    ],
+)
+def test_each_error_names_file_line_column_and_exits_1(emberscope, tmp_path, text, where, message):
+    config = tmp_path / "bad.alloy"
+    config.write_text(text)
+    result = emberscope("check-config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"emberscope: {config}:")
+    assert f"{config}:{where}:" in result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_missing_file_is_one_line(emberscope, tmp_path):
+    result = emberscope("check-config", str(tmp_path / "nowhere.alloy"))
+    assert result.returncode == 1
+    assert "nowhere.alloy" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("bpf_ready")
+def test_run_refuses_components_that_cannot_run_yet_before_starting_anything(emberscope):
+    result = emberscope("run", "deploy/k8s.alloy", timeout=30)
+    assert result.returncode == 1
+    assert "discovery.kubernetes cannot run yet" in result.stderr
+    assert "agent started" not in result.stderr
