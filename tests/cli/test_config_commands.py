@@ -42,8 +42,8 @@ def test_the_shipped_configurations_are_valid(emberscope, name):
         (
             'discovery.relabel "a" {\n  targets = discovery.relabel.b.output\n}\n'
             'discovery.relabel "b" {\n  targets = discovery.relabel.a.output\n}\n',
-            ":",
-            "cycle",
+            "1:1",
+            "cycle: discovery.relabel.a, discovery.relabel.b",
         ),
     ],
 )
