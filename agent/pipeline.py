@@ -10,10 +10,11 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.config import ComponentOptions, Graph
+from agent.config import Capsule, ComponentOptions, Graph
 from agent.discovery import (
     DockerArguments,
     KubernetesArguments,
@@ -31,10 +32,21 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy"
 
 
+@dataclass(frozen=True)
+class _TargetsExports:
+    targets: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class _ReceiverExports:
+    receiver: Capsule
+
+
 class _CheckedOnly:
     """A kind whose arguments are checked, but which cannot run yet."""
 
     Arguments: ClassVar[type]
+    Exports: ClassVar[type]
     missing: ClassVar[str]
 
     def __init__(self, options: ComponentOptions, arguments: Any) -> None:
@@ -43,16 +55,19 @@ class _CheckedOnly:
 
 class _KubernetesDiscovery(_CheckedOnly):
     Arguments = KubernetesArguments
+    Exports = _TargetsExports
     missing = "discovery.kubernetes cannot run yet: the pod watch is not implemented"
 
 
 class _DockerDiscovery(_CheckedOnly):
     Arguments = DockerArguments
+    Exports = _TargetsExports
     missing = "discovery.docker cannot run yet: the Engine API client is not implemented"
 
 
 class _PyroscopeWrite(_CheckedOnly):
     Arguments = PyroscopeWriteArguments
+    Exports = _ReceiverExports
     missing = "pyroscope.write cannot run yet: use pyroscope.file to keep profiles on disk"
 
 

@@ -174,6 +174,10 @@ class EbpfComponent:
 
     Arguments = EbpfArguments
 
+    @dataclass(frozen=True)
+    class Exports:
+        """pyroscope.ebpf exports nothing."""
+
     def __init__(self, options: ComponentOptions, arguments: EbpfArguments) -> None:
         self._options = options
         self.arguments = arguments

@@ -4,6 +4,7 @@ real-kernel requirements, and a runner for the ``emberscope`` command."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -86,5 +87,37 @@ def emberscope() -> Callable[..., CliResult]:
             stdin=subprocess.DEVNULL,
         )
         return CliResult(done.returncode, done.stdout, done.stderr)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def go_pprof(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    """Run ``go tool pprof FLAGS`` offline on profile bytes; the oracle for pprof output."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go (golang-go) is not installed; go tool pprof is the oracle here")
+    home = tmp_path_factory.mktemp("go")
+    env = os.environ | {
+        "HOME": str(home),
+        "GOPATH": str(home / "gopath"),
+        "GOCACHE": str(home / "gocache"),
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",
+        "PPROF_TMPDIR": str(home),
+    }
+
+    def run(profile_bytes: bytes, *flags: str) -> str:
+        path = home / "cpu.pb.gz"
+        path.write_bytes(profile_bytes)
+        result = subprocess.run(
+            [go, "tool", "pprof", "-symbolize=none", *flags, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return result.stdout
 
     return run

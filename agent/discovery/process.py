@@ -73,6 +73,10 @@ class ProcessDiscovery:
             if self.refresh_interval <= 0:
                 raise ArgumentError("refresh_interval", "must be greater than 0")
 
+    @dataclass(frozen=True)
+    class Exports:
+        targets: list[dict[str, str]]
+
     def __init__(
         self,
         options: ComponentOptions,

@@ -314,6 +314,11 @@ class RelabelComponent:
         targets: list[dict[str, str]]
         rule: list[Rule] = block(default_factory=list)
 
+    @dataclass(frozen=True)
+    class Exports:
+        output: list[dict[str, str]]
+        rules: Rules
+
     def __init__(self, options: ComponentOptions, arguments: RelabelComponent.Arguments) -> None:
         self._options = options
         self._lock = threading.Lock()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config.component import ArgumentError, ComponentOptions, Duration, Health
+from agent.config.component import ArgumentError, Capsule, ComponentOptions, Duration, Health
 from agent.write.profile import LabeledProfile
 
 __all__ = ["FileReceiver"]
@@ -51,6 +51,10 @@ class FileReceiver:
                 raise ArgumentError("directory", "must not be empty")
             if self.retention is not None and self.retention <= 0:
                 raise ArgumentError("retention", "must be greater than 0")
+
+    @dataclass(frozen=True)
+    class Exports:
+        receiver: Capsule
 
     def __init__(self, options: ComponentOptions, arguments: FileReceiver.Arguments) -> None:
         self._options = options

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -150,28 +148,12 @@ def test_the_profile_has_the_pprof_shape_a_server_needs(three_leaves_profile):
     assert strings[binaries[0].build_id] in readelf
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="go (golang-go) is not installed")
-def test_go_tool_pprof_reads_the_file(three_leaves_profile, tmp_path):
+def test_go_tool_pprof_reads_the_file(three_leaves_profile, go_pprof):
     out, _ = three_leaves_profile
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path),
-        "GOCACHE": str(tmp_path / "cache"),
-        "GOPATH": str(tmp_path / "go"),
-        "GOPROXY": "off",
-        "PPROF_TMPDIR": str(tmp_path),
-    }
-    raw = subprocess.run(
-        ["go", "tool", "pprof", "-raw", "-symbolize=none", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert raw.returncode == 0, raw.stderr
+    raw = go_pprof(out.read_bytes(), "-raw")
     for name in (*LEAVES, "chain_a1", "main"):
-        assert re.search(rf"\b{name}\b", raw.stdout), name
-    assert "cpu/nanoseconds" in raw.stdout
+        assert re.search(rf"\b{name}\b", raw), name
+    assert "cpu/nanoseconds" in raw
 
 
 def run_syscalls(build_workload, emberscope, tmp_path, *flags: str):

@@ -1,91 +1,22 @@
 """The example configurations of Alloy's ``pyroscope.ebpf`` page pass our checks.
 
-``discovery.kubernetes``, ``discovery.docker`` and ``pyroscope.write`` use their
-real argument classes; ``discovery.relabel`` and ``pyroscope.ebpf`` use local
-copies of Alloy's arguments, since their real classes live elsewhere.
+They are checked against the agent's real table of component kinds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from agent.config import ArgumentError, Capsule, Duration, Graph, block, check_config
-from agent.discovery.docker import DockerArguments
-from agent.discovery.kubernetes import KubernetesArguments, SelectorConfig
+from agent.config import Graph, check_config
+from agent.discovery.kubernetes import SelectorConfig
 from agent.errors import ConfigError
-from agent.write.pyroscope import PyroscopeWriteArguments
+from agent.pipeline import KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s.alloy"
 DOCKER = REPO / "examples" / "docker.alloy"
-
-
-@dataclass(frozen=True)
-class RelabelRule:
-    source_labels: list[str] = field(default_factory=list)
-    separator: str = ";"
-    regex: str = "(.*)"
-    modulus: int = 0
-    target_label: str = ""
-    replacement: str = "$1"
-    action: str = "replace"
-
-
-@dataclass(frozen=True)
-class RelabelArguments:
-    targets: list[dict[str, str]]
-    rule: list[RelabelRule] = block(default_factory=list)
-
-
-@dataclass(frozen=True)
-class EbpfArguments:
-    targets: list[dict[str, str]]
-    forward_to: list[Capsule]
-    collect_interval: Duration = Duration(15)
-    sample_rate: int = 97
-    demangle: str = "none"
-    python_enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.collect_interval <= 0:
-            raise ArgumentError("collect_interval", "must be greater than 0")
-
-
-@dataclass(frozen=True)
-class TargetsExports:
-    targets: list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class RelabelExports:
-    output: list[dict[str, str]]
-    rules: list[RelabelRule]
-
-
-@dataclass(frozen=True)
-class ReceiverExports:
-    receiver: Capsule
-
-
-@dataclass(frozen=True)
-class NoExports:
-    pass
-
-
-def double(arguments: type, exports: type) -> type:
-    return type(f"Double{arguments.__name__}", (), {"Arguments": arguments, "Exports": exports})
-
-
-KINDS = {
-    "discovery.kubernetes": double(KubernetesArguments, TargetsExports),
-    "discovery.docker": double(DockerArguments, TargetsExports),
-    "discovery.relabel": double(RelabelArguments, RelabelExports),
-    "pyroscope.write": double(PyroscopeWriteArguments, ReceiverExports),
-    "pyroscope.ebpf": double(EbpfArguments, NoExports),
-}
 
 
 @pytest.mark.parametrize("path", [K8S, DOCKER], ids=["k8s", "docker"])

@@ -1,11 +1,7 @@
 from __future__ import annotations
 
 import gzip
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -210,32 +206,6 @@ def test_sample_rate_must_be_positive(rate):
         ProfileBuilder(sample_rate=rate, time_nanos=1)
 
 
-def go_pprof(tmp_path: Path, profile_bytes: bytes, *flags: str) -> str:
-    """Run ``go tool pprof`` offline on the bytes, with Go's caches under tmp_path."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed; go tool pprof is the oracle for this test")
-    path = tmp_path / "cpu.pb.gz"
-    path.write_bytes(profile_bytes)
-    env = os.environ | {
-        "HOME": str(tmp_path),
-        "GOPATH": str(tmp_path / "gopath"),
-        "GOCACHE": str(tmp_path / "gocache"),
-        "GOFLAGS": "-mod=mod",
-        "GOPROXY": "off",
-        "PPROF_TMPDIR": str(tmp_path),
-    }
-    result = subprocess.run(
-        [go, "tool", "pprof", "-symbolize=none", *flags, str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return result.stdout
-
-
 def parse_raw(raw: str) -> dict[int, list[str]]:
     """Map each sample value in ``pprof -raw`` output to its stack's names."""
     samples_part, locations_part = raw.split("\nLocations\n")
@@ -255,12 +225,12 @@ RAW_SAMPLE = re.compile(r"^\s*(\d+): ((?:\d+ ?)+)$")
 RAW_LOCATION = re.compile(r"^\s*(\d+): 0x[0-9a-f]+(?: M=\d+)? (.+) \S*:\d+ s=\d+")
 
 
-def test_go_tool_pprof_reads_names_and_values(tmp_path):
+def test_go_tool_pprof_reads_names_and_values(go_pprof):
     builder = ProfileBuilder(sample_rate=97, time_nanos=1_700_000_000_000_000_000)
     builder.add_sample([MEMCPY, WORK, MAIN], 3)
     builder.add_sample([SCHEDULE, WORK, MAIN], 5, {"pid": "42"})
     builder.add_sample([Frame("std::vector<int>::push_back(int const&)"), PY_FUNC], 11)
-    raw = go_pprof(tmp_path, builder.encode(), "-raw")
+    raw = go_pprof(builder.encode(), "-raw")
     assert "PeriodType: cpu nanoseconds" in raw
     assert "Period: 10309278" in raw
     assert parse_raw(raw) == {

@@ -1,10 +1,6 @@
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -132,32 +128,6 @@ def test_format_table_aligns_columns():
     assert format_table([]) == "function  self%  total%"
 
 
-def go_pprof(tmp_path: Path, profile_bytes: bytes, *flags: str) -> str:
-    """Run ``go tool pprof`` offline on the bytes, with Go's caches under tmp_path."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed; go tool pprof is the oracle for this test")
-    path = tmp_path / "cpu.pb.gz"
-    path.write_bytes(profile_bytes)
-    env = os.environ | {
-        "HOME": str(tmp_path),
-        "GOPATH": str(tmp_path / "gopath"),
-        "GOCACHE": str(tmp_path / "gocache"),
-        "GOFLAGS": "-mod=mod",
-        "GOPROXY": "off",
-        "PPROF_TMPDIR": str(tmp_path),
-    }
-    result = subprocess.run(
-        [go, "tool", "pprof", "-symbolize=none", *flags, str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return result.stdout
-
-
 def parse_top(text: str) -> dict[str, tuple[float, float]]:
     """Map each function in ``pprof -top`` output to its (flat%, cum%)."""
     rows = text.split("flat%", 1)[1].splitlines()[1:]
@@ -168,7 +138,7 @@ def parse_top(text: str) -> dict[str, tuple[float, float]]:
     return parsed
 
 
-def test_go_tool_pprof_top_agrees(tmp_path):
+def test_go_tool_pprof_top_agrees(go_pprof):
     builder = ProfileBuilder(sample_rate=97, time_nanos=1_700_000_000_000_000_000)
     builder.add_sample([frame("memcpy", 0x401000), frame("work", 0x402000), frame("main")], 13)
     builder.add_sample([frame("fib"), frame("fib"), frame("fib"), frame("main")], 7)
@@ -176,7 +146,7 @@ def test_go_tool_pprof_top_agrees(tmp_path):
     builder.add_sample([frame("schedule")], 3, {"pid": "1"})
     builder.add_sample([frame("work", 0x402000), frame("main")], 1)
     data = builder.encode()
-    top = parse_top(go_pprof(tmp_path, data, "-top", "-nodefraction=0", "-nodecount=1000"))
+    top = parse_top(go_pprof(data, "-top", "-nodefraction=0", "-nodecount=1000"))
     ours = {name: (s * 100, t * 100) for name, (s, t) in shares(read_profile(data)).items()}
     assert set(top) == set(ours) and len(top) == 6
     for name, (flat_pct, cum_pct) in top.items():

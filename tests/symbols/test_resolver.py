@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import agent.symbols
 from agent.errors import ProcessError
 from agent.symbols import Frame, Symbolizer
 
@@ -275,22 +274,3 @@ def test_real_kernel_symbol_resolves(symbolizer):
     )
     address = int(line.split()[0], 16)
     assert names(symbolizer.resolve_kernel([address + 1, address + 2])) == ["schedule", "schedule"]
-
-
-def test_room_exports_exactly_its_public_names():
-    assert agent.symbols.__all__ == sorted(agent.symbols.__all__)
-    assert set(agent.symbols.__all__) == {
-        "ElfInfo",
-        "Frame",
-        "KernelSymbols",
-        "LoadSegment",
-        "MapEntry",
-        "MappedFile",
-        "SymbolTable",
-        "Symbolizer",
-        "parse_maps",
-        "read_build_id",
-        "read_elf",
-        "read_kallsyms",
-        "read_maps",
-    }
