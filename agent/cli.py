@@ -16,7 +16,6 @@ from agent import __version__
 from agent.config import parse_duration
 from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
-from agent.pipeline import DEFAULT_CONFIG, Agent, check
 from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.symbols import Symbolizer
@@ -26,6 +25,7 @@ __all__ = ["main"]
 log = logging.getLogger("agent")
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy"
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _COLLECT_EVERY_S = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
@@ -151,6 +151,8 @@ def _configure_logging(default: int, verbosity: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
+
     _check_privileges()
     agent = Agent.load(args.config, os.environ)
     stop = threading.Event()
@@ -161,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from agent.pipeline import check
+
     check(args.config, os.environ)
     print(f"{args.config}: valid")
     return 0

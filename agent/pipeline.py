@@ -11,7 +11,6 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.config import Capsule, ComponentOptions, Graph
@@ -25,11 +24,9 @@ from agent.errors import ConfigError
 from agent.pyroscope_ebpf import EbpfComponent
 from agent.write import FileReceiver, PyroscopeWriteArguments
 
-__all__ = ["DEFAULT_CONFIG", "KINDS", "Agent", "check"]
+__all__ = ["KINDS", "Agent", "check"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy"
 
 
 @dataclass(frozen=True)
