@@ -153,12 +153,9 @@ def _configure_logging(default: int, verbosity: int) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
 
-    _check_privileges()
     agent = Agent.load(args.config, os.environ)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda _signum, _frame: stop.set())
-    agent.run_until(stop)
+    _check_privileges()
+    agent.run_until(_stop_on_signals())
     return 0
 
 
@@ -194,7 +191,7 @@ def _profile(args: argparse.Namespace) -> int:
     selection = ProcessSelection(all_processes=args.all, pids=frozenset(args.pid))
     builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
     destination = ProcessProfile(builder, not args.no_user, not args.no_kernel)
-    stop = _StopFlag()
+    stop = _stop_on_signals()
     with Session(options) as session, Symbolizer() as symbolizer:
 
         def classify(pid: int, ppid: int) -> list[ProcessProfile]:
@@ -242,16 +239,13 @@ def _effective_capabilities() -> int:
     return 0
 
 
-class _StopFlag:
-    """Set by SIGINT or SIGTERM: the run ends early and still writes its profile."""
-
-    def __init__(self) -> None:
-        self.set = False
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGTERM, self._stop)
-
-    def _stop(self, _signum: int, _frame: object) -> None:
-        self.set = True
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so that a run ends cleanly: the
+    agent stops its components, a profile run still writes its profile."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    return stop
 
 
 class _Child:
@@ -310,12 +304,12 @@ def _sample_until(
     profiler: Profiler,
     deadline: float,
     child: _Child | None,
-    stop: _StopFlag,
+    stop: threading.Event,
 ) -> None:
     show_progress = sys.stderr.isatty()
     started = time.monotonic()
     next_collect = started + _COLLECT_EVERY_S
-    while not stop.set and time.monotonic() < deadline:
+    while not stop.is_set() and time.monotonic() < deadline:
         profiler.poll(timeout_ms=int(min(0.2, max(deadline - time.monotonic(), 0)) * 1000))
         if child is not None:
             child.reap()

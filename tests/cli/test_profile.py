@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 
 from agent.pprof import read_profile, top_functions
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 KERNEL_BASE = 0xFFFF800000000000
@@ -257,3 +262,76 @@ def test_a_selected_process_that_exits_keeps_its_samples(build_workload, embersc
     rows = {row.name: row for row in top_functions(read_profile(out.read_bytes()), 50)}
     assert set(LEAVES) <= rows.keys()
     assert rows["main"].total_fraction > 0.95
+
+
+def test_sigint_ends_the_run_early_and_still_writes_the_profile(build_workload, tmp_path):
+    busy = subprocess.Popen([str(build_workload("three_leaves")), "30"])
+    out = tmp_path / "early.pb.gz"
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "profile",
+            "--pid",
+            str(busy.pid),
+            "--duration",
+            "60s",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert run.returncode == 0, stderr
+    assert "wrote" in stdout
+    rows = {row.name for row in top_functions(read_profile(out.read_bytes()), 20)}
+    assert "leaf_a" in rows
+
+
+def test_progress_is_shown_on_a_terminal(build_workload, tmp_path):
+    primary, secondary = pty.openpty()
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "profile",
+            "--duration",
+            "2s",
+            "--output",
+            str(tmp_path / "p.pb.gz"),
+            "--",
+            str(build_workload("three_leaves")),
+            "5",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        text=True,
+    )
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    run.wait(timeout=30)
+    os.close(primary)
+    assert run.returncode == 0
+    progress = re.findall(rb"(\d+\.\d)s\s+(\d+) samples", shown)
+    assert len(progress) >= 3
+    assert float(progress[-1][0]) >= 1.5 and int(progress[-1][1]) > 100
