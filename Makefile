@@ -41,6 +41,8 @@ test: install
 
 proto:
 	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. agent/pprof/profile.proto
+	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+		agent/write/push/types.proto agent/write/push/push.proto
 
 clean:
 	$(MAKE) -C bpf clean

@@ -6,6 +6,7 @@
      ├── SymbolError      a file could not be read for symbols (carries the path)
      ├── ProcessError     a process could not be inspected through /proc (carries the pid)
      └── OutputError      a profile could not be written
+          └── PushError   one push to a Pyroscope endpoint failed (carries status, retryable)
 
 Each room raises the most specific class, chaining the library error it
 translates with ``raise ... from exc``. Only ``agent.cli`` turns them into advice.
@@ -22,6 +23,7 @@ __all__ = [
     "EmberscopeError",
     "OutputError",
     "ProcessError",
+    "PushError",
     "SymbolError",
 ]
 
@@ -71,3 +73,16 @@ class ProcessError(EmberscopeError):
 
 class OutputError(EmberscopeError):
     """A profile could not be written."""
+
+
+class PushError(OutputError):
+    """One push attempt failed; ``retryable`` says whether another attempt may succeed.
+
+    ``status`` is the HTTP status, 0 when no answer came (connection error, timeout).
+    """
+
+    def __init__(self, reason: str, *, retryable: bool, status: int = 0) -> None:
+        self.reason = reason
+        self.retryable = retryable
+        self.status = status
+        super().__init__(reason)

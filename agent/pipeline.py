@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from agent.config import Capsule, ComponentOptions, Graph
+from agent.config import ComponentOptions, Graph
 from agent.discovery import (
     DockerArguments,
     KubernetesArguments,
@@ -22,7 +22,7 @@ from agent.discovery import (
 )
 from agent.errors import ConfigError
 from agent.pyroscope_ebpf import EbpfComponent
-from agent.write import FileReceiver, PyroscopeWriteArguments
+from agent.write import FileReceiver, PyroscopeWrite
 
 __all__ = ["KINDS", "Agent", "check"]
 
@@ -32,11 +32,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _TargetsExports:
     targets: list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class _ReceiverExports:
-    receiver: Capsule
 
 
 class _CheckedOnly:
@@ -62,12 +57,6 @@ class _DockerDiscovery(_CheckedOnly):
     missing = "discovery.docker cannot run yet: the Engine API client is not implemented"
 
 
-class _PyroscopeWrite(_CheckedOnly):
-    Arguments = PyroscopeWriteArguments
-    Exports = _ReceiverExports
-    missing = "pyroscope.write cannot run yet: use pyroscope.file to keep profiles on disk"
-
-
 KINDS: Mapping[str, type] = {
     "discovery.docker": _DockerDiscovery,
     "discovery.kubernetes": _KubernetesDiscovery,
@@ -75,7 +64,7 @@ KINDS: Mapping[str, type] = {
     "discovery.relabel": RelabelComponent,
     "pyroscope.ebpf": EbpfComponent,
     "pyroscope.file": FileReceiver,
-    "pyroscope.write": _PyroscopeWrite,
+    "pyroscope.write": PyroscopeWrite,
 }
 
 

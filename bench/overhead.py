@@ -237,7 +237,7 @@ def describe_machine() -> str:
 def write_results(report: str, targets: str, args: argparse.Namespace) -> None:
     argv = [".venv/bin/python", "bench/overhead.py", *sys.argv[1:]]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    RESULTS.write_text(
+    section = (
         "# Overhead results\n\n"
         "Written by `bench/overhead.py --write-results`; see `bench/README.md`.\n\n"
         f"- Date: {now}\n- Machine: {describe_machine()}\n"
@@ -249,6 +249,21 @@ def write_results(report: str, targets: str, args: argparse.Namespace) -> None:
         "start-up and writing included. MB are MiB of peak RSS (`ru_maxrss`).\n\n"
         f"{report}\n\n## Targets\n\n{targets}\n"
     )
+    RESULTS.write_text(replace_section(RESULTS.read_text() if RESULTS.exists() else "", section))
+
+
+def replace_section(document: str, section: str) -> str:
+    """``document`` with the top-level section titled as ``section``'s first
+    line replaced by ``section`` (or ``section`` added first): other
+    benchmarks' sections of RESULTS.md are kept."""
+    title = section.splitlines()[0]
+    lines = document.splitlines(keepends=True)
+    if title + "\n" not in lines:
+        return section + ("\n" + document if document else "")
+    start = lines.index(title + "\n")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# ")), len(lines))
+    rest = "".join(lines[end:])
+    return "".join(lines[:start]) + section + ("\n" + rest if rest else "")
 
 
 def main() -> int:

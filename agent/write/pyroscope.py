@@ -1,7 +1,6 @@
-"""The ``pyroscope.write`` component: profiles pushed to Pyroscope over HTTP.
+"""The ``pyroscope.write`` component: each profile pushed to every endpoint of Pyroscope.
 
-For now its arguments, with Alloy's names, defaults and checks
-(``pyroscope-push-and-pprof.md`` §8.4)::
+Arguments have Alloy's names, defaults and checks (``pyroscope-push-and-pprof.md`` §8)::
 
     pyroscope.write "staging" {
       endpoint {
@@ -10,17 +9,89 @@ For now its arguments, with Alloy's names, defaults and checks
       }
       external_labels = { env = "staging" }
     }
+
+One Connect unary ``PushRequest`` per profile; the queueing and retries live in
+``agent.write.sender``. This is the only module that sees httpx and its errors.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from agent.config.component import ArgumentError, Duration, block
-from agent.config.httpclient import HTTPClientArguments
+import httpx
+from prometheus_client import CollectorRegistry
 
-__all__ = ["EndpointOptions", "PyroscopeWriteArguments", "TracingOptions"]
+from agent import __version__
+from agent.config.component import (
+    ArgumentError,
+    Capsule,
+    ComponentOptions,
+    Duration,
+    Health,
+    block,
+)
+from agent.config.httpclient import HTTPClientArguments, TLSConfig
+from agent.errors import ConfigError, PushError
+from agent.write.profile import LabeledProfile
+from agent.write.push import push_pb2, types_pb2
+from agent.write.sender import Backoff, EndpointSender, WriteMetrics
+
+__all__ = [
+    "EndpointOptions",
+    "PyroscopeWrite",
+    "PyroscopeWriteArguments",
+    "TracingOptions",
+    "encode_push_request",
+    "series_labels",
+]
+
+log = logging.getLogger(__name__)
+
+PUSH_PATH = "/push.v1.PusherService/Push"
+_QUEUE_SIZE = 256  # per endpoint: about an hour of one target at the default 15 s interval
+_LABEL_NAME = re.compile(r"[A-Za-z0-9_.]+")
+_KEPT_RESERVED = ("__name__", "__delta__")
+# Connect codes worth another attempt (connect-go; Alloy's write.go), besides
+# resource_exhausted, which is retried only with retry_on_http_429.
+_RETRYABLE_CODES = (
+    "deadline_exceeded",
+    "unknown",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "aborted",
+)
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def _unsupported(options: HTTPClientArguments) -> list[str]:
+    """Alloy options this client does not implement: rejected rather than ignored."""
+    tls = options.tls_config or TLSConfig()
+    present = {
+        "oauth2": options.oauth2,
+        "no_proxy": options.no_proxy,
+        "proxy_connect_header": options.proxy_connect_header,
+        "cert_pem": tls.cert_pem,
+        "key_pem": tls.key_pem,
+        "server_name": tls.server_name,
+    }
+    return [name for name, value in present.items() if value]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +119,8 @@ class EndpointOptions(HTTPClientArguments):
             raise ArgumentError("max_backoff_period", "must not be less than min_backoff_period")
         if self.max_backoff_retries < 0:
             raise ArgumentError("max_backoff_retries", "must not be negative (0 means no limit)")
+        if unsupported := _unsupported(self):
+            raise ArgumentError(unsupported[0], "is not supported by emberscope's pyroscope.write")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,3 +138,296 @@ class PyroscopeWriteArguments:
     endpoint: list[EndpointOptions] = block(default_factory=list)
     external_labels: dict[str, str] = field(default_factory=dict)
     tracing: TracingOptions = block(default_factory=TracingOptions)
+
+    def __post_init__(self) -> None:
+        for name in self.external_labels:
+            if not _LABEL_NAME.fullmatch(name):
+                raise ArgumentError("external_labels", f"invalid label name {name!r}")
+
+
+def series_labels(
+    labels: Mapping[str, str], external_labels: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """The labels a profile is pushed under, sorted by name (Alloy's ``Append``, §8.2).
+
+    Raises ValueError naming the offending label when the set breaks the rules of
+    §7.1: such a push would only earn a 400 that is never retried.
+    """
+    if not labels:
+        raise ValueError("a profile needs at least one label")
+    for name, value in labels.items():
+        if name != "__name__" and not _LABEL_NAME.fullmatch(name):
+            raise ValueError(f"invalid label name {name!r}: use only letters, digits, _ and .")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"label {name!r} has a value that is not valid UTF-8") from None
+    kept = {n: v for n, v in labels.items() if not n.startswith("__") or n in _KEPT_RESERVED}
+    kept.update(external_labels)
+    return sorted(kept.items())
+
+
+def encode_push_request(labels: list[tuple[str, str]], profile: bytes) -> bytes:
+    """A serialized ``PushRequest`` of one series holding one sample, as Alloy sends."""
+    series = push_pb2.RawProfileSeries(
+        labels=[types_pb2.LabelPair(name=name, value=value) for name, value in labels],
+        samples=[push_pb2.RawSample(raw_profile=profile)],
+    )
+    return push_pb2.PushRequest(series=[series]).SerializeToString()
+
+
+def _display_url(url: str) -> str:
+    """The URL without any ``user:password@``, for logs, health and metric labels."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
+    """The client's TLS settings; a given CA replaces the system's, as in Go."""
+    tls = tls or TLSConfig()
+    context = ssl.create_default_context(cafile=tls.ca_file or None, cadata=tls.ca_pem or None)
+    context.minimum_version = _TLS_VERSIONS[tls.min_version or "TLS12"]
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _read_secret(path: str, argument: str) -> str:
+    """A credential file is read at each push, so a rotated secret is picked up."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise PushError(f"cannot read {argument} {path}: {exc.strerror}", retryable=False) from exc
+
+
+class _HttpPusher:
+    """Sends push bodies to one endpoint over one pooled httpx client."""
+
+    def __init__(self, options: EndpointOptions, transport: httpx.BaseTransport | None) -> None:
+        self._options = options
+        self.url = options.url.rstrip("/") + PUSH_PATH
+        try:
+            verify = _ssl_context(options.tls_config)
+        except OSError as exc:
+            message = f"endpoint {_display_url(options.url)}: tls_config: {exc}"
+            raise ConfigError(message) from exc
+        self._client = httpx.Client(
+            verify=verify,
+            timeout=float(options.remote_timeout),
+            follow_redirects=options.follow_redirects,
+            proxy=options.proxy_url or None,
+            trust_env=options.proxy_from_environment,
+            transport=transport,
+        )
+        self._static_headers = self._build_static_headers()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def push(self, body: bytes) -> None:
+        """One attempt; raises PushError, never an httpx error."""
+        headers = list(self._static_headers)
+        authorization = self._authorization()
+        if authorization:
+            headers.append(("Authorization", authorization))
+        try:
+            response = self._client.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            timeout = float(self._options.remote_timeout)
+            raise PushError(f"no answer within {timeout:g}s", retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise PushError(f"cannot connect: {exc}", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise PushError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+        if not response.is_success:
+            raise self._answer_error(response)
+
+    def _build_static_headers(self) -> list[tuple[str, str]]:
+        options = self._options
+        fixed = {
+            "Content-Type": "application/proto",
+            "Connect-Protocol-Version": "1",
+            "Connect-Timeout-Ms": str(int(options.remote_timeout * 1000)),
+            "User-Agent": f"emberscope/{__version__}",
+        }
+        fixed.update(options.headers)
+        multi = {name.lower() for name in options.http_headers}
+        headers = [(name, value) for name, value in fixed.items() if name.lower() not in multi]
+        for name, values in options.http_headers.items():
+            headers.extend((name, str(value)) for value in values)
+        return headers
+
+    def _authorization(self) -> str:
+        options = self._options
+        if options.basic_auth is not None:
+            auth = options.basic_auth
+            password = auth.password or (
+                _read_secret(auth.password_file, "password_file") if auth.password_file else ""
+            )
+            pair = f"{auth.username}:{password}".encode()
+            return "Basic " + base64.b64encode(pair).decode()
+        if options.authorization is not None:
+            auth = options.authorization
+            credentials = auth.credentials or (
+                _read_secret(auth.credentials_file, "credentials_file")
+                if auth.credentials_file
+                else ""
+            )
+            return f"{auth.type} {credentials}"
+        if options.bearer_token:
+            return f"Bearer {options.bearer_token}"
+        if options.bearer_token_file:
+            return "Bearer " + _read_secret(options.bearer_token_file, "bearer_token_file")
+        return ""
+
+    def _answer_error(self, response: httpx.Response) -> PushError:
+        """Whether to retry comes from the Connect error code when the body has one,
+        else from the status: 408, 429 and 5xx are retried, other 4xx are not."""
+        status = response.status_code
+        code, message = _connect_error(response)
+        if code:
+            retryable = code in _RETRYABLE_CODES or (
+                code == "resource_exhausted" and self._options.retry_on_http_429
+            )
+        elif status == 429:
+            retryable = self._options.retry_on_http_429
+        else:
+            retryable = status >= 500 or status == 408
+        reason = (
+            f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+        )
+        return PushError(reason, retryable=retryable, status=status)
+
+
+def _connect_error(response: httpx.Response) -> tuple[str, str]:
+    """The Connect ``{"code", "message"}`` of an error answer, or ("", start of the body)."""
+    text = response.text[:200].strip()
+    try:
+        error = json.loads(response.text)
+    except ValueError:
+        return "", text
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        return error["code"], str(error.get("message", ""))[:200]
+    return "", text
+
+
+_Endpoint = tuple[EndpointSender, _HttpPusher]
+
+
+class PyroscopeWrite:
+    """Receives profiles and pushes each to every endpoint, one sender thread per endpoint.
+
+    >>> write = PyroscopeWrite(options, arguments, registry=registry)
+    >>> threading.Thread(target=write.run, args=(stop,)).start()
+    >>> write.append(LabeledProfile(labels, gzipped_pprof, time.time_ns()))  # never blocks
+    """
+
+    Arguments = PyroscopeWriteArguments
+
+    @dataclass(frozen=True)
+    class Exports:
+        receiver: Capsule
+
+    def __init__(
+        self,
+        options: ComponentOptions,
+        arguments: PyroscopeWriteArguments,
+        *,
+        registry: CollectorRegistry | None = None,
+        transport: httpx.BaseTransport | None = None,
+        queue_size: int = _QUEUE_SIZE,
+    ) -> None:
+        self._options = options
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = WriteMetrics(self.registry)
+        self._transport = transport
+        self._queue_size = queue_size
+        self._lock = threading.Lock()
+        self._running = False
+        self._since = time.time()
+        self._arguments = arguments
+        # Replaced whole by update(), so append() reads one consistent pair.
+        self._state = (dict(arguments.external_labels), self._open(arguments))
+
+    def append(self, profile: LabeledProfile) -> None:
+        external_labels, endpoints = self._state
+        size = len(profile.data)
+        try:
+            labels = series_labels(profile.labels, external_labels)
+        except ValueError as exc:
+            service = profile.labels.get("service_name", "")
+            log.warning("%s: dropped a profile of %r: %s", self._options.id, service, exc)
+            for sender, _ in endpoints:
+                self._metrics.count_dropped(sender.endpoint, size)
+            return
+        body = encode_push_request(labels, profile.data)
+        for sender, _ in endpoints:
+            sender.enqueue(body, size)
+
+    def exports(self) -> dict[str, Any]:
+        return {"receiver": self}
+
+    def health(self) -> Health:
+        failing = [sender for sender, _ in self._state[1] if sender.failure]
+        if not failing:
+            return Health("healthy", "", self._since)
+        since = min(sender.failure_since for sender in failing)
+        return Health("unhealthy", "; ".join(sender.failure for sender in failing), since)
+
+    def update(self, arguments: PyroscopeWriteArguments) -> None:
+        """New endpoints replace the old ones (whose queues are dropped and counted);
+        a change of ``external_labels`` alone keeps the queues."""
+        same = arguments.endpoint == self._arguments.endpoint
+        endpoints = self._state[1] if same else self._open(arguments)
+        with self._lock:
+            old = self._state[1]
+            self._state = (dict(arguments.external_labels), endpoints)
+            self._arguments = arguments
+            if self._running and not same:
+                for sender, _ in endpoints:
+                    sender.start()
+        if not same:
+            _close(old)
+
+    def run(self, stop: threading.Event) -> None:
+        with self._lock:
+            self._running = True
+            for sender, _ in self._state[1]:
+                sender.start()
+        stop.wait()
+        with self._lock:
+            self._running = False
+            endpoints = self._state[1]
+        _close(endpoints)
+
+    def _open(self, arguments: PyroscopeWriteArguments) -> list[_Endpoint]:
+        endpoints = []
+        for options in arguments.endpoint:
+            pusher = _HttpPusher(options, self._transport)
+            backoff = Backoff(
+                float(options.min_backoff_period),
+                float(options.max_backoff_period),
+                options.max_backoff_retries,
+            )
+            sender = EndpointSender(
+                _display_url(options.url),
+                pusher.push,
+                backoff,
+                self._metrics,
+                queue_size=self._queue_size,
+            )
+            endpoints.append((sender, pusher))
+        return endpoints
+
+
+def _close(endpoints: list[_Endpoint], timeout: float = 5.0) -> None:
+    """Stop every sender first, so endpoints stalled mid-push share one wait."""
+    deadline = time.monotonic() + timeout
+    for sender, _ in endpoints:
+        sender.stop()
+    for sender, pusher in endpoints:
+        sender.close(max(0.0, deadline - time.monotonic()))
+        pusher.close()

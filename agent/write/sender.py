@@ -1,0 +1,188 @@
+"""One endpoint's bounded queue and the thread that pushes from it, with retries.
+
+Each endpoint of ``pyroscope.write`` gets its own sender, so a slow or dead
+endpoint only ever fills, and drops from, its own queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from agent.errors import PushError
+
+__all__ = ["Backoff", "EndpointSender", "PushError", "WriteMetrics"]
+
+log = logging.getLogger(__name__)
+
+
+class WriteMetrics:
+    """The metrics of ``pyroscope.write``, with Alloy's names, labelled by endpoint URL."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, documentation: str) -> Counter:
+            return Counter(name, documentation, ["endpoint"], registry=registry)
+
+        self.sent_bytes = counter(
+            "pyroscope_write_sent_bytes_total", "Compressed pprof bytes sent to Pyroscope."
+        )
+        self.sent_profiles = counter(
+            "pyroscope_write_sent_profiles_total", "Profiles sent to Pyroscope."
+        )
+        self.dropped_bytes = counter(
+            "pyroscope_write_dropped_bytes_total",
+            "Compressed pprof bytes dropped: queue full, invalid labels or failed pushes.",
+        )
+        self.dropped_profiles = counter(
+            "pyroscope_write_dropped_profiles_total",
+            "Profiles dropped: queue full, invalid labels or failed pushes.",
+        )
+        self.retries = counter(
+            "pyroscope_write_retries_total", "Push attempts repeated after a retryable failure."
+        )
+        self.latency = Histogram(
+            "pyroscope_write_latency",
+            "Seconds to push one profile to one endpoint, retries included.",
+            ["endpoint", "type"],
+            registry=registry,
+        )
+
+    def count_dropped(self, endpoint: str, size: int) -> None:
+        self.dropped_profiles.labels(endpoint).inc()
+        self.dropped_bytes.labels(endpoint).inc(size)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """dskit's backoff: the first wait is drawn from ``[minimum, 2·minimum)``, then both
+    bounds double, capped at ``maximum``. ``attempts`` counts the first try too; 0 means
+    no limit, so ``attempts=10`` gives at most 9 waits (``backoff/backoff.go``)."""
+
+    minimum: float
+    maximum: float
+    attempts: int
+
+    def delays(self) -> Iterator[float]:
+        low, high = self.minimum, min(2 * self.minimum, self.maximum)
+        waits = 0
+        while self.attempts == 0 or waits < self.attempts - 1:
+            waits += 1
+            yield random.uniform(low, high)
+            low, high = min(2 * low, self.maximum), min(2 * high, self.maximum)
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    body: bytes  # the serialized PushRequest
+    size: int  # compressed pprof bytes, as the metrics count them
+
+
+class EndpointSender:
+    """Queues push bodies for one endpoint and sends them, oldest first, on its own thread.
+
+    >>> sender = EndpointSender("http://pyroscope:4040", push, backoff, metrics, queue_size=256)
+    >>> sender.start()
+    >>> sender.enqueue(body, size)    # never blocks; drops the oldest when full
+    >>> sender.close()                 # or stop() several, then close() each
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        push: Callable[[bytes], None],
+        backoff: Backoff,
+        metrics: WriteMetrics,
+        *,
+        queue_size: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self._push = push
+        self._backoff = backoff
+        self._metrics = metrics
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._queue_size = queue_size
+        self._ready = threading.Condition()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"push {endpoint}", daemon=True)
+        self.failure = ""  # the last error while pushes keep failing, else ""
+        self.failure_since = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end after the push in flight, without waiting for it."""
+        self._closing.set()
+        with self._ready:
+            self._ready.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop, wait up to ``timeout`` for the thread; what is still queued is dropped
+        and counted."""
+        self.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._ready:
+            left, self._queue = list(self._queue), collections.deque()
+        for item in left:
+            self._metrics.count_dropped(self.endpoint, item.size)
+
+    def enqueue(self, body: bytes, size: int) -> None:
+        with self._ready:
+            if len(self._queue) >= self._queue_size:
+                oldest = self._queue.popleft()
+                self._metrics.count_dropped(self.endpoint, oldest.size)
+                log.debug("queue for %s is full: dropped its oldest profile", self.endpoint)
+            self._queue.append(_Queued(body, size))
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            self._deliver(item)
+
+    def _next(self) -> _Queued | None:
+        with self._ready:
+            while not self._queue and not self._closing.is_set():
+                self._ready.wait()
+            if self._closing.is_set():
+                return None
+            return self._queue.popleft()
+
+    def _deliver(self, item: _Queued) -> None:
+        """Push one body, retrying retryable failures with backoff; count the outcome."""
+        started = time.monotonic()
+        delays = self._backoff.delays()
+        while True:
+            try:
+                self._push(item.body)
+            except PushError as exc:
+                self._note_failure(exc)
+                delay = next(delays, None) if exc.retryable else None
+                if delay is None or self._closing.wait(delay):
+                    self._metrics.count_dropped(self.endpoint, item.size)
+                    log.debug("dropped a profile for %s: %s", self.endpoint, exc)
+                    return
+                self._metrics.retries.labels(self.endpoint).inc()
+                continue
+            break
+        self._metrics.sent_profiles.labels(self.endpoint).inc()
+        self._metrics.sent_bytes.labels(self.endpoint).inc(item.size)
+        elapsed = time.monotonic() - started
+        self._metrics.latency.labels(self.endpoint, "push_endpoint").observe(elapsed)
+        if self.failure:
+            log.info("pushes to %s succeed again", self.endpoint)
+            self.failure = ""
+
+    def _note_failure(self, exc: PushError) -> None:
+        """Warn once when an endpoint starts failing; repeats only update the health text."""
+        if not self.failure:
+            self.failure_since = time.time()
+            log.warning("push to %s failed: %s", self.endpoint, exc)
+        self.failure = f"push to {self.endpoint} failed: {exc}"
