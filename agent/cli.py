@@ -18,7 +18,7 @@ from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
 from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
-from agent.symbols import Symbolizer
+from agent.symbols import DEMANGLE_MODES, Symbolizer
 
 __all__ = ["main"]
 
@@ -87,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     profile.add_argument("--no-user", action="store_true", help="leave out user-space frames")
     profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
+    profile.add_argument(
+        "--demangle",
+        choices=DEMANGLE_MODES,
+        default="none",
+        help="how C++ and Rust names are shown (default none)",
+    )
     profile.add_argument(
         "--top", type=_count, default=10, help="rows of the printed table (default 10)"
     )
@@ -192,7 +198,7 @@ def _profile(args: argparse.Namespace) -> int:
     builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
     destination = ProcessProfile(builder, not args.no_user, not args.no_kernel)
     stop = _stop_on_signals()
-    with Session(options) as session, Symbolizer() as symbolizer:
+    with Session(options) as session, Symbolizer(demangle=args.demangle) as symbolizer:
 
         def classify(pid: int, ppid: int) -> list[ProcessProfile]:
             return [destination] if selection.matches(pid, ppid, profiler.profiled) else []

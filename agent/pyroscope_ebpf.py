@@ -22,7 +22,7 @@ from agent.ebpf import Session, SessionOptions
 from agent.errors import EmberscopeError
 from agent.pprof import ProfileBuilder
 from agent.profiler import Profiler
-from agent.symbols import Frame, Symbolizer
+from agent.symbols import DEMANGLE_MODES, Frame, Symbolizer
 from agent.write import Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 _SHARED_KEY = "pyroscope.ebpf.sampler"
 _POLL_MS = 200
-DEMANGLE_MODES = ("none", "simplified", "templates", "full")
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,12 @@ class Sampler:
                 discover_new=True,
             )
         )
-        self._symbolizer = Symbolizer()
+        self._symbolizer = Symbolizer(
+            pid_cache_size=arguments.pid_cache_size,
+            build_id_cache_size=arguments.build_id_cache_size,
+            same_file_cache_size=arguments.same_file_cache_size,
+            demangle=arguments.demangle,
+        )
         self._profiler = Profiler(self._session, self._symbolizer, self._classify)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -91,6 +91,39 @@ def emberscope() -> Callable[..., CliResult]:
     return run
 
 
+def go_env(home: Path) -> dict[str, str]:
+    """An environment in which the go tool works offline with its caches under ``home``."""
+    return os.environ | {
+        "HOME": str(home),
+        "GOPATH": str(home / "gopath"),
+        "GOCACHE": str(home / "gocache"),
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",
+        "CGO_ENABLED": "0",
+        "PPROF_TMPDIR": str(home),
+    }
+
+
+@pytest.fixture(scope="session")
+def build_go_workload(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build ``tests/workloads/go/main.go`` with the given flags; return the binary."""
+    if shutil.which("go") is None:
+        pytest.skip("go (golang-go) is not installed")
+    home = tmp_path_factory.mktemp("go-build")
+
+    def build(name: str, *flags: str) -> Path:
+        subprocess.run(
+            ["go", "build", *flags, "-o", str(home / name), str(WORKLOADS / "go" / "main.go")],
+            check=True,
+            capture_output=True,
+            env=go_env(home),
+            cwd=home,
+        )
+        return home / name
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def go_pprof(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """Run ``go tool pprof FLAGS`` offline on profile bytes; the oracle for pprof output."""
@@ -98,14 +131,7 @@ def go_pprof(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     if go is None:
         pytest.skip("go (golang-go) is not installed; go tool pprof is the oracle here")
     home = tmp_path_factory.mktemp("go")
-    env = os.environ | {
-        "HOME": str(home),
-        "GOPATH": str(home / "gopath"),
-        "GOCACHE": str(home / "gocache"),
-        "GOFLAGS": "-mod=mod",
-        "GOPROXY": "off",
-        "PPROF_TMPDIR": str(home),
-    }
+    env = go_env(home)
 
     def run(profile_bytes: bytes, *flags: str) -> str:
         path = home / "cpu.pb.gz"

@@ -99,6 +99,24 @@ class SymbolTable:
             return self._name(self._reach_owners[index])
         return None
 
+    def merged(self, other: SymbolTable) -> SymbolTable:
+        """One table of this one's symbols and ``other``'s; at a shared address, this one's wins."""
+        base = len(self._strings)
+        rows = sorted(
+            [(self._starts[i], 0, self._ends[i], self._name_offsets[i]) for i in range(len(self))]
+            + [
+                (other._starts[i], 1, other._ends[i], base + other._name_offsets[i])
+                for i in range(len(other))
+            ]
+        )
+        kept = [row for i, row in enumerate(rows) if i == 0 or row[0] != rows[i - 1][0]]
+        return SymbolTable(
+            array("Q", (row[0] for row in kept)),
+            array("Q", (row[2] for row in kept)),
+            array("Q", (row[3] for row in kept)),
+            self._strings + other._strings,
+        )
+
     def _name(self, index: int) -> str:
         name = self._names.get(index)
         if name is None:
@@ -129,6 +147,13 @@ class ElfInfo:
     elf_type: str
     load_segments: tuple[LoadSegment, ...]
     symbols: SymbolTable
+    # False when only .dynsym was there: a separate debug file may hold the rest.
+    has_symtab: bool = True
+    # The .gnu_debuglink file name and the CRC32 that file must have; "" if none.
+    debuglink: str = ""
+    debuglink_crc: int = 0
+    # The separate debug file whose symbols were merged in, if any.
+    debug_file: str = ""
 
     def file_offset_to_vaddr(self, offset: int) -> int | None:
         """Map a file offset to the ELF virtual address of the same byte.
@@ -152,12 +177,16 @@ def read_elf(stream: BinaryIO, path: str = "") -> ElfInfo:
     path = path or str(getattr(stream, "name", "<stream>"))
     with _translated_errors(path):
         elf, sections = _open(stream, path)
+        debuglink, crc = _debuglink(elf, sections)
         return ElfInfo(
             path=path,
             build_id=_build_id(elf, sections),
             elf_type=elf["e_type"],
             load_segments=_load_segments(elf),
             symbols=_read_symbols(elf, sections, path),
+            has_symtab=any(s["sh_type"] == "SHT_SYMTAB" for s in sections),
+            debuglink=debuglink,
+            debuglink_crc=crc,
         )
 
 
@@ -215,6 +244,21 @@ def _build_id(elf: ELFFile, sections: list[Any]) -> str:
             if note["n_type"] == "NT_GNU_BUILD_ID":
                 return str(note["n_desc"])
     return ""
+
+
+def _debuglink(elf: ELFFile, sections: list[Any]) -> tuple[str, int]:
+    """Name and CRC32 of .gnu_debuglink: a NUL-terminated name, padding to 4, the CRC."""
+    section = next((s for s in sections if s.name == ".gnu_debuglink"), None)
+    if section is None:
+        return "", 0
+    data = _raw(elf, section)
+    end = data.find(b"\0")
+    crc_at = (end + 4) & ~3
+    if end <= 0 or crc_at + 4 > len(data):
+        return "", 0
+    order = "<" if elf.little_endian else ">"
+    (crc,) = struct.unpack_from(order + "I", data, crc_at)
+    return data[:end].decode("utf-8", "surrogateescape"), crc
 
 
 def _load_segments(elf: ELFFile) -> tuple[LoadSegment, ...]:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from agent.errors import ProcessError, SymbolError
+from agent.symbols.cache import LruCache
+from agent.symbols.debuginfo import read_debug_symbols
+from agent.symbols.demangle import Demangler
 from agent.symbols.elf import ElfInfo, read_build_id, read_elf
 from agent.symbols.frames import Frame, MappedFile
+from agent.symbols.gopclntab import read_gopclntab
 from agent.symbols.kallsyms import KernelSymbols, read_kallsyms
+from agent.symbols.perfmap import PerfMap
 from agent.symbols.procmaps import MapEntry, read_maps
 
 __all__ = ["Symbolizer"]
@@ -25,11 +31,18 @@ _FileKey = tuple[int, int, int]  # dev major, dev minor, inode
 
 @dataclass
 class _Process:
-    """What is kept of one process: its code mappings and the files not yet parsed."""
+    """What is kept of one process: its code mappings, files not yet parsed and tables.
+
+    ``tables`` holds None for a file that could not be read, so it is not tried again.
+    ``perf_map_call`` is the resolve call that last checked the perf map.
+    """
 
     mappings: list[MapEntry]
     starts: list[int]
     streams: dict[_FileKey, BinaryIO] = field(default_factory=dict)
+    tables: dict[_FileKey, ElfInfo | None] = field(default_factory=dict)
+    perf_map: PerfMap | None = None
+    perf_map_call: int = -1
 
     def find(self, address: int) -> MapEntry | None:
         index = bisect_right(self.starts, address) - 1
@@ -57,6 +70,14 @@ class Symbolizer:
     ``/proc/<pid>/root/<path>``; never by the host path alone. They are opened
     when a process is added, so a process that exits afterwards still resolves.
 
+    Three LRUs of exactly the sizes given hold what is kept:
+    ``pid_cache_size`` processes (evicting one closes its files),
+    ``build_id_cache_size`` symbol tables by build id, shared by every copy of
+    a file, and ``same_file_cache_size`` tables of files without a build id,
+    by device and inode. A binary without ``.symtab`` is completed from its
+    separate debug file; anonymous code is named by the process's perf map;
+    ELF names are demangled in the ``demangle`` mode (see agent.symbols.demangle).
+
     >>> with Symbolizer() as symbolizer:
     ...     symbolizer.add_process(pid)
     ...     frames = symbolizer.resolve_user(pid, [leaf, caller, ...])
@@ -67,17 +88,28 @@ class Symbolizer:
     ``kallsyms_unreadable``).
     """
 
-    def __init__(self, proc_root: str = "/proc", kallsyms_path: str = "/proc/kallsyms") -> None:
+    def __init__(
+        self,
+        proc_root: str = "/proc",
+        kallsyms_path: str = "/proc/kallsyms",
+        pid_cache_size: int = 32,
+        build_id_cache_size: int = 64,
+        same_file_cache_size: int = 8,
+        demangle: str = "none",
+    ) -> None:
         self._proc_root = proc_root
         self._kallsyms_path = kallsyms_path
         self._kernel: KernelSymbols | None = None
         self._kernel_failed = False
-        self._processes: dict[int, _Process] = {}
-        # A file is known by (dev, inode); the same build id reached through
-        # another inode (one library in many container images) shares a table.
-        # None marks a file that failed, so it is not tried again.
-        self._files: dict[_FileKey, ElfInfo | None] = {}
-        self._by_build_id: dict[str, ElfInfo] = {}
+        self._processes: LruCache[int, _Process] = LruCache(
+            pid_cache_size, on_evict=lambda _pid, process: process.close()
+        )
+        # The same build id reached through another inode (one library in many
+        # container images) shares a table; files without one go by (dev, inode).
+        self._by_build_id: LruCache[str, ElfInfo] = LruCache(build_id_cache_size)
+        self._by_file: LruCache[_FileKey, ElfInfo] = LruCache(same_file_cache_size)
+        self._demangler = Demangler(demangle)
+        self._calls = 0
         self.tables_parsed = 0
         self.errors: dict[str, int] = {}
 
@@ -96,22 +128,53 @@ class Symbolizer:
         """Read the maps of ``pid`` and open its code files; ProcessError if it is gone."""
         process = self._processes.get(pid)
         if process is None:
-            process = _Process([], [])
+            self._add(pid)
+        else:
+            self._refresh(pid, process)
+
+    def _add(self, pid: int) -> _Process:
+        # The maps are read before any file is opened: a failure leaks nothing.
+        process = _Process([], [])
         self._refresh(pid, process)
-        self._processes[pid] = process
+        self._processes.put(pid, process)
+        return process
 
     def forget(self, pid: int) -> None:
         """Drop what is kept of ``pid`` and close its files."""
-        process = self._processes.pop(pid, None)
+        process = self._processes.pop(pid)
         if process is not None:
             process.close()
 
     def close(self) -> None:
-        for pid in list(self._processes):
+        for pid, _ in self._processes.items():
             self.forget(pid)
+
+    def debug_info(self) -> dict[str, Any]:
+        """The caches' sizes, counters and entries, least recently used first."""
+        return {
+            "pid_cache": {
+                **self._processes.stats(),
+                "entries": [_process_info(pid, p) for pid, p in self._processes.items()],
+            },
+            "build_id_cache": {
+                **self._by_build_id.stats(),
+                "entries": [
+                    {"build_id": key, **_table_info(info)}
+                    for key, info in self._by_build_id.items()
+                ],
+            },
+            "same_file_cache": {
+                **self._by_file.stats(),
+                "entries": [
+                    {"dev": f"{key[0]:02x}:{key[1]:02x}", "inode": key[2], **_table_info(info)}
+                    for key, info in self._by_file.items()
+                ],
+            },
+        }
 
     def resolve_user(self, pid: int, addresses: Sequence[int]) -> list[Frame]:
         """Frames for a user stack, leaf first; never raises for a bad file or a gone process."""
+        self._calls += 1
         refreshed = pid not in self._processes
         process = self._process(pid)
         if process is None:
@@ -125,7 +188,7 @@ class Symbolizer:
                 refreshed = True
                 if self._try_refresh(pid, process):
                     entry = process.find(lookup)
-            frames.append(self._user_frame(process, entry, address, lookup))
+            frames.append(self._user_frame(pid, process, entry, address, lookup))
         return frames
 
     def resolve_kernel(self, addresses: Sequence[int]) -> list[Frame]:
@@ -139,14 +202,14 @@ class Symbolizer:
         return frames
 
     def _process(self, pid: int) -> _Process | None:
-        if pid not in self._processes:
+        process = self._processes.get(pid)
+        if process is None:
             try:
-                self.add_process(pid)
+                process = self._add(pid)
             except (ProcessError, SymbolError) as exc:
                 log.debug("cannot symbolize pid %d: %s", pid, exc)
                 self._count("process_unreadable")
-                return None
-        return self._processes[pid]
+        return process
 
     def _try_refresh(self, pid: int, process: _Process) -> bool:
         try:
@@ -164,7 +227,7 @@ class Symbolizer:
         process.starts = [m.start for m in mappings]
         for entry in mappings:
             key = _file_key(entry)
-            if entry.is_file and key not in self._files and key not in process.streams:
+            if entry.is_file and key not in process.tables and key not in process.streams:
                 stream = self._open(pid, entry)
                 if stream is not None:
                     process.streams[key] = stream
@@ -182,16 +245,19 @@ class Symbolizer:
         return None
 
     def _user_frame(
-        self, process: _Process, entry: MapEntry | None, address: int, lookup: int
+        self, pid: int, process: _Process, entry: MapEntry | None, address: int, lookup: int
     ) -> Frame:
         if entry is None:
             return _unknown(address)
-        info = self._elf_info(process, entry) if entry.is_file else None
+        info = self._elf_info(pid, process, entry) if entry.is_file else None
         offset = lookup - entry.start + entry.offset
         name = None
         if info is not None:
             vaddr = info.file_offset_to_vaddr(offset)
             name = info.symbols.lookup(vaddr) if vaddr is not None else None
+            name = self._demangler.demangle(name) if name is not None else None
+        elif not entry.path:
+            name = self._jit_name(pid, process, lookup)
         if name is None:
             # The offset of the address reported, so it matches Frame.address.
             module = os.path.basename(entry.path) or "[anon]"
@@ -205,33 +271,62 @@ class Symbolizer:
         )
         return Frame(name=name, address=address, mapping=mapping)
 
-    def _elf_info(self, process: _Process, entry: MapEntry) -> ElfInfo | None:
-        key = _file_key(entry)
-        stream = process.streams.pop(key, None)
-        try:
-            if key not in self._files:
-                self._files[key] = self._load(entry, stream)
-        finally:
-            if stream is not None:
-                stream.close()
-        return self._files[key]
+    def _jit_name(self, pid: int, process: _Process, address: int) -> str | None:
+        """The perf map's name for anonymous code; its size is checked once per resolve call."""
+        if process.perf_map is None:
+            root = f"{self._proc_root}/{pid}/root"
+            process.perf_map = PerfMap(f"{root}/tmp/perf-{pid}.map")
+        if process.perf_map_call != self._calls:
+            process.perf_map_call = self._calls
+            process.perf_map.refresh()
+        return process.perf_map.lookup(address)
 
-    def _load(self, entry: MapEntry, stream: BinaryIO | None) -> ElfInfo | None:
+    def _elf_info(self, pid: int, process: _Process, entry: MapEntry) -> ElfInfo | None:
+        key = _file_key(entry)
+        if key not in process.tables:
+            stream = process.streams.pop(key, None)
+            try:
+                process.tables[key] = self._load(pid, entry, stream)
+            finally:
+                if stream is not None:
+                    stream.close()
+        return process.tables[key]
+
+    def _load(self, pid: int, entry: MapEntry, stream: BinaryIO | None) -> ElfInfo | None:
         if stream is None:
             self._failed(entry.path, "file_unopened", "cannot be opened")
             return None
+        key = _file_key(entry)
         try:
-            known = self._by_build_id.get(read_build_id(stream, entry.path))
+            build_id = read_build_id(stream, entry.path)
+            known = self._by_build_id.get(build_id) if build_id else self._by_file.get(key)
             if known is not None:
                 return known
             info = read_elf(stream, entry.path)
         except (SymbolError, OSError) as exc:
             self._failed(entry.path, "file_corrupt", str(exc))
             return None
+        roots = (f"{self._proc_root}/{pid}/root", "/")
+        info = read_debug_symbols(info, entry.path, roots)
+        if not info.has_symtab and not info.debug_file:
+            info = self._with_go_symbols(info, stream, entry.path)
         self.tables_parsed += 1
         if info.build_id:
-            self._by_build_id[info.build_id] = info
+            self._by_build_id.put(info.build_id, info)
+        else:
+            self._by_file.put(key, info)
         return info
+
+    def _with_go_symbols(self, info: ElfInfo, stream: BinaryIO, path: str) -> ElfInfo:
+        """A stripped Go binary still names its functions in .gopclntab."""
+        try:
+            go_symbols = read_gopclntab(stream, path)
+        except SymbolError as exc:
+            self._failed(path, "gopclntab_corrupt", str(exc))
+            return info
+        if go_symbols is None:
+            return info
+        return dataclasses.replace(info, symbols=go_symbols)
 
     def _failed(self, path: str, reason: str, detail: str) -> None:
         log.warning("no symbols for %s, frames will show offsets: %s", path, detail)
@@ -259,3 +354,34 @@ def _file_key(entry: MapEntry) -> _FileKey:
 def _unknown(address: int) -> Frame:
     """A frame for an address outside every mapping known for its process."""
     return Frame(name=f"[unknown]+0x{address:x}", address=address)
+
+
+def _table_info(info: ElfInfo | None) -> dict[str, Any]:
+    if info is None:
+        return {"path": "", "symbols": None, "debug_file": ""}
+    return {"path": info.path, "symbols": len(info.symbols), "debug_file": info.debug_file}
+
+
+def _process_info(pid: int, process: _Process) -> dict[str, Any]:
+    """One pid's entry: each mapped file with its symbol count (None until parsed or if failed)."""
+    files = {}
+    for entry in process.mappings:
+        key = _file_key(entry)
+        if entry.is_file and key not in files:
+            info = process.tables.get(key)
+            files[key] = {
+                "path": entry.path,
+                "dev": f"{key[0]:02x}:{key[1]:02x}",
+                "inode": key[2],
+                "build_id": info.build_id if info else "",
+                "symbols": len(info.symbols) if info else None,
+                "debug_file": info.debug_file if info else "",
+            }
+    perf_map = process.perf_map
+    return {
+        "pid": pid,
+        "files": list(files.values()),
+        "perf_map": None
+        if perf_map is None
+        else {"path": perf_map.path, "symbols": len(perf_map), "malformed": perf_map.malformed},
+    }

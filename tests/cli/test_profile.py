@@ -335,3 +335,23 @@ def test_progress_is_shown_on_a_terminal(build_workload, tmp_path):
     progress = re.findall(rb"(\d+\.\d)s\s+(\d+) samples", shown)
     assert len(progress) >= 3
     assert float(progress[-1][0]) >= 1.5 and int(progress[-1][1]) > 100
+
+
+def test_a_stripped_go_program_has_its_functions_named(build_go_workload, emberscope, tmp_path):
+    binary = build_go_workload("go_stripped", "-ldflags=-s -w")
+    out = tmp_path / "go.pb.gz"
+    result = emberscope(
+        "profile",
+        "--sample-rate",
+        RATE,
+        "--duration",
+        "10s",
+        "--output",
+        str(out),
+        "--",
+        str(binary),
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    names = {name for names, _, _, _ in stacks(read_profile(out.read_bytes())) for name in names}
+    assert {"main.hotLoop", "main.(*worker).step", "main.main"} <= names

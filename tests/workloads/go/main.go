@@ -1,11 +1,14 @@
 // A tiny Go program with named functions, a method and a closure, for the
 // gopclntab tests (tests/symbols/test_gopclntab.py builds it with and without
-// -ldflags=-s -w). It spins briefly so a profiler has something to sample.
+// -ldflags=-s -w). It spins briefly, or for argv[1] seconds, so a profiler
+// has something to sample.
 package main
 
 import (
 	"fmt"
 	"os"
+	"strconv"
+	"time"
 )
 
 type worker struct {
@@ -34,5 +37,11 @@ func main() {
 		hotLoop(w, rounds)
 	}
 	spin(1 << 20)
+	if len(os.Args) > 1 {
+		seconds, _ := strconv.Atoi(os.Args[1])
+		for end := time.Now().Add(time.Duration(seconds) * time.Second); time.Now().Before(end); {
+			spin(1 << 16)
+		}
+	}
 	fmt.Println(w.total)
 }
