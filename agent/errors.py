@@ -5,6 +5,7 @@
      ├── BpfError         a bpf(), perf_event_open() or libbpf call failed (carries errno)
      ├── SymbolError      a file could not be read for symbols (carries the path)
      ├── ProcessError     a process could not be inspected through /proc (carries the pid)
+     ├── DiscoveryError   a discovery source (Docker, the Kubernetes API) could not be read
      └── OutputError      a profile could not be written
           └── PushError   one push to a Pyroscope endpoint failed (carries status, retryable)
 
@@ -20,6 +21,7 @@ import os
 __all__ = [
     "BpfError",
     "ConfigError",
+    "DiscoveryError",
     "EmberscopeError",
     "OutputError",
     "ProcessError",
@@ -69,6 +71,18 @@ class ProcessError(EmberscopeError):
         self.pid = pid
         self.reason = reason
         super().__init__(f"pid {pid}: {reason}")
+
+
+class DiscoveryError(EmberscopeError):
+    """A discovery source could not be reached or gave an unusable answer.
+
+    ``source`` names it (the Docker host, the API server URL).
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
 
 
 class OutputError(EmberscopeError):

@@ -13,15 +13,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from prometheus_client import CollectorRegistry
+
 from agent.config import ComponentOptions, Graph
 from agent.discovery import (
-    DockerArguments,
+    DockerDiscovery,
     KubernetesArguments,
     ProcessDiscovery,
     RelabelComponent,
 )
-from agent.errors import ConfigError
+from agent.errors import ConfigError, EmberscopeError
 from agent.pyroscope_ebpf import EbpfComponent
+from agent.telemetry import TelemetryServer, new_registry
 from agent.write import FileReceiver, PyroscopeWrite
 
 __all__ = ["KINDS", "Agent", "check"]
@@ -51,14 +54,8 @@ class _KubernetesDiscovery(_CheckedOnly):
     missing = "discovery.kubernetes cannot run yet: the pod watch is not implemented"
 
 
-class _DockerDiscovery(_CheckedOnly):
-    Arguments = DockerArguments
-    Exports = _TargetsExports
-    missing = "discovery.docker cannot run yet: the Engine API client is not implemented"
-
-
 KINDS: Mapping[str, type] = {
-    "discovery.docker": _DockerDiscovery,
+    "discovery.docker": DockerDiscovery,
     "discovery.kubernetes": _KubernetesDiscovery,
     "discovery.process": ProcessDiscovery,
     "discovery.relabel": RelabelComponent,
@@ -69,28 +66,49 @@ KINDS: Mapping[str, type] = {
 
 
 class Agent:
-    """One configuration, loaded, checked and run until stopped.
+    """One configuration, loaded, checked and run until stopped, with its
+    metrics, health and components served on ``listen_addr`` (None: not served).
 
-    >>> agent = Agent.load(Path("examples/local.alloy"), os.environ)
-    >>> agent.start()
-    >>> ...
-    >>> agent.stop()
+    >>> agent = Agent.load(Path("examples/local.alloy"), os.environ, ("127.0.0.1", 12345))
+    >>> agent.run_until(stop)
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        registry: CollectorRegistry,
+        listen_addr: tuple[str, int] | None = None,
+    ) -> None:
         self.graph = graph
+        self.registry = registry
+        self.listen_addr = listen_addr
+        self.server: TelemetryServer | None = None
 
     @classmethod
-    def load(cls, path: os.PathLike[str], environ: Mapping[str, str]) -> Agent:
+    def load(
+        cls,
+        path: os.PathLike[str],
+        environ: Mapping[str, str],
+        listen_addr: tuple[str, int] | None = None,
+    ) -> Agent:
         """Parse and check ``path``; raise ConfigError before anything runs."""
-        graph = Graph.load(path, KINDS, environ=environ)
+        registry = new_registry()
+        graph = Graph.load(path, KINDS, environ=environ, registry=registry)
         for component_id in graph.order:
             kind = KINDS[component_id.rsplit(".", 1)[0]]
             if issubclass(kind, _CheckedOnly):
                 raise ConfigError(f"{path}: {component_id}: {kind.missing}")
-        return cls(graph)
+        return cls(graph, registry, listen_addr)
 
     def start(self) -> None:
+        """Listen first, so that a taken port fails before any BPF program loads."""
+        if self.listen_addr is not None:
+            try:
+                self.server = TelemetryServer(self.listen_addr, self.registry, self.graph)
+            except OSError as exc:
+                host, port = self.listen_addr
+                raise EmberscopeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            self.server.start()
         self.graph.start()
         log.info("agent started components=%d", len(self.graph.order))
 
@@ -99,6 +117,8 @@ class Agent:
         try:
             stop.wait()
         finally:
+            if self.server is not None:
+                self.server.stop()
             still_running = self.graph.stop()
             if still_running:
                 log.warning("components did not stop in time: %s", ", ".join(still_running))

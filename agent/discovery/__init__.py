@@ -6,7 +6,7 @@ from agent.discovery.containers import (
     parse_cgroup,
     parse_container_id,
 )
-from agent.discovery.docker import DockerArguments
+from agent.discovery.docker import DockerArguments, DockerDiscovery
 from agent.discovery.kubernetes import KubernetesArguments
 from agent.discovery.process import DiscoverConfig, ProcessDiscovery
 from agent.discovery.relabel import RelabelComponent, Rule, Rules, relabel
@@ -17,6 +17,7 @@ __all__ = [
     "ContainerIdCache",
     "DiscoverConfig",
     "DockerArguments",
+    "DockerDiscovery",
     "KubernetesArguments",
     "ProcessDiscovery",
     "RelabelComponent",
