@@ -6,8 +6,8 @@
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc g++ make golang-go linux-perf \
-	python3-venv util-linux
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc g++ make golang-go linux-perf prometheus \
+	python3-venv util-linux podman runc busybox-static
 STAMP := $(VENV)/.installed
 
 .PHONY: install run profile test bpf proto bench clean

@@ -26,6 +26,7 @@ log = logging.getLogger("agent")
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy"
+DEFAULT_LISTEN_ADDR = "127.0.0.1:12345"  # as Alloy
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _COLLECT_EVERY_S = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
@@ -107,12 +108,29 @@ def _build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONFIG,
         help="the configuration file (default examples/local.alloy)",
     )
+    run.add_argument(
+        "--server.http.listen-addr",
+        dest="listen_addr",
+        type=_listen_addr,
+        default=DEFAULT_LISTEN_ADDR,
+        metavar="HOST:PORT",
+        help=f"where /metrics, health and components are served (default {DEFAULT_LISTEN_ADDR})",
+    )
     run.set_defaults(handler=_run, default_log_level=logging.INFO)
 
     check_config = commands.add_parser("check-config", help="check a configuration file and exit")
     check_config.add_argument("config", type=Path, help="the configuration file")
     check_config.set_defaults(handler=_check_config)
     return parser
+
+
+def _listen_addr(text: str) -> tuple[str, int]:
+    from agent.telemetry import parse_listen_addr
+
+    try:
+        return parse_listen_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pid(text: str) -> int:
@@ -159,7 +177,7 @@ def _configure_logging(default: int, verbosity: int) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
 
-    agent = Agent.load(args.config, os.environ)
+    agent = Agent.load(args.config, os.environ, args.listen_addr)
     _check_privileges()
     agent.run_until(_stop_on_signals())
     return 0

@@ -10,19 +10,17 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
-from agent.config import ComponentOptions, Graph
+from agent.config import Graph
 from agent.discovery import (
     DockerDiscovery,
-    KubernetesArguments,
+    KubernetesDiscovery,
     ProcessDiscovery,
     RelabelComponent,
 )
-from agent.errors import ConfigError, EmberscopeError
+from agent.errors import EmberscopeError
 from agent.pyroscope_ebpf import EbpfComponent
 from agent.telemetry import TelemetryServer, new_registry
 from agent.write import FileReceiver, PyroscopeWrite
@@ -32,31 +30,9 @@ __all__ = ["KINDS", "Agent", "check"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _TargetsExports:
-    targets: list[dict[str, str]]
-
-
-class _CheckedOnly:
-    """A kind whose arguments are checked, but which cannot run yet."""
-
-    Arguments: ClassVar[type]
-    Exports: ClassVar[type]
-    missing: ClassVar[str]
-
-    def __init__(self, options: ComponentOptions, arguments: Any) -> None:
-        raise ConfigError(f"{options.id}: {self.missing}")
-
-
-class _KubernetesDiscovery(_CheckedOnly):
-    Arguments = KubernetesArguments
-    Exports = _TargetsExports
-    missing = "discovery.kubernetes cannot run yet: the pod watch is not implemented"
-
-
 KINDS: Mapping[str, type] = {
     "discovery.docker": DockerDiscovery,
-    "discovery.kubernetes": _KubernetesDiscovery,
+    "discovery.kubernetes": KubernetesDiscovery,
     "discovery.process": ProcessDiscovery,
     "discovery.relabel": RelabelComponent,
     "pyroscope.ebpf": EbpfComponent,
@@ -94,10 +70,6 @@ class Agent:
         """Parse and check ``path``; raise ConfigError before anything runs."""
         registry = new_registry()
         graph = Graph.load(path, KINDS, environ=environ, registry=registry)
-        for component_id in graph.order:
-            kind = KINDS[component_id.rsplit(".", 1)[0]]
-            if issubclass(kind, _CheckedOnly):
-                raise ConfigError(f"{path}: {component_id}: {kind.missing}")
         return cls(graph, registry, listen_addr)
 
     def start(self) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from agent.config.component import ArgumentError, Capsule, ComponentOptions, Duration, Health
 from agent.discovery import ContainerIdCache, Target, TargetSet, build_targets
 from agent.ebpf import Session, SessionOptions
@@ -23,6 +25,14 @@ from agent.errors import EmberscopeError
 from agent.pprof import ProfileBuilder
 from agent.profiler import Profiler
 from agent.symbols import DEMANGLE_MODES, Frame, Symbolizer
+from agent.telemetry import (
+    BoundEbpfMetrics,
+    EbpfMetrics,
+    SamplerCollector,
+    SamplerReading,
+    find_program_fd,
+    read_program_stats,
+)
 from agent.write import Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
@@ -30,6 +40,7 @@ __all__ = ["EbpfComponent", "Sampler"]
 log = logging.getLogger(__name__)
 
 _SHARED_KEY = "pyroscope.ebpf.sampler"
+_METRICS_KEY = "pyroscope.ebpf.metrics"
 _POLL_MS = 200
 
 
@@ -80,8 +91,11 @@ class Sampler:
     access to the profiler goes through one lock.
     """
 
-    def __init__(self, arguments: EbpfArguments) -> None:
+    def __init__(self, arguments: EbpfArguments, registry: CollectorRegistry | None = None) -> None:
         self.arguments = arguments
+        self._registry = registry
+        self._collector: SamplerCollector | None = None
+        self._program_fd: int | None = None
         self._components: list[EbpfComponent] = []
         self._lock = threading.Lock()
         self._containers = ContainerIdCache(arguments.container_id_cache_size)
@@ -108,8 +122,13 @@ class Sampler:
         self._session.open()
         self._thread = threading.Thread(target=self._poll, name="ebpf-events", daemon=True)
         self._thread.start()
+        if self._registry is not None:
+            self._program_fd = find_program_fd(self._session.program_id)
+            self._collector = SamplerCollector(self.reading, self._registry)
 
     def close(self) -> None:
+        if self._collector is not None:
+            self._registry.unregister(self._collector)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -144,6 +163,36 @@ class Sampler:
         with self._lock:
             return len(self._profiler.profiled)
 
+    def reading(self) -> SamplerReading | None:
+        """The BPF program's and the symbolizer's counters, for a scrape; None once closed."""
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            program = None if self._program_fd is None else read_program_stats(self._program_fd)
+            caches = _symbolizer_debug_info(self._symbolizer)
+            return SamplerReading(
+                program=program,
+                samples=self._session.read_sample_total(),
+                drops=self._session.read_drops(),
+                profiled_processes=len(self._profiler.profiled),
+                pid_map_size=self.arguments.pid_map_size,
+                symbolization_errors=dict(getattr(self._symbolizer, "errors", {})),
+                caches={
+                    name: {key: value for key, value in info.items() if isinstance(value, int)}
+                    for name, info in caches.items()
+                    if isinstance(info, dict)
+                },
+            )
+
+    def debug_info(self) -> dict[str, Any]:
+        """The symbolizer's caches: ``pid_cache``, and ``elf_cache`` by build ID and by file."""
+        with self._lock:
+            info = _symbolizer_debug_info(self._symbolizer)
+        elf_cache = info.get("elf_cache") or {
+            name: info[name] for name in ("build_id_cache", "same_file_cache") if name in info
+        }
+        return {"pid_cache": info.get("pid_cache"), "elf_cache": elf_cache}
+
     def _poll(self) -> None:
         while not self._stop.is_set():
             with self._lock:
@@ -158,6 +207,13 @@ class Sampler:
             if route is not None:
                 routes.append(route)
         return routes
+
+
+def _symbolizer_debug_info(symbolizer: Symbolizer) -> dict[str, Any]:
+    """``Symbolizer.debug_info()`` where the symbolizer has one (it is being reworked)."""
+    debug_info = getattr(symbolizer, "debug_info", None)
+    info = debug_info() if callable(debug_info) else None
+    return info if isinstance(info, dict) else {}
 
 
 class _TargetProfile:
@@ -191,6 +247,8 @@ class EbpfComponent:
         self._interval_start = time.time_ns()
         self._health = Health("unknown", "starting", time.time())
         self.profiles_sent = 0
+        self._metrics = _metrics_of(options)
+        self._metrics.active_targets.set(len(self._targets))
 
     # --- the graph's interface ---
 
@@ -203,6 +261,7 @@ class EbpfComponent:
     def update(self, arguments: EbpfArguments) -> None:
         self.arguments = arguments
         self._targets = build_targets(arguments.targets)
+        self._metrics.active_targets.set(len(self._targets))
         self._routes = {}
         sampler = self._options.shared.get(_SHARED_KEY)
         if sampler is not None:
@@ -219,10 +278,20 @@ class EbpfComponent:
         self._health = Health("healthy", "", time.time())
         try:
             while not stop.wait(self.arguments.collect_interval):
-                self._collect(sampler)
-            self._collect(sampler)  # what the last, partial interval holds
+                self._collect_round(sampler)
+            self._collect_round(sampler)  # what the last, partial interval holds
         finally:
             self._leave_sampler(sampler)
+
+    def debug_info(self) -> dict[str, Any]:
+        """The targets, each marked ``profiled`` once a process of it is, and the caches."""
+        targets = [
+            {"labels": dict(target.labels), "profiled": target in self._routes}
+            for target in self._targets
+        ]
+        sampler = self._options.shared.get(_SHARED_KEY)
+        caches = sampler.debug_info() if sampler is not None else {}
+        return {"targets": targets, **caches}
 
     # --- routing, called under the sampler's lock ---
 
@@ -252,7 +321,7 @@ class EbpfComponent:
         with self._options.shared_lock:
             sampler = self._options.shared.get(_SHARED_KEY)
             if sampler is None:
-                sampler = Sampler(self.arguments)
+                sampler = Sampler(self.arguments, self._options.registry)
                 sampler.open()
                 self._options.shared[_SHARED_KEY] = sampler
         sampler.register(self)
@@ -264,6 +333,20 @@ class EbpfComponent:
                 sampler.close()
                 del self._options.shared[_SHARED_KEY]
 
+    def _collect_round(self, sampler: Sampler) -> None:
+        """One collection; a failed one is counted and shown in health, and the next is tried."""
+        self._metrics.sessions.inc()
+        try:
+            self._collect(sampler)
+        except Exception as exc:  # one bad round must not end the profiling of every target
+            self._metrics.sessions_failing.inc()
+            if self._health.state == "healthy":
+                log.exception("pyroscope.ebpf %s: collection failed", self._options.id)
+            self._health = Health("unhealthy", f"collection failed: {exc}", time.time())
+        else:
+            if self._health.state != "healthy":
+                self._health = Health("healthy", "", time.time())
+
     def _collect(self, sampler: Sampler) -> None:
         builders = sampler.collect(self)
         now = time.time_ns()
@@ -273,8 +356,11 @@ class EbpfComponent:
         for target, builder in builders.items():
             builder.duration_nanos = now - started
             samples += builder.sample_count
-            labels = dict(target.public_labels())
-            fanout.append(LabeledProfile(labels, builder.encode(), started))
+            profile = LabeledProfile(dict(target.public_labels()), builder.encode(), started)
+            fanned_out = time.perf_counter()
+            fanout.append(profile)
+            self._metrics.fanout_latency.observe(time.perf_counter() - fanned_out)
+            self._metrics.count_pprof(target.service_name)
         self.profiles_sent += len(builders)
         log.info(
             "collected component=%s targets=%d processes=%d samples=%d profiles=%d",
@@ -284,3 +370,13 @@ class EbpfComponent:
             samples,
             len(builders),
         )
+
+
+def _metrics_of(options: ComponentOptions) -> BoundEbpfMetrics:
+    """The metrics are declared once per agent and shared; each component has its series."""
+    with options.shared_lock:
+        metrics = options.shared.get(_METRICS_KEY)
+        if metrics is None:
+            metrics = EbpfMetrics(options.registry or CollectorRegistry())
+            options.shared[_METRICS_KEY] = metrics
+    return metrics.bound(options.id)

@@ -86,7 +86,14 @@ def agent_run(build_workload, tmp_path_factory):
     config.write_text(CONFIG.format(folder=early.parent, interval=INTERVAL_S, output=output))
     first = subprocess.Popen([str(early), "30"])
     agent = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--server.http.listen-addr=127.0.0.1:0",
+            str(config),
+        ],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,

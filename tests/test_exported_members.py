@@ -13,6 +13,7 @@ ROOMS = [
     "agent.ebpf",
     "agent.pprof",
     "agent.symbols",
+    "agent.telemetry",
     "agent.write",
 ]
 

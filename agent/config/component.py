@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from prometheus_client import CollectorRegistry
+
 __all__ = [
     "ArgumentError",
     "Capsule",
@@ -99,6 +101,7 @@ class ComponentOptions:
     on_exports: Callable[[dict[str, Any]], None]  # call when exports change
     shared: dict[str, Any]  # per-agent singletons by name (the one BPF session, ...)
     shared_lock: threading.Lock
+    registry: CollectorRegistry | None = None  # the agent's metrics; None: not exposed
 
 
 class Component(Protocol):

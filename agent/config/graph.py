@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from agent.config.component import ComponentOptions, Health
 from agent.config.decode import decode
 from agent.config.evaluate import UNKNOWN, Reference, Scope, references
@@ -54,7 +56,12 @@ class _Node:
 class Graph:
     """A checked configuration: components in dependency order, ready to start."""
 
-    def __init__(self, nodes: list[_Node], environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        nodes: list[_Node],
+        environ: Mapping[str, str],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._nodes = nodes
         self._by_id = {node.id: node for node in nodes}
         self._environ = environ
@@ -65,6 +72,7 @@ class Graph:
         self._worker: threading.Thread | None = None
         self._shared: dict[str, Any] = {}
         self._shared_lock = threading.Lock()
+        self._registry = registry
 
     @classmethod
     def load(
@@ -74,19 +82,21 @@ class Graph:
         *,
         environ: Mapping[str, str] | None = None,
         filename: str = "<config>",
+        registry: CollectorRegistry | None = None,
     ) -> Graph:
         """Parse and check a configuration: a path to read, or (a ``str``) the text itself.
 
         ``kinds`` maps component names (``"pyroscope.ebpf"``) to classes with an
         ``Arguments`` dataclass. ``environ`` is what ``sys.env`` reads
-        (``os.environ`` when omitted). Raises ConfigError; nothing is started.
+        (``os.environ`` when omitted); components register their metrics in
+        ``registry``. Raises ConfigError; nothing is started.
         """
         if isinstance(source, os.PathLike):
             filename = os.fspath(source)
             source = _read(Path(source))
         nodes = _declare(parse(source, filename), kinds)
         ordered = _sort(nodes)
-        graph = cls(ordered, os.environ if environ is None else environ)
+        graph = cls(ordered, os.environ if environ is None else environ, registry)
         scope = Scope({node.id: UNKNOWN for node in ordered}, graph._environ)
         for node in ordered:
             node.arguments = decode(node.block, node.kind.Arguments, scope)
@@ -104,6 +114,11 @@ class Graph:
     def components(self) -> list[tuple[str, Any]]:
         """(id, component) of every created component, in dependency order."""
         return [(node.id, node.component) for node in self._nodes if node.component is not None]
+
+    @property
+    def started(self) -> bool:
+        """Whether every component has been created and runs (what ``/-/ready`` reports)."""
+        return self._worker is not None
 
     def health(self, component_id: str) -> Health:
         """The graph's verdict when it failed the component, else the component's own."""
@@ -152,7 +167,9 @@ class Graph:
     def _start_node(self, node: _Node) -> None:
         arguments = decode(node.block, node.kind.Arguments, self._scope())
         on_exports = functools.partial(self._on_exports, node.id)
-        options = ComponentOptions(node.id, on_exports, self._shared, self._shared_lock)
+        options = ComponentOptions(
+            node.id, on_exports, self._shared, self._shared_lock, self._registry
+        )
         node.component = node.kind(options, arguments)
         node.arguments = arguments
         node.thread = threading.Thread(target=self._run, args=(node,), name=node.id)

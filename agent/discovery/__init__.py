@@ -7,7 +7,7 @@ from agent.discovery.containers import (
     parse_container_id,
 )
 from agent.discovery.docker import DockerArguments, DockerDiscovery
-from agent.discovery.kubernetes import KubernetesArguments
+from agent.discovery.kubernetes import KubernetesArguments, KubernetesDiscovery
 from agent.discovery.process import DiscoverConfig, ProcessDiscovery
 from agent.discovery.relabel import RelabelComponent, Rule, Rules, relabel
 from agent.discovery.targets import Target, TargetSet, build_targets
@@ -19,6 +19,7 @@ __all__ = [
     "DockerArguments",
     "DockerDiscovery",
     "KubernetesArguments",
+    "KubernetesDiscovery",
     "ProcessDiscovery",
     "RelabelComponent",
     "Rule",

@@ -1,7 +1,6 @@
 """The ``discovery.kubernetes`` component: targets from the Kubernetes API.
 
-For now its arguments, with Alloy's names, defaults and checks
-(``relabel-and-discovery.md`` §9.4–9.5)::
+Arguments with Alloy's names, defaults and checks (``relabel-and-discovery.md`` §9.4–9.5)::
 
     discovery.kubernetes "all_pods" {
       role = "pod"
@@ -11,17 +10,42 @@ For now its arguments, with Alloy's names, defaults and checks
       }
     }
 
-Every role Alloy knows is accepted here; only ``pod`` is discovered at run time.
+Every role Alloy knows is accepted here; only ``pod`` is discovered at run time, through the
+``kubernetes`` client's list+watch (``kubernetes-and-containers.md`` §9.3) rather than kopf:
+kopf's ``on.event`` handlers never learn that a relist ended, so a pod deleted while the watch
+was away would keep its targets, and kopf retries API outages internally, leaving no way to
+report them as unhealthy. The selectors are sent with every list and watch request.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from agent.config.component import ArgumentError, block
+from kubernetes import client, config
+
+from agent.config.component import ArgumentError, ComponentOptions, Health, block
 from agent.config.httpclient import HTTPClientArguments
+from agent.discovery.kubepods import KubernetesError, PodWatcher, Timings
 
-__all__ = ["AttachMetadata", "KubernetesArguments", "NamespaceDiscovery", "SelectorConfig"]
+__all__ = [
+    "AttachMetadata",
+    "KubernetesArguments",
+    "KubernetesDiscovery",
+    "KubernetesError",
+    "NamespaceDiscovery",
+    "SelectorConfig",
+    "Timings",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_SUPERVISE_INTERVAL = 0.5  # seconds between checks for new arguments
 
 ROLES = ("pod", "node", "service", "endpoints", "endpointslice", "ingress")
 
@@ -104,3 +128,182 @@ class KubernetesArguments(HTTPClientArguments):
             if selector.role not in allowed:
                 message = f"{self.role} role supports only {', '.join(allowed)} selectors"
                 raise ArgumentError("selectors", message)
+
+
+class KubernetesDiscovery:
+    """``discovery.kubernetes``: exports ``targets``, one per pod container and port.
+
+    Role ``pod`` only. One list+watch thread per namespace (one in all for every
+    namespace) keeps the pods of its selectors; targets are published on change.
+
+    Example::
+
+        discovery = KubernetesDiscovery(options, KubernetesArguments(role="pod"))
+        threading.Thread(target=discovery.run, args=(stop,)).start()
+    """
+
+    Arguments = KubernetesArguments
+
+    @dataclass(frozen=True)
+    class Exports:
+        targets: list[dict[str, str]]
+
+    def __init__(
+        self,
+        options: ComponentOptions,
+        arguments: KubernetesArguments,
+        *,
+        timings: Timings | None = None,
+        service_account_dir: str = SERVICE_ACCOUNT_DIR,
+    ) -> None:
+        self._options = options
+        self._timings = timings or Timings()
+        self._service_account_dir = service_account_dir
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
+        self._args = arguments
+        self._restart = threading.Event()
+        self._watchers: list[PodWatcher] = []
+        self._targets: list[dict[str, str]] = []
+        self._health = Health("unknown", "not run yet", time.time())
+
+    def run(self, stop: threading.Event) -> None:
+        """Supervises the watchers; new arguments restart them."""
+        while not stop.is_set():
+            self._restart.clear()
+            with self._lock:
+                arguments = self._args
+            self._start(arguments, stop)
+            while not (stop.wait(_SUPERVISE_INTERVAL) or self._restart.is_set()):
+                pass
+            self._stop_watchers()
+
+    def update(self, arguments: KubernetesArguments) -> None:
+        with self._lock:
+            if arguments == self._args:
+                return
+            self._args = arguments
+        self._restart.set()
+
+    def exports(self) -> dict[str, Any]:
+        with self._lock:
+            return {"targets": [dict(target) for target in self._targets]}
+
+    def health(self) -> Health:
+        with self._lock:
+            return self._health
+
+    def _start(self, arguments: KubernetesArguments, stop: threading.Event) -> None:
+        if arguments.role != "pod":
+            self._set_health("unhealthy", f"role {arguments.role} is not supported yet")
+            self._publish()
+            return
+        backoff = self._timings.backoff_initial
+        while not (stop.is_set() or self._restart.is_set()):
+            try:
+                api = client.CoreV1Api(_api_client(arguments))
+                namespaces = _namespaces(arguments, self._service_account_dir)
+                break
+            except KubernetesError as exc:
+                self._set_health("unhealthy", str(exc))
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self._timings.backoff_max)
+        else:
+            return
+        selector = next((s for s in arguments.selectors if s.role == "pod"), None)
+        with self._lock:
+            self._watchers = [
+                PodWatcher(api, namespace, selector, self._refresh, self._timings)
+                for namespace in namespaces
+            ]
+        for watcher in self._watchers:
+            watcher.start()
+
+    def _stop_watchers(self) -> None:
+        with self._lock:
+            watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.stop()
+
+    def _refresh(self) -> None:
+        """Called by a watcher after each change of its pods or of its connection."""
+        with self._lock:
+            watchers = list(self._watchers)
+        errors = [watcher.error for watcher in watchers if watcher.error]
+        if errors:
+            self._set_health("unhealthy", errors[0])
+        elif all(watcher.listed for watcher in watchers):
+            pods = sum(watcher.pod_count() for watcher in watchers)
+            self._set_health("healthy", f"{pods} pods")
+        self._publish()
+
+    def _set_health(self, state: str, message: str) -> None:
+        with self._lock:
+            if (self._health.state, self._health.message) == (state, message):
+                return
+            if state == "unhealthy":
+                log.warning("discovery.kubernetes: %s", message)
+            self._health = Health(state, message, time.time())
+
+    def _publish(self) -> None:
+        """Export the targets if they changed; serialized so exports arrive in order."""
+        with self._publish_lock:
+            with self._lock:
+                if not all(watcher.listed for watcher in self._watchers):
+                    return  # keep the previous targets until every namespace is listed
+                targets = [t for watcher in self._watchers for t in watcher.targets()]
+                if targets == self._targets:
+                    return
+                self._targets = targets
+            log.debug("discovery.kubernetes: %d targets", len(targets))
+            self._options.on_exports({"targets": [dict(target) for target in targets]})
+
+
+def _api_client(arguments: KubernetesArguments) -> client.ApiClient:
+    """In-cluster service account by default, else ``kubeconfig_file`` or ``api_server``."""
+    configuration = client.Configuration()
+    try:
+        if arguments.kubeconfig_file:
+            config.load_kube_config(arguments.kubeconfig_file, client_configuration=configuration)
+        elif arguments.api_server:
+            _configure_http(configuration, arguments)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, OSError, ValueError) as exc:
+        raise KubernetesError(f"cannot configure the Kubernetes client: {exc}") from exc
+    return client.ApiClient(configuration)
+
+
+def _configure_http(configuration: client.Configuration, arguments: KubernetesArguments) -> None:
+    """``api_server`` with the bearer token and TLS options; other HTTP options are ignored."""
+    configuration.host = arguments.api_server.rstrip("/")
+    token = arguments.bearer_token
+    if arguments.bearer_token_file:
+        with open(arguments.bearer_token_file, encoding="utf-8") as file:
+            token = file.read().strip()
+    if token:
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+    tls = arguments.tls_config
+    if tls:
+        configuration.ssl_ca_cert = tls.ca_file or None
+        configuration.cert_file = tls.cert_file or None
+        configuration.key_file = tls.key_file or None
+        configuration.verify_ssl = not tls.insecure_skip_verify
+
+
+def _namespaces(arguments: KubernetesArguments, service_account_dir: str) -> list[str | None]:
+    """``None`` stands for every namespace (one cluster-wide watch)."""
+    block = arguments.namespaces
+    if block is None or not (block.names or block.own_namespace):
+        return [None]
+    names: list[str | None] = list(dict.fromkeys(block.names))
+    if block.own_namespace:
+        path = os.path.join(service_account_dir, "namespace")
+        try:
+            with open(path, encoding="utf-8") as file:
+                own = file.read().strip()
+        except OSError as exc:
+            raise KubernetesError(f"own_namespace: cannot read {path}: {exc}") from exc
+        if own not in names:
+            names.append(own)
+    return names

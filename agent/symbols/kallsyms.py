@@ -73,6 +73,8 @@ def read_kallsyms(stream: TextIO, path: str = "/proc/kallsyms") -> KernelSymbols
             address = int(fields[0], 16)
         except ValueError as exc:
             raise SymbolError(path, f"line {lineno}: bad address {fields[0]!r}") from exc
+        if not 0 <= address < 1 << 64:
+            raise SymbolError(path, f"line {lineno}: address {fields[0]!r} is not 64-bit")
         text_symbols += 1
         if address == 0:
             continue

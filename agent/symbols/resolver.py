@@ -19,6 +19,7 @@ from agent.symbols.elf import ElfInfo, read_build_id, read_elf
 from agent.symbols.frames import Frame, MappedFile
 from agent.symbols.gopclntab import read_gopclntab
 from agent.symbols.kallsyms import KernelSymbols, read_kallsyms
+from agent.symbols.minidebuginfo import read_minidebuginfo
 from agent.symbols.perfmap import PerfMap
 from agent.symbols.procmaps import MapEntry, read_maps
 
@@ -309,6 +310,8 @@ class Symbolizer:
         roots = (f"{self._proc_root}/{pid}/root", "/")
         info = read_debug_symbols(info, entry.path, roots)
         if not info.has_symtab and not info.debug_file:
+            info = self._with_mini_symbols(info, stream, entry.path)
+        if not info.has_symtab and not info.debug_file:
             info = self._with_go_symbols(info, stream, entry.path)
         self.tables_parsed += 1
         if info.build_id:
@@ -316,6 +319,14 @@ class Symbolizer:
         else:
             self._by_file.put(key, info)
         return info
+
+    def _with_mini_symbols(self, info: ElfInfo, stream: BinaryIO, path: str) -> ElfInfo:
+        """Fedora and RHEL keep local function names xz-compressed in .gnu_debugdata."""
+        try:
+            return read_minidebuginfo(info, stream, path)
+        except SymbolError as exc:
+            self._failed(path, "minidebuginfo_corrupt", str(exc))
+            return info
 
     def _with_go_symbols(self, info: ElfInfo, stream: BinaryIO, path: str) -> ElfInfo:
         """A stripped Go binary still names its functions in .gopclntab."""

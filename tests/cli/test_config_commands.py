@@ -63,11 +63,3 @@ def test_a_missing_file_is_one_line(emberscope, tmp_path):
     assert result.returncode == 1
     assert "nowhere.alloy" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.usefixtures("bpf_ready")
-def test_run_refuses_components_that_cannot_run_yet_before_starting_anything(emberscope):
-    result = emberscope("run", "deploy/k8s.alloy", timeout=30)
-    assert result.returncode == 1
-    assert "discovery.kubernetes cannot run yet" in result.stderr
-    assert "agent started" not in result.stderr

@@ -1,0 +1,346 @@
+"""The pod watch of ``discovery.kubernetes`` and the targets of each pod.
+
+``PodWatcher`` is the list+watch loop of ``kubernetes-and-containers.md`` §9.3 on the
+``kubernetes`` client; every client exception is translated here into ``KubernetesError``.
+Targets follow ``prometheus/prometheus:discovery/kubernetes/pod.go``
+(``relabel-and-discovery.md`` §9): one target per container and declared port, one per
+container without ports, regular containers first and then init containers, no targets while
+the pod has no IP. The group-level pod labels are merged into every target, as Alloy does.
+Pods are the API's JSON (plain dicts): the client's models would cost time and memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+if TYPE_CHECKING:
+    from agent.discovery.kubernetes import SelectorConfig
+
+__all__ = [
+    "KubernetesError",
+    "PodWatcher",
+    "Timings",
+    "pod_targets",
+    "sanitize_label_name",
+]
+
+log = logging.getLogger(__name__)
+
+_META = "__meta_kubernetes_"
+_POD = _META + "pod_"
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class KubernetesError(Exception):
+    """The API server is unreachable, refused a request or sent something unusable.
+
+    Every ``kubernetes.client.ApiException``, urllib3 error and configuration error of
+    this module is translated into it (chained), so none escapes the module.
+    """
+
+
+class _Gone(KubernetesError):
+    """410 Gone: the held resourceVersion is too old; only a new list helps."""
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How long to wait for the API server; a seam so tests need not wait a minute."""
+
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    connect_timeout: float = 10.0
+    list_read_timeout: float = 60.0
+    # Above the ~60 s bookmark interval, so a healthy quiet watch is never cut (§9.2).
+    watch_read_timeout: float = 120.0
+    watch_timeout_seconds: int = 300
+
+
+class PodWatcher:
+    """List, then watch from the list's resourceVersion, in a thread of its own (§9.3).
+
+    A 410 relists at once; a dropped, refused or silent connection resumes from the held
+    version after a backoff. The pods are kept meanwhile, so targets survive an outage.
+    """
+
+    def __init__(
+        self,
+        api: client.CoreV1Api,
+        namespace: str | None,
+        selector: SelectorConfig | None,
+        on_change: Callable[[], None],
+        timings: Timings,
+    ) -> None:
+        self._api = api
+        self._namespace = namespace
+        self._selectors = _selector_arguments(selector)
+        self._on_change = on_change
+        self._timings = timings
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pods: dict[str, list[dict[str, str]]] = {}
+        self._response: Any = None
+        self._version: str | None = None
+        self.listed = False
+        self.error: str | None = None
+        name = f"discovery.kubernetes/{namespace or '*'}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Prompt even mid-read: the open watch response is shut down under the reader."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            try:
+                response.shutdown()
+            except (ValueError, OSError):
+                pass  # already released: the reader sees the stop flag instead
+        self._thread.join(timeout=5)
+
+    def targets(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [target for key in sorted(self._pods) for target in self._pods[key]]
+
+    def pod_count(self) -> int:
+        with self._lock:
+            return len(self._pods)
+
+    def _run(self) -> None:
+        backoff = self._timings.backoff_initial
+        while not self._stop.is_set():
+            try:
+                if self._version is None:
+                    self._list()
+                self._watch()
+                backoff = self._timings.backoff_initial
+            except _Gone:
+                log.debug("discovery.kubernetes: resourceVersion %s gone, relisting", self._version)
+                self._version = None
+            except KubernetesError as exc:
+                if self._stop.is_set():
+                    return
+                self.error = str(exc)
+                self._on_change()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._timings.backoff_max)
+
+    def _list(self) -> None:
+        timeout = (self._timings.connect_timeout, self._timings.list_read_timeout)
+        with _translated():
+            response = self._call(_preload_content=False, _request_timeout=timeout)
+            body = json.loads(_checked(response).data)
+        pods = {_key(pod): pod_targets(pod) for pod in body.get("items") or []}
+        with self._lock:
+            self._pods = pods  # a resync replaces everything, deletions included
+        self._version = body["metadata"]["resourceVersion"]
+        self.listed, self.error = True, None
+        log.debug("discovery.kubernetes: listed %d pods at %s", len(pods), self._version)
+        self._on_change()
+
+    def _watch(self) -> None:
+        """Until the server ends the watch (``timeout_seconds``) or the stop is set."""
+        timeout = (self._timings.connect_timeout, self._timings.watch_read_timeout)
+        with _translated():
+            self._response = self._call(
+                watch=True,
+                resource_version=self._version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._timings.watch_timeout_seconds,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+            try:
+                _checked(self._response)
+                if self.error:
+                    self.error = None
+                    self._on_change()
+                for line in watch.watch.iter_resp_lines(self._response):
+                    if self._stop.is_set():
+                        return
+                    self._handle(json.loads(line))
+            finally:
+                self._response.release_conn()
+                self._response = None
+
+    def _call(self, **kwargs: Any) -> Any:
+        if self._namespace is None:
+            return self._api.list_pod_for_all_namespaces(**self._selectors, **kwargs)
+        return self._api.list_namespaced_pod(self._namespace, **self._selectors, **kwargs)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == HTTPStatus.GONE:
+                raise _Gone(obj.get("message", "resourceVersion too old"))
+            raise KubernetesError(f"watch error {obj.get('code')}: {obj.get('message')}")
+        self._version = obj.get("metadata", {}).get("resourceVersion", self._version)
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            return  # BOOKMARK: only the version moves
+        with self._lock:
+            if kind == "DELETED":
+                self._pods.pop(_key(obj), None)
+            else:
+                self._pods[_key(obj)] = pod_targets(obj)
+        self._on_change()
+
+
+def _key(pod: dict[str, Any]) -> str:
+    metadata = pod.get("metadata") or {}
+    return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+
+
+def _selector_arguments(selector: SelectorConfig | None) -> dict[str, str]:
+    """Selectors go to the API server on every list and watch, never applied here."""
+    arguments = {}
+    if selector and selector.field:
+        arguments["field_selector"] = selector.field
+    if selector and selector.label:
+        arguments["label_selector"] = selector.label
+    return arguments
+
+
+def _checked(response: Any) -> Any:
+    if not 200 <= response.status <= 299:
+        body = response.data.decode("utf-8", "replace")[:200]
+        response.release_conn()
+        raise KubernetesError(f"API server answered {response.status} {response.reason}: {body}")
+    return response
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The one place where the client's exceptions become ``KubernetesError``."""
+    try:
+        yield
+    except ApiException as exc:
+        raise KubernetesError(f"API server answered {exc.status} {exc.reason}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise KubernetesError(f"cannot reach the API server: {exc}") from exc
+    except ValueError as exc:  # json.JSONDecodeError included
+        raise KubernetesError(f"unusable answer from the API server: {exc}") from exc
+
+
+def sanitize_label_name(name: str) -> str:
+    """Prometheus' ``strutil.SanitizeLabelName``: every character outside ``[a-zA-Z0-9_]``
+    becomes ``_``."""
+    return _INVALID_LABEL_CHARS.sub("_", name)
+
+
+def pod_targets(pod: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The targets of one pod; empty values are left out, as Prometheus treats them as absent."""
+    status = pod.get("status") or {}
+    pod_ip = status.get("podIP") or ""
+    if not pod_ip:
+        return []
+    spec = pod.get("spec") or {}
+    ids = _container_ids(status)
+    common = _pod_labels(pod)
+    targets = []
+    for init, containers in ((False, spec.get("containers")), (True, spec.get("initContainers"))):
+        for container in containers or []:
+            labels = {**common, **_container_labels(container, init, ids)}
+            ports = container.get("ports") or []
+            if not ports:
+                targets.append(_without_empty({**labels, "__address__": pod_ip}))
+            for port in ports:
+                targets.append(_without_empty({**labels, **_port_labels(pod_ip, port)}))
+    return targets
+
+
+def _pod_labels(pod: Mapping[str, Any]) -> dict[str, str]:
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    labels = {
+        _META + "namespace": metadata.get("namespace", ""),
+        _POD + "name": metadata.get("name", ""),
+        _POD + "ip": status.get("podIP", ""),
+        _POD + "ready": _ready(status),
+        _POD + "phase": status.get("phase", ""),
+        _POD + "node_name": spec.get("nodeName", ""),
+        _POD + "host_ip": status.get("hostIP", ""),
+        _POD + "uid": metadata.get("uid", ""),
+    }
+    labels.update(_controller_labels(metadata))
+    labels.update(_map_labels("label", metadata.get("labels")))
+    labels.update(_map_labels("annotation", metadata.get("annotations")))
+    return labels
+
+
+def _ready(status: Mapping[str, Any]) -> str:
+    """The PodReady condition lowercased; ``unknown`` when it is missing."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return str(condition.get("status", "Unknown")).lower()
+    return "unknown"
+
+
+def _controller_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
+    for owner in metadata.get("ownerReferences") or []:
+        if owner.get("controller"):
+            return {
+                _POD + "controller_kind": owner.get("kind", ""),
+                _POD + "controller_name": owner.get("name", ""),
+            }
+    return {}
+
+
+def _map_labels(kind: str, values: Mapping[str, str] | None) -> dict[str, str]:
+    """``pod_<kind>_<name>`` with the value and ``pod_<kind>present_<name>`` = ``true``."""
+    labels = {}
+    for key, value in (values or {}).items():
+        name = sanitize_label_name(key)
+        labels[f"{_POD}{kind}_{name}"] = value
+        labels[f"{_POD}{kind}present_{name}"] = "true"
+    return labels
+
+
+def _container_ids(status: Mapping[str, Any]) -> dict[tuple[bool, str], str]:
+    """``containerID`` as the API gives it (``containerd://<64 hex>``), by (init, name)."""
+    ids = {}
+    for init, key in ((False, "containerStatuses"), (True, "initContainerStatuses")):
+        for container_status in status.get(key) or []:
+            ids[(init, container_status.get("name", ""))] = container_status.get("containerID", "")
+    return ids
+
+
+def _container_labels(
+    container: Mapping[str, Any], init: bool, ids: Mapping[tuple[bool, str], str]
+) -> dict[str, str]:
+    name = container.get("name", "")
+    return {
+        _POD + "container_name": name,
+        _POD + "container_id": ids.get((init, name), ""),
+        _POD + "container_image": container.get("image", ""),
+        _POD + "container_init": "true" if init else "false",
+    }
+
+
+def _port_labels(pod_ip: str, port: Mapping[str, Any]) -> dict[str, str]:
+    number = str(port.get("containerPort", ""))
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return {
+        "__address__": f"{host}:{number}",
+        _POD + "container_port_name": port.get("name", ""),
+        _POD + "container_port_number": number,
+        _POD + "container_port_protocol": port.get("protocol", "TCP"),
+    }
+
+
+def _without_empty(labels: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in labels.items() if value}

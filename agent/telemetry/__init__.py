@@ -1,0 +1,28 @@
+"""The telemetry room: the agent's metrics, health and debug info over HTTP."""
+
+from agent.telemetry.metrics import (
+    BoundEbpfMetrics,
+    EbpfMetrics,
+    ProgramStats,
+    SamplerCollector,
+    SamplerReading,
+    find_program_fd,
+    new_registry,
+    read_program_stats,
+)
+from agent.telemetry.server import ComponentGraph, TelemetryServer, parse_listen_addr, to_json
+
+__all__ = [
+    "BoundEbpfMetrics",
+    "ComponentGraph",
+    "EbpfMetrics",
+    "ProgramStats",
+    "SamplerCollector",
+    "SamplerReading",
+    "TelemetryServer",
+    "find_program_fd",
+    "new_registry",
+    "parse_listen_addr",
+    "read_program_stats",
+    "to_json",
+]

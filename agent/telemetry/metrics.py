@@ -1,0 +1,266 @@
+"""The agent's metrics, declared together against one injected registry.
+
+Components keep Alloy's exact ``pyroscope_*`` names, labelled with
+``component_id`` as Alloy does. The agent's own cost and health share the
+``emberscope_`` prefix and are read at scrape time from state that already
+exists (the BPF maps, the kernel's program stats, the symbolizer's caches):
+
+    registry = new_registry()
+    metrics = EbpfMetrics(registry).bound("pyroscope.ebpf.default")
+    metrics.sessions.inc()
+    SamplerCollector(sampler.reading, registry=registry)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+__all__ = [
+    "BoundEbpfMetrics",
+    "EbpfMetrics",
+    "ProgramStats",
+    "SamplerCollector",
+    "SamplerReading",
+    "find_program_fd",
+    "new_registry",
+    "read_program_stats",
+]
+
+_CACHE_COUNTERS = ("hits", "misses", "evictions")
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process (CPU, RSS, fds) and platform collectors, nothing else."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+@dataclass(frozen=True, slots=True)
+class BoundEbpfMetrics:
+    """The metrics of one ``pyroscope.ebpf`` component (its ``component_id`` filled in)."""
+
+    component_id: str
+    active_targets: Gauge
+    sessions: Counter
+    sessions_failing: Counter
+    fanout_latency: Histogram
+    pprofs: Counter
+
+    def count_pprof(self, service_name: str) -> None:
+        self.pprofs.labels(self.component_id, service_name).inc()
+
+
+class EbpfMetrics:
+    """The five metrics of Alloy's ``pyroscope.ebpf`` page; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["component_id"]
+        self.active_targets = Gauge(
+            "pyroscope_ebpf_active_targets",
+            "Targets the component profiles.",
+            labels,
+            registry=registry,
+        )
+        self.sessions = Counter(
+            "pyroscope_ebpf_profiling_sessions_total",
+            "Collection rounds the component started.",
+            labels,
+            registry=registry,
+        )
+        self.sessions_failing = Counter(
+            "pyroscope_ebpf_profiling_sessions_failing_total",
+            "Collection rounds that failed.",
+            labels,
+            registry=registry,
+        )
+        self.fanout_latency = Histogram(
+            "pyroscope_fanout_latency",
+            "Seconds taken to hand one profile to every forward_to receiver.",
+            labels,
+            registry=registry,
+        )
+        self.pprofs = Counter(
+            "pyroscope_ebpf_pprofs_total",
+            "Profiles the component produced, by service name.",
+            [*labels, "service_name"],
+            registry=registry,
+        )
+
+    def bound(self, component_id: str) -> BoundEbpfMetrics:
+        return BoundEbpfMetrics(
+            component_id,
+            self.active_targets.labels(component_id),
+            self.sessions.labels(component_id),
+            self.sessions_failing.labels(component_id),
+            self.fanout_latency.labels(component_id),
+            self.pprofs,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramStats:
+    """The kernel's run statistics of one BPF program (zero unless bpf stats are enabled)."""
+
+    run_time_ns: int
+    run_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerReading:
+    """What the shared sampler reports at one scrape."""
+
+    program: ProgramStats | None
+    samples: int
+    drops: Mapping[str, int]
+    profiled_processes: int
+    pid_map_size: int
+    symbolization_errors: Mapping[str, int] = field(default_factory=dict)
+    caches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+
+def find_program_fd(program_id: int, proc_root: str = "/proc") -> int | None:
+    """The descriptor of this process that holds BPF program ``program_id``, if any."""
+    folder = f"{proc_root}/self/fdinfo"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    for name in names:
+        if _fdinfo(f"{folder}/{name}").get("prog_id") == str(program_id):
+            return int(name)
+    return None
+
+
+def read_program_stats(fd: int, proc_root: str = "/proc") -> ProgramStats | None:
+    """``run_time_ns`` and ``run_cnt`` from the fdinfo of a program descriptor.
+
+    Read this way, no ``bpftool`` and no extra capability is needed; the
+    kernel counts only while ``kernel.bpf_stats_enabled`` is set.
+    """
+    fields = _fdinfo(f"{proc_root}/self/fdinfo/{fd}")
+    try:
+        return ProgramStats(int(fields["run_time_ns"]), int(fields["run_cnt"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _fdinfo(path: str) -> dict[str, str]:
+    try:
+        with open(path) as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in lines if ":" in line)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+class SamplerCollector:
+    """Reads the shared sampler at scrape time; yields nothing while it has no reading."""
+
+    def __init__(
+        self,
+        read: Callable[[], SamplerReading | None],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._read = read
+        if registry is not None:
+            registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self._read()
+        if reading is None:
+            return
+        yield from _program_metrics(reading.program)
+        yield from _sampling_metrics(reading)
+        yield from _symbol_metrics(reading)
+
+
+def _program_metrics(stats: ProgramStats | None) -> Iterator[Metric]:
+    if stats is None:
+        return
+    yield CounterMetricFamily(
+        "emberscope_bpf_program_run_time_seconds",
+        "Time the kernel spent running the sampling BPF program, while bpf stats are enabled.",
+        value=stats.run_time_ns / 1e9,
+    )
+    yield CounterMetricFamily(
+        "emberscope_bpf_program_runs",
+        "Times the kernel ran the sampling BPF program, while bpf stats are enabled.",
+        value=stats.run_count,
+    )
+
+
+def _sampling_metrics(reading: SamplerReading) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "emberscope_ebpf_samples",
+        "Samples the BPF program recorded since it was loaded.",
+        value=reading.samples,
+    )
+    drops = CounterMetricFamily(
+        "emberscope_ebpf_samples_dropped",
+        "Samples the BPF program could not record, by reason.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(reading.drops.items()):
+        drops.add_metric([reason], count)
+    yield drops
+    yield GaugeMetricFamily(
+        "emberscope_ebpf_profiled_processes",
+        "Processes the pid map marks as profiled.",
+        value=reading.profiled_processes,
+    )
+    yield GaugeMetricFamily(
+        "emberscope_ebpf_pid_map_max_entries",
+        "Capacity of the BPF pid map (pid_map_size).",
+        value=reading.pid_map_size,
+    )
+
+
+def _symbol_metrics(reading: SamplerReading) -> Iterator[Metric]:
+    errors = CounterMetricFamily(
+        "emberscope_symbolization_errors",
+        "Frames or files the symbolizer could not resolve and fell back on, by reason.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(reading.symbolization_errors.items()):
+        errors.add_metric([reason], count)
+    yield errors
+    entries = GaugeMetricFamily(
+        "emberscope_symbol_cache_entries", "Entries held by a symbol cache.", labels=["cache"]
+    )
+    capacity = GaugeMetricFamily(
+        "emberscope_symbol_cache_max_entries", "Capacity of a symbol cache.", labels=["cache"]
+    )
+    counters = {
+        name: CounterMetricFamily(
+            f"emberscope_symbol_cache_{name}",
+            f"Symbol cache {name} since the agent started.",
+            labels=["cache"],
+        )
+        for name in _CACHE_COUNTERS
+    }
+    for cache, stats in sorted(reading.caches.items()):
+        if "len" in stats:
+            entries.add_metric([cache], stats["len"])
+        if "size" in stats:
+            capacity.add_metric([cache], stats["size"])
+        for name, family in counters.items():
+            if name in stats:
+                family.add_metric([cache], stats[name])
+    yield entries
+    yield capacity
+    yield from counters.values()
