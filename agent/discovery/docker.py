@@ -32,6 +32,7 @@ import httpx
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.config.httpclient import HTTPClientArguments, TLSConfig
+from agent.discovery.exports import PublishedTargets
 from agent.errors import DiscoveryError
 
 __all__ = ["DockerArguments", "DockerDiscovery", "DockerError", "DockerFilter", "build_targets"]
@@ -100,8 +101,7 @@ class DockerDiscovery:
         self._options = options
         self._lock = threading.Lock()
         self._args = arguments
-        self._targets: list[dict[str, str]] = []
-        self._health = Health("unknown", "not run yet", time.time())
+        self._published = PublishedTargets(options)
         self._wanted = threading.Event()  # a refresh is due before the interval ends
         self._restart = threading.Event()  # the arguments changed: open a new client
 
@@ -119,19 +119,17 @@ class DockerDiscovery:
         self._restart.set()
 
     def exports(self) -> dict[str, Any]:
-        with self._lock:
-            return {"targets": [dict(target) for target in self._targets]}
+        return self._published.exports()
 
     def health(self) -> Health:
-        with self._lock:
-            return self._health
+        return self._published.health()
 
     def _run_session(self, arguments: DockerArguments, stop: threading.Event) -> None:
         """Refresh with one client and follow its events until stopped or updated."""
         try:
             client = _EngineClient(arguments)
         except DockerError as exc:
-            self._set_health("unhealthy", str(exc))
+            self._published.set_health("unhealthy", str(exc))
             while not (stop.is_set() or self._restart.is_set()):
                 stop.wait(_TICK)
             return
@@ -191,27 +189,14 @@ class DockerDiscovery:
             containers = client.list_containers(arguments.filter)
             networks = client.list_networks()
         except DockerError as exc:
-            self._set_health("unhealthy", str(exc))
+            self._published.set_health("unhealthy", str(exc))
             return False
         targets = build_targets(containers, networks, arguments)
-        self._set_health("healthy", f"{len(containers)} containers, {len(targets)} targets")
-        self._publish(targets)
+        self._published.set_health(
+            "healthy", f"{len(containers)} containers, {len(targets)} targets"
+        )
+        self._published.publish(targets)
         return True
-
-    def _set_health(self, state: str, message: str) -> None:
-        with self._lock:
-            previous, self._health = self._health, Health(state, message, time.time())
-        if state != previous.state:  # log the change, not every retry
-            level = logging.WARNING if state == "unhealthy" else logging.INFO
-            log.log(level, "discovery.docker %s: %s", state, message)
-
-    def _publish(self, targets: list[dict[str, str]]) -> None:
-        with self._lock:
-            if targets == self._targets:
-                return
-            self._targets = targets
-        log.debug("discovery.docker: %d targets", len(targets))
-        self._options.on_exports({"targets": [dict(target) for target in targets]})
 
 
 class _EngineClient:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,7 @@ from kubernetes import client, config
 
 from agent.config.component import ArgumentError, ComponentOptions, Health, block
 from agent.config.httpclient import HTTPClientArguments
+from agent.discovery.exports import PublishedTargets
 from agent.discovery.kubepods import KubernetesError, PodWatcher, Timings
 
 __all__ = [
@@ -160,12 +160,10 @@ class KubernetesDiscovery:
         self._timings = timings or Timings()
         self._service_account_dir = service_account_dir
         self._lock = threading.Lock()
-        self._publish_lock = threading.Lock()
         self._args = arguments
         self._restart = threading.Event()
         self._watchers: list[PodWatcher] = []
-        self._targets: list[dict[str, str]] = []
-        self._health = Health("unknown", "not run yet", time.time())
+        self._published = PublishedTargets(options)
 
     def run(self, stop: threading.Event) -> None:
         """Supervises the watchers; new arguments restart them."""
@@ -186,16 +184,14 @@ class KubernetesDiscovery:
         self._restart.set()
 
     def exports(self) -> dict[str, Any]:
-        with self._lock:
-            return {"targets": [dict(target) for target in self._targets]}
+        return self._published.exports()
 
     def health(self) -> Health:
-        with self._lock:
-            return self._health
+        return self._published.health()
 
     def _start(self, arguments: KubernetesArguments, stop: threading.Event) -> None:
         if arguments.role != "pod":
-            self._set_health("unhealthy", f"role {arguments.role} is not supported yet")
+            self._published.set_health("unhealthy", f"role {arguments.role} is not supported yet")
             self._publish()
             return
         backoff = self._timings.backoff_initial
@@ -205,7 +201,7 @@ class KubernetesDiscovery:
                 namespaces = _namespaces(arguments, self._service_account_dir)
                 break
             except KubernetesError as exc:
-                self._set_health("unhealthy", str(exc))
+                self._published.set_health("unhealthy", str(exc))
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self._timings.backoff_max)
         else:
@@ -231,32 +227,18 @@ class KubernetesDiscovery:
             watchers = list(self._watchers)
         errors = [watcher.error for watcher in watchers if watcher.error]
         if errors:
-            self._set_health("unhealthy", errors[0])
+            self._published.set_health("unhealthy", errors[0])
         elif all(watcher.listed for watcher in watchers):
             pods = sum(watcher.pod_count() for watcher in watchers)
-            self._set_health("healthy", f"{pods} pods")
+            self._published.set_health("healthy", f"{pods} pods")
         self._publish()
 
-    def _set_health(self, state: str, message: str) -> None:
-        with self._lock:
-            if (self._health.state, self._health.message) == (state, message):
-                return
-            if state == "unhealthy":
-                log.warning("discovery.kubernetes: %s", message)
-            self._health = Health(state, message, time.time())
-
     def _publish(self) -> None:
-        """Export the targets if they changed; serialized so exports arrive in order."""
-        with self._publish_lock:
-            with self._lock:
-                if not all(watcher.listed for watcher in self._watchers):
-                    return  # keep the previous targets until every namespace is listed
-                targets = [t for watcher in self._watchers for t in watcher.targets()]
-                if targets == self._targets:
-                    return
-                self._targets = targets
-            log.debug("discovery.kubernetes: %d targets", len(targets))
-            self._options.on_exports({"targets": [dict(target) for target in targets]})
+        with self._lock:
+            if not all(watcher.listed for watcher in self._watchers):
+                return  # keep the previous targets until every namespace is listed
+            targets = [t for watcher in self._watchers for t in watcher.targets()]
+        self._published.publish(targets)
 
 
 def _api_client(arguments: KubernetesArguments) -> client.ApiClient:

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.discovery.containers import parse_container_id
+from agent.discovery.exports import PublishedTargets
 
 __all__ = ["DiscoverConfig", "ProcessDiscovery"]
 
@@ -87,13 +88,11 @@ class ProcessDiscovery:
         self._options = options
         self._proc_root = proc_root
         self._lock = threading.Lock()
-        self._publish_lock = threading.Lock()
         self._args = arguments
         self._processes: dict[int, dict[str, str]] = {}
         self._skipped: set[int] = set()  # not retried until the next full refresh
-        self._targets: list[dict[str, str]] = []
         self._full_refresh_due = True
-        self._health = Health("unknown", "not run yet", time.time())
+        self._published = PublishedTargets(options)
 
     def run(self, stop: threading.Event) -> None:
         next_full = 0.0
@@ -119,22 +118,17 @@ class ProcessDiscovery:
         self._publish()
 
     def exports(self) -> dict[str, Any]:
-        with self._lock:
-            return {"targets": [dict(target) for target in self._targets]}
+        return self._published.exports()
 
     def health(self) -> Health:
-        with self._lock:
-            return self._health
+        return self._published.health()
 
     def _refresh(self, full: bool) -> None:
         try:
             pids = _list_pids(self._proc_root)
         except OSError as exc:
-            with self._lock:
-                if self._health.state != "unhealthy":  # log the change, not every second
-                    log.warning("cannot list %s: %s", self._proc_root, exc)
-                message = f"cannot list {self._proc_root}: {exc.strerror or exc}"
-                self._health = Health("unhealthy", message, time.time())
+            message = f"cannot list {self._proc_root}: {exc.strerror or exc}"
+            self._published.set_health("unhealthy", message)
             return
         with self._lock:
             config = self._args.discover_config
@@ -147,21 +141,15 @@ class ProcessDiscovery:
                 skipped.add(pid)
         with self._lock:
             self._processes, self._skipped = known, skipped
-            if full or self._health.state != "healthy":
-                self._health = Health("healthy", f"{len(known)} processes", time.time())
+        if full or self._published.health().state != "healthy":
+            self._published.set_health("healthy", f"{len(known)} processes")
         self._publish()
 
     def _publish(self) -> None:
-        """Export the joined targets if they changed; serialized so exports arrive in order."""
-        with self._publish_lock:
-            with self._lock:
-                processes = [self._processes[pid] for pid in sorted(self._processes)]
-                targets = _join_targets(processes, self._args.join)
-                if targets == self._targets:
-                    return
-                self._targets = targets
-            log.debug("discovery.process: %d targets", len(targets))
-            self._options.on_exports({"targets": [dict(target) for target in targets]})
+        with self._lock:
+            processes = [self._processes[pid] for pid in sorted(self._processes)]
+            targets = _join_targets(processes, self._args.join)
+        self._published.publish(targets)
 
 
 def _list_pids(proc_root: str) -> set[int]:

@@ -88,7 +88,14 @@ def agent_run(podman, tmp_path_factory):
     podman.run_container(FIRST, command=BUSY)
     with log.open("w") as stderr:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "run",
+                "--server.http.listen-addr=127.0.0.1:0",
+                str(config),
+            ],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stderr=stderr,
@@ -174,9 +181,9 @@ def test_a_stopped_container_stops_producing_profiles(agent_run):
 def test_socket_gone_and_back_crashes_nothing_keeps_sampling_and_recovers(agent_run):
     assert agent_run["alive_in_outage"]
     log = agent_run["log"].read_text()
-    gone = log.find("discovery.docker unhealthy")
+    gone = log.find("discovery.docker.linux unhealthy")
     assert gone >= 0 and "podman.sock" in log[gone:].splitlines()[0], log
-    assert "discovery.docker healthy" in log[gone:], log  # back again
+    assert "discovery.docker.linux healthy" in log[gone:], log  # back again
     assert "Traceback" not in log, log
     start, end = agent_run["outage_start"], agent_run["outage_end"]
     late = [profile for _, profile in agent_run["profiles"][f"/{LATE}"]]

@@ -1,0 +1,57 @@
+"""What every discovery component exports: its targets and its health.
+
+Targets are published to the graph only when they change, and in order;
+health changes are logged once per change of state, not once per retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from agent.config.component import ComponentOptions, Health
+
+__all__ = ["PublishedTargets"]
+
+log = logging.getLogger(__name__)
+
+
+class PublishedTargets:
+    """The exported ``targets`` and the health of one discovery component."""
+
+    def __init__(self, options: ComponentOptions) -> None:
+        self._options = options
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
+        self._targets: list[dict[str, str]] = []
+        self._health = Health("unknown", "not run yet", time.time())
+
+    def exports(self) -> dict[str, Any]:
+        with self._lock:
+            return {"targets": [dict(target) for target in self._targets]}
+
+    def health(self) -> Health:
+        with self._lock:
+            return self._health
+
+    def set_health(self, state: str, message: str) -> None:
+        with self._lock:
+            previous = self._health
+            if (previous.state, previous.message) == (state, message):
+                return
+            self._health = Health(state, message, time.time())
+        if state != previous.state:
+            level = logging.WARNING if state == "unhealthy" else logging.INFO
+            log.log(level, "%s %s: %s", self._options.id, state, message)
+
+    def publish(self, targets: list[dict[str, str]]) -> None:
+        """Export ``targets`` if they differ from the last ones exported."""
+        with self._publish_lock:
+            with self._lock:
+                if targets == self._targets:
+                    return
+                self._targets = targets
+            log.debug("%s: %d targets", self._options.id, len(targets))
+            self._options.on_exports({"targets": [dict(target) for target in targets]})
