@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The object ships inside the package, beside the code that loads it.
 bpf:
 	$(MAKE) -C bpf
+	cp bpf/.output/profile.bpf.o agent/ebpf/profile.bpf.o
 
 run: install
 	$(VENV)/bin/emberscope run examples/local.alloy

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOADS = REPO / "tests" / "workloads"
-BPF_OBJECT = REPO / "bpf" / ".output" / "profile.bpf.o"
+BPF_OBJECT = REPO / "agent" / "ebpf" / "profile.bpf.o"
 
 
 def _kernel_blocker() -> str | None:

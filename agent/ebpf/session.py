@@ -39,7 +39,8 @@ __all__ = ["DEFAULT_OBJECT_PATH", "PidEvent", "RawSample", "Session", "SessionOp
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OBJECT_PATH = Path(__file__).resolve().parents[2] / "bpf" / ".output" / "profile.bpf.o"
+# Built by bpf/Makefile and copied here by the top Makefile; package data.
+DEFAULT_OBJECT_PATH = Path(__file__).resolve().with_name("profile.bpf.o")
 _MAPS = (
     "control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
     "events", "drops", "sample_total", "buffer_sync", "sync_inner",
