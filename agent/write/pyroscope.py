@@ -59,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PUSH_PATH = "/push.v1.PusherService/Push"
+_METRICS_KEY = "pyroscope.write.metrics"
 _QUEUE_SIZE = 256  # per endpoint: about an hour of one target at the default 15 s interval
 _LABEL_NAME = re.compile(r"[A-Za-z0-9_.]+")
 _KEPT_RESERVED = ("__name__", "__delta__")
@@ -341,8 +342,7 @@ class PyroscopeWrite:
         queue_size: int = _QUEUE_SIZE,
     ) -> None:
         self._options = options
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self._metrics = WriteMetrics(self.registry)
+        self.registry, self._metrics = _metrics_of(options, registry)
         self._transport = transport
         self._queue_size = queue_size
         self._lock = threading.Lock()
@@ -421,6 +421,21 @@ class PyroscopeWrite:
             )
             endpoints.append((sender, pusher))
         return endpoints
+
+
+def _metrics_of(
+    options: ComponentOptions, registry: CollectorRegistry | None
+) -> tuple[CollectorRegistry, WriteMetrics]:
+    """The agent's registry (``options.registry``) unless one is given; there the metrics
+    are declared once per agent and shared by every ``pyroscope.write``."""
+    if registry is not None or options.registry is None:
+        registry = registry if registry is not None else CollectorRegistry()
+        return registry, WriteMetrics(registry)
+    with options.shared_lock:
+        metrics = options.shared.get(_METRICS_KEY)
+        if metrics is None:
+            metrics = options.shared[_METRICS_KEY] = WriteMetrics(options.registry)
+    return options.registry, metrics
 
 
 def _close(endpoints: list[_Endpoint], timeout: float = 5.0) -> None:
