@@ -7,10 +7,10 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc g++ make golang-go linux-perf prometheus \
-	python3-venv util-linux podman runc busybox-static
+	python3-venv util-linux podman runc busybox-static golang-github-masterminds-sprig-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install run profile test bpf proto bench clean
+.PHONY: install run profile test bpf proto bench clean manifests
 
 install: $(STAMP) bpf
 
@@ -52,3 +52,8 @@ clean:
 
 bench: install
 	$(PYTHON) bench/overhead.py
+
+# deploy/manifests/emberscope.yaml from the Helm chart, through tools/chart-render (Go's
+# text/template and sprig, offline); tests/deploy/test_render.py fails when they drift.
+manifests: $(STAMP)
+	tools/chart-render/manifests.sh deploy/manifests/emberscope.yaml

@@ -1,7 +1,7 @@
 """The Helm chart's static files and the plain manifests: YAML, schema, RBAC, DaemonSet, config.
 
-No helm binary is available here, so the chart's templates are not rendered; the manifest is
-what the chart renders with default values and is checked as such.
+The manifest is the chart rendered with default values by tools/chart-render (`make
+manifests`); tests/deploy/test_render.py renders the chart itself and checks the two agree.
 """
 
 from __future__ import annotations
