@@ -175,7 +175,7 @@ class Sampler:
                 samples=self._session.read_sample_total(),
                 drops=self._session.read_drops(),
                 profiled_processes=len(self._profiler.profiled),
-                pid_map_size=self.arguments.pid_map_size,
+                maps=self._session.read_map_fill(),
                 symbolization_errors=dict(getattr(self._symbolizer, "errors", {})),
                 caches={
                     name: {key: value for key, value in info.items() if isinstance(value, int)}

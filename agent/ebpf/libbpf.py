@@ -71,6 +71,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_object__find_program_by_name": (BpfProgram, [BpfObject, _c_char_p]),
     "bpf_map__fd": (_c_int, [BpfMap]),
     "bpf_map__set_max_entries": (_c_int, [BpfMap, ctypes.c_uint32]),
+    "bpf_map__max_entries": (ctypes.c_uint32, [BpfMap]),
     "bpf_map__set_initial_value": (_c_int, [BpfMap, _c_void_p, _c_size_t]),
     "bpf_program__fd": (_c_int, [BpfProgram]),
     "bpf_program__attach": (BpfLink, [BpfProgram]),

@@ -89,6 +89,7 @@ class Session:
         self._ring_callback = RingBufferCallback(self._on_ring_record)
         self._events: list[PidEvent] = []
         self._fds: dict[str, int] = {}
+        self._max_entries: dict[str, int] = {}
         self._active_buffer = 0
         self._sync_inner_fd = ctypes.c_int(0)
         self.cpus: list[int] = []
@@ -115,7 +116,9 @@ class Session:
             self._configure()
             lib.bpf_object__load(self._object)
             for name in _MAPS:
-                self._fds[name] = lib.bpf_map__fd(self._find_map(name))
+                bpf_map = self._find_map(name)
+                self._fds[name] = lib.bpf_map__fd(bpf_map)
+                self._max_entries[name] = lib.bpf_map__max_entries(bpf_map)
             self._sync_inner_fd.value = self._fds["sync_inner"]
             tracefs.ensure_tracefs()
             self._attach_tracepoints()
@@ -284,6 +287,27 @@ class Session:
     def read_drops(self) -> dict[str, int]:
         """Sum the per-CPU drop counters by reason (names as in profile.h)."""
         return {reason.name.lower(): self._sum_per_cpu("drops", reason) for reason in DropReason}
+
+    def read_map_fill(self) -> dict[str, tuple[int, int]]:
+        """(entries in use, capacity) of the pid map and of the buffers being filled.
+
+        Counted by walking the keys: a scrape-time reading, not for the hot path.
+        """
+        active = self._active_buffer
+        maps = {"pids": "pids", "counts": f"counts_{active}", "stacks": f"stacks_{active}"}
+        return {
+            label: (self._count_entries(self._fds[name]), self._max_entries[name])
+            for label, name in maps.items()
+        }
+
+    def _count_entries(self, fd: int) -> int:
+        keys = (ctypes.c_uint8 * 64)(), (ctypes.c_uint8 * 64)()  # room for any key of ours
+        count = 0
+        previous = None
+        while self._lib.bpf_map_get_next_key(fd, previous, keys[count % 2]) == 0:
+            previous = keys[count % 2]
+            count += 1
+        return count
 
     def read_sample_total(self) -> int:
         """Samples recorded since the program was loaded, drained or not."""

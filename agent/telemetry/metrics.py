@@ -127,7 +127,7 @@ class SamplerReading:
     samples: int
     drops: Mapping[str, int]
     profiled_processes: int
-    pid_map_size: int
+    maps: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # entries, capacity
     symbolization_errors: Mapping[str, int] = field(default_factory=dict)
     caches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
@@ -223,11 +223,21 @@ def _sampling_metrics(reading: SamplerReading) -> Iterator[Metric]:
         "Processes the pid map marks as profiled.",
         value=reading.profiled_processes,
     )
-    yield GaugeMetricFamily(
-        "emberscope_ebpf_pid_map_max_entries",
-        "Capacity of the BPF pid map (pid_map_size).",
-        value=reading.pid_map_size,
+    entries = GaugeMetricFamily(
+        "emberscope_ebpf_map_entries",
+        "Entries in use in a BPF map: the pid map and the count and stack buffers being filled.",
+        labels=["map"],
     )
+    capacity = GaugeMetricFamily(
+        "emberscope_ebpf_map_max_entries",
+        "Capacity of a BPF map (pid_map_size for the pid map).",
+        labels=["map"],
+    )
+    for name, (used, size) in sorted(reading.maps.items()):
+        entries.add_metric([name], used)
+        capacity.add_metric([name], size)
+    yield entries
+    yield capacity
 
 
 def _symbol_metrics(reading: SamplerReading) -> Iterator[Metric]:

@@ -45,7 +45,7 @@ def exposed() -> dict[str, set[str]]:
         samples=10,
         drops={"pid_map_full": 1},
         profiled_processes=3,
-        pid_map_size=16384,
+        maps={"pids": (3, 16384)},
         symbolization_errors={"elf_unreadable": 1},
         caches={"elf": {"len": 1, "size": 10, "hits": 1, "misses": 1, "evictions": 0}},
     )

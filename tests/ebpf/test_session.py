@@ -187,3 +187,18 @@ def test_cpu_lists_parse(text, cpus):
 def test_a_bad_cpu_list_names_the_part():
     with pytest.raises(ValueError, match="'x-2'"):
         parse_cpu_list("0,x-2")
+
+
+def test_map_fill_counts_the_pid_map_and_the_buffer_being_filled(busy):
+    with Session(SessionOptions(pid_map_size=64, sample_rate=499)) as session:
+        for pid in (busy.pid, 1, 2):
+            session.set_pid(pid, PidState.IGNORE if pid != busy.pid else PidState.PROFILE)
+        time.sleep(1)
+        fill = session.read_map_fill()
+        drained = session.drain()
+        after = session.read_map_fill()
+    assert fill["pids"] == (3, 64)
+    assert fill["counts"][0] == len(drained) > 0
+    assert fill["counts"][1] == 16384 and fill["stacks"][1] == 16384
+    assert fill["stacks"][0] >= 1
+    assert after["counts"][0] <= fill["counts"][0]

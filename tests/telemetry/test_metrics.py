@@ -133,7 +133,7 @@ def reading(**changes: object) -> SamplerReading:
         "samples": 1000,
         "drops": {"user_stack_missing": 3, "pid_map_full": 1},
         "profiled_processes": 5,
-        "pid_map_size": 2048,
+        "maps": {"pids": (7, 2048), "counts": (100, 16384)},
         "symbolization_errors": {"file_unopened": 2},
         "caches": {"pid_cache": {"size": 32, "len": 5, "hits": 7, "misses": 5, "evictions": 1}},
     }
@@ -152,7 +152,9 @@ def test_the_sampler_collector_reads_at_each_scrape(registry):
     assert get("emberscope_ebpf_samples_dropped_total", {"reason": "user_stack_missing"}) == 3
     assert get("emberscope_ebpf_samples_dropped_total", {"reason": "pid_map_full"}) == 1
     assert get("emberscope_ebpf_profiled_processes") == 5
-    assert get("emberscope_ebpf_pid_map_max_entries") == 2048
+    assert get("emberscope_ebpf_map_entries", {"map": "pids"}) == 7
+    assert get("emberscope_ebpf_map_max_entries", {"map": "pids"}) == 2048
+    assert get("emberscope_ebpf_map_entries", {"map": "counts"}) == 100
     assert get("emberscope_symbolization_errors_total", {"reason": "file_unopened"}) == 2
     cache = {"cache": "pid_cache"}
     assert get("emberscope_symbol_cache_entries", cache) == 5
