@@ -1,7 +1,8 @@
 """What every discovery component exports: its targets and its health.
 
 Targets are published to the graph only when they change, and in order;
-health changes are logged once per change of state, not once per retry.
+health changes are logged once per change of state, not once per retry, and
+every failed attempt is counted in ``emberscope_discovery_errors_total``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import threading
 import time
 from typing import Any
 
+from prometheus_client import Counter
+
 from agent.config.component import ComponentOptions, Health
 
 __all__ = ["PublishedTargets"]
 
 log = logging.getLogger(__name__)
+
+_ERRORS_KEY = "discovery.errors"
 
 
 class PublishedTargets:
@@ -27,6 +32,7 @@ class PublishedTargets:
         self._publish_lock = threading.Lock()
         self._targets: list[dict[str, str]] = []
         self._health = Health("unknown", "not run yet", time.time())
+        self._errors = _errors_counter(options)
 
     def exports(self) -> dict[str, Any]:
         with self._lock:
@@ -37,6 +43,9 @@ class PublishedTargets:
             return self._health
 
     def set_health(self, state: str, message: str) -> None:
+        """Record the outcome of one attempt; ``unhealthy`` means it failed."""
+        if state == "unhealthy" and self._errors is not None:
+            self._errors.inc()
         with self._lock:
             previous = self._health
             if (previous.state, previous.message) == (state, message):
@@ -55,3 +64,20 @@ class PublishedTargets:
                 self._targets = targets
             log.debug("%s: %d targets", self._options.id, len(targets))
             self._options.on_exports({"targets": [dict(target) for target in targets]})
+
+
+def _errors_counter(options: ComponentOptions) -> Counter | None:
+    """This component's child of the agent's one discovery errors counter."""
+    if options.registry is None:
+        return None
+    with options.shared_lock:
+        counter = options.shared.get(_ERRORS_KEY)
+        if counter is None:
+            counter = Counter(
+                "emberscope_discovery_errors",
+                "Failed attempts of a discovery component to read its source.",
+                ["component_id"],
+                registry=options.registry,
+            )
+            options.shared[_ERRORS_KEY] = counter
+    return counter.labels(options.id)
