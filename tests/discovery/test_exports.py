@@ -35,8 +35,7 @@ def test_each_failed_attempt_is_counted_per_component_and_health_follows():
     value = registry.get_sample_value
     assert value("emberscope_discovery_errors_total", {"component_id": "discovery.docker.a"}) == 2
     assert (
-        value("emberscope_discovery_errors_total", {"component_id": "discovery.kubernetes.b"})
-        is None
+        value("emberscope_discovery_errors_total", {"component_id": "discovery.kubernetes.b"}) == 0
     )
     assert first.health().state == "unhealthy" and first.health().message == "cannot connect"
     first.set_health("healthy", "1 container")
