@@ -39,7 +39,7 @@ _SETTLE_S = 1.0
 # How long a process that matches nothing stays pending before it is ignored:
 # discovery may not have seen it yet (discovery.process looks every second),
 # and its samples are held meanwhile, so none are lost while the agent learns.
-_PENDING_S = 3.0
+_PENDING_S = 5.0
 
 
 class Destination(Protocol):
