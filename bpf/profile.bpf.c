@@ -184,8 +184,27 @@ static __always_inline __u64 capture_stack(void *ctx, void *stacks, __u32 slot, 
 	return hash;
 }
 
-static __always_inline void record(void *ctx, struct pid_config *pc, __u32 tgid,
-				   void *stacks, void *counts)
+/*
+ * Whether the tick interrupted user code, as the kernel's user_mode(regs).
+ * Then there is no kernel stack to capture, and the walk is skipped. The
+ * perf_event context only allows whole-word reads of regs, hence the cast.
+ */
+static __always_inline bool sampled_in_user_mode(struct bpf_perf_event_data *ctx)
+{
+#if defined(__TARGET_ARCH_x86)
+	unsigned long cs = *(unsigned long *)((void *)&ctx->regs +
+					      __builtin_offsetof(struct pt_regs, cs));
+
+	return (cs & 3) == 3;
+#elif defined(__TARGET_ARCH_arm64)
+	return (ctx->regs.pstate & 0xf) == 0;	/* PSR_MODE_EL0t */
+#else
+	return false;	/* unknown: always try the kernel stack */
+#endif
+}
+
+static __always_inline void record(struct bpf_perf_event_data *ctx, struct pid_config *pc,
+				   __u32 tgid, void *stacks, void *counts)
 {
 	struct sample_key key = { .pid = tgid };
 	__u64 one = 1, *count;
@@ -198,7 +217,7 @@ static __always_inline void record(void *ctx, struct pid_config *pc, __u32 tgid,
 
 	if (pc->collect_user)
 		key.user_stack = capture_stack(ctx, stacks, 0, BPF_F_USER_STACK);
-	if (pc->collect_kernel)
+	if (pc->collect_kernel && !sampled_in_user_mode(ctx))
 		key.kernel_stack = capture_stack(ctx, stacks, 1, 0);
 
 	count = bpf_map_lookup_elem(counts, &key);
