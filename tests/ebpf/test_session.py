@@ -117,6 +117,7 @@ def test_new_processes_are_reported_with_their_parent_and_exits_follow(build_wor
             events += session.poll_events(100)
         _, _, usage = os.wait4(child.pid, 0)
         child.returncode = 0
+        events += session.poll_events(100)  # exited after the deadline: its event is queued
         samples = session.drain()
     mine = [e for e in events if e.pid == child.pid]
     assert [e.type for e in mine][0] is PidEventType.NEW
