@@ -15,7 +15,8 @@
 #include <bpf/bpf_core_read.h>
 #include "profile.h"
 
-#define PF_KTHREAD	0x00200000	/* include/linux/sched.h */
+#define PF_EXITING	0x00000004	/* include/linux/sched.h */
+#define PF_KTHREAD	0x00200000
 #define E2BIG		7
 #define EEXIST		17
 
@@ -241,14 +242,20 @@ int do_sample(struct bpf_perf_event_data *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 flags = BPF_CORE_READ(task, flags);
 	struct pid_config *pc;
 	struct control *ctl;
 	__u32 zero = 0;
 
-	if (tgid == 0 || BPF_CORE_READ(task, flags) & PF_KTHREAD)
+	if (tgid == 0 || flags & PF_KTHREAD)
 		return 0;
 	pc = bpf_map_lookup_elem(&pids, &tgid);
-	if (!pc)
+	/*
+	 * A process tearing itself down is still sampled after the exit
+	 * tracepoint has forgotten it (the tracepoint fires early in do_exit):
+	 * tracking it again would leave a stale entry for a dead pid.
+	 */
+	if (!pc && !(flags & PF_EXITING))
 		pc = track_new_pid(task, tgid);
 	if (!pc || pc->state == PID_STATE_IGNORE)
 		return 0;

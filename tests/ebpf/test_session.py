@@ -119,10 +119,11 @@ def test_new_processes_are_reported_with_their_parent_and_exits_follow(build_wor
         child.returncode = 0
         events += session.poll_events(100)  # exited after the deadline: its event is queued
         samples = session.drain()
+        drops = session.read_drops()
     mine = [e for e in events if e.pid == child.pid]
     assert [e.type for e in mine][0] is PidEventType.NEW
     assert mine[0].ppid == os.getpid()
-    assert mine[-1].type is PidEventType.EXIT
+    assert mine[-1].type is PidEventType.EXIT, (mine, drops, len(events))
     # pending samples are kept until userspace decides
     used = usage.ru_utime + usage.ru_stime
     kept = sum(s.count for s in samples if s.pid == child.pid)
