@@ -32,7 +32,7 @@ import httpx
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.config.httpclient import HTTPClientArguments, TLSConfig
-from agent.discovery.exports import PublishedTargets
+from agent.discovery.exports import PublishedTargets, TargetsExports
 from agent.errors import DiscoveryError
 
 __all__ = ["DockerArguments", "DockerDiscovery", "DockerError", "DockerFilter", "build_targets"]
@@ -93,9 +93,7 @@ class DockerDiscovery:
 
     Arguments = DockerArguments
 
-    @dataclass(frozen=True)
-    class Exports:
-        targets: list[dict[str, str]]
+    Exports = TargetsExports
 
     def __init__(self, options: ComponentOptions, arguments: DockerArguments) -> None:
         self._options = options

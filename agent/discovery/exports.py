@@ -10,17 +10,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
 
 from agent.config.component import ComponentOptions, Health
 
-__all__ = ["PublishedTargets"]
+__all__ = ["PublishedTargets", "TargetsExports"]
 
 log = logging.getLogger(__name__)
 
 _ERRORS_KEY = "discovery.errors"
+
+
+@dataclass(frozen=True)
+class TargetsExports:
+    """The ``Exports`` of every discovery component: ``targets``."""
+
+    targets: list[dict[str, str]]
 
 
 class PublishedTargets:

@@ -29,7 +29,7 @@ from kubernetes import client, config
 
 from agent.config.component import ArgumentError, ComponentOptions, Health, block
 from agent.config.httpclient import HTTPClientArguments
-from agent.discovery.exports import PublishedTargets
+from agent.discovery.exports import PublishedTargets, TargetsExports
 from agent.discovery.kubepods import KubernetesError, PodWatcher, Timings
 
 __all__ = [
@@ -144,9 +144,7 @@ class KubernetesDiscovery:
 
     Arguments = KubernetesArguments
 
-    @dataclass(frozen=True)
-    class Exports:
-        targets: list[dict[str, str]]
+    Exports = TargetsExports
 
     def __init__(
         self,

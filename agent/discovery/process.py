@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.discovery.containers import parse_container_id
-from agent.discovery.exports import PublishedTargets
+from agent.discovery.exports import PublishedTargets, TargetsExports
 
 __all__ = ["DiscoverConfig", "ProcessDiscovery"]
 
@@ -74,9 +74,7 @@ class ProcessDiscovery:
             if self.refresh_interval <= 0:
                 raise ArgumentError("refresh_interval", "must be greater than 0")
 
-    @dataclass(frozen=True)
-    class Exports:
-        targets: list[dict[str, str]]
+    Exports = TargetsExports
 
     def __init__(
         self,

@@ -95,3 +95,45 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     finally:
         subprocess.run([*engine.prefix, "rm", "-a", "-f", "-t", "0"], capture_output=True)
         engine.stop_service()
+
+
+def edit_exactly_once(text: str, edits: list[tuple[str, str]]) -> str:
+    for old, new in edits:
+        assert text.count(old) == 1, f"the example no longer holds {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture(scope="session")
+def example_to_files():
+    """Rewrite an example of the pyroscope.ebpf page for a test: its ``pyroscope.write``
+    becomes a ``pyroscope.file`` under ``output`` (no Pyroscope runs here), the collect
+    interval is shortened, and ``edits`` point discovery at the test's sources."""
+
+    def rewrite(
+        text: str,
+        write_label: str,
+        relabel_label: str,
+        output: Path,
+        interval_s: int,
+        edits: list[tuple[str, str]],
+    ) -> str:
+        targets = f"targets    = discovery.relabel.{relabel_label}.output\n"
+        return edit_exactly_once(
+            text,
+            [
+                *edits,
+                (
+                    f'pyroscope.write "{write_label}" {{\n  endpoint {{\n'
+                    '    url = "http://pyroscope:4040"\n  }\n}',
+                    f'pyroscope.file "out" {{\n  directory = "{output}"\n}}',
+                ),
+                (
+                    f"forward_to = [pyroscope.write.{write_label}.receiver]",
+                    "forward_to = [pyroscope.file.out.receiver]",
+                ),
+                (targets, targets + f'  collect_interval = "{interval_s}s"\n'),
+            ],
+        )
+
+    return rewrite

@@ -26,29 +26,10 @@ BUSY = ("/bin/sh", "-c", "while :; do :; done")
 FIRST, LATE, AFTER = "emberscope-busy", "emberscope-late", "emberscope-after-outage"
 
 
-def example_config(socket: Path, output: Path) -> str:
+def example_config(rewrite, socket: Path, output: Path) -> str:
     """The example, verbatim except ``host``, the receiver, and a short collect interval."""
-    text = EXAMPLE.read_text()
-    edits = [
-        ('host = "unix:///var/run/docker.sock"', f'host = "unix://{socket}"'),
-        (
-            'pyroscope.write "staging" {\n  endpoint {\n    url = "http://pyroscope:4040"\n  }\n}',
-            f'pyroscope.file "out" {{\n  directory = "{output}"\n}}',
-        ),
-        (
-            "forward_to = [pyroscope.write.staging.receiver]",
-            "forward_to = [pyroscope.file.out.receiver]",
-        ),
-        (
-            "targets    = discovery.relabel.local_containers.output\n",
-            "targets    = discovery.relabel.local_containers.output\n"
-            f'  collect_interval = "{INTERVAL_S}s"\n',
-        ),
-    ]
-    for old, new in edits:
-        assert text.count(old) == 1, f"the example no longer holds {old!r}"
-        text = text.replace(old, new)
-    return text
+    host = ('host = "unix:///var/run/docker.sock"', f'host = "unix://{socket}"')
+    return rewrite(EXAMPLE.read_text(), "staging", "local_containers", output, INTERVAL_S, [host])
 
 
 def profiles(output: Path) -> dict[str, list[tuple[dict, object]]]:
@@ -76,12 +57,12 @@ def started_at(podman, name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def agent_run(podman, tmp_path_factory):
+def agent_run(podman, example_to_files, tmp_path_factory):
     """Run the agent on the example; containers come, go, and the socket goes away."""
     output = tmp_path_factory.mktemp("docker-agent-out")
     folder = tmp_path_factory.mktemp("docker-agent")
     config = folder / "docker.alloy"
-    config.write_text(example_config(podman.socket, output))
+    config.write_text(example_config(example_to_files, podman.socket, output))
     log = folder / "agent.log"
     facts: dict = {"output": output, "log": log}
 

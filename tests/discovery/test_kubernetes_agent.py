@@ -37,32 +37,11 @@ WORKER = ("batch", "worker-1", "worker", NODE, {"app.kubernetes.io/name": "worke
 ELSEWHERE = ("shop", "web-2", "web", "other-node", {"app.kubernetes.io/name": "web"})
 
 
-def example_config(api_server: str, output: Path) -> str:
+def example_config(rewrite, api_server: str, output: Path) -> str:
     """The example, verbatim except ``api_server``, the receiver, and a short interval."""
-    text = EXAMPLE.read_text()
-    edits = [
-        (
-            'discovery.kubernetes "all_pods" {\n  role = "pod"\n',
-            f'discovery.kubernetes "all_pods" {{\n  role = "pod"\n  api_server = "{api_server}"\n',
-        ),
-        (
-            'pyroscope.write "endpoint" {\n  endpoint {\n    url = "http://pyroscope:4040"\n  }\n}',
-            f'pyroscope.file "out" {{\n  directory = "{output}"\n}}',
-        ),
-        (
-            "forward_to = [pyroscope.write.endpoint.receiver]",
-            "forward_to = [pyroscope.file.out.receiver]",
-        ),
-        (
-            "targets    = discovery.relabel.local_pods.output\n",
-            "targets    = discovery.relabel.local_pods.output\n"
-            f'  collect_interval = "{INTERVAL_S}s"\n',
-        ),
-    ]
-    for old, new in edits:
-        assert text.count(old) == 1, f"the example no longer holds {old!r}"
-        text = text.replace(old, new)
-    return text
+    header = 'discovery.kubernetes "all_pods" {\n  role = "pod"\n'
+    server = (header, header + f'  api_server = "{api_server}"\n')
+    return rewrite(EXAMPLE.read_text(), "endpoint", "local_pods", output, INTERVAL_S, [server])
 
 
 def pod_uid(namespace: str, name: str) -> str:
@@ -128,7 +107,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def agent_run(build_workload, tmp_path_factory):
+def agent_run(build_workload, example_to_files, tmp_path_factory):
     """Run the agent on the example while pods change, the API server restarts mid-watch
     and a resumed watch meets 410 Gone."""
     root = cgroup2_root()
@@ -141,7 +120,7 @@ def agent_run(build_workload, tmp_path_factory):
     for spec in (WEB, WORKER, ELSEWHERE):
         api.apply(pod_object(spec))
     config = folder / "k8s.alloy"
-    config.write_text(example_config(api.url, output))
+    config.write_text(example_config(example_to_files, api.url, output))
     facts: dict[str, Any] = {"output": output, "log": log, "api": api}
 
     cgroups = Cgroups(root)
