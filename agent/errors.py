@@ -5,6 +5,7 @@
      ├── BpfError         a bpf(), perf_event_open() or libbpf call failed (carries errno)
      ├── SymbolError      a file could not be read for symbols (carries the path)
      ├── ProcessError     a process could not be inspected through /proc (carries the pid)
+ ├── PythonError      a Python interpreter cannot be unwound (unknown version, unreadable runtime)
      ├── DiscoveryError   a discovery source (Docker, the Kubernetes API) could not be read
      └── OutputError      a profile could not be written
           └── PushError   one push to a Pyroscope endpoint failed (carries status, retryable)
@@ -26,6 +27,7 @@ __all__ = [
     "OutputError",
     "ProcessError",
     "PushError",
+    "PythonError",
     "SymbolError",
 ]
 
@@ -71,6 +73,10 @@ class ProcessError(EmberscopeError):
         self.pid = pid
         self.reason = reason
         super().__init__(f"pid {pid}: {reason}")
+
+
+class PythonError(EmberscopeError):
+    """A Python interpreter was found but cannot be unwound: the message says why."""
 
 
 class DiscoveryError(EmberscopeError):

@@ -10,6 +10,10 @@
 
 #define PERF_MAX_STACK_DEPTH	127
 #define COUNT_BUFFERS		2
+#define MAX_PY_FRAMES		128	/* deeper Python stacks are truncated */
+#define PY_NAME_LEN		96	/* bytes of co_qualname (co_name before 3.11) kept */
+#define PY_FILE_LEN		160	/* bytes of co_filename kept: its tail when longer */
+#define PY_NO_OFFSET		0xffff	/* a field this CPython version does not have */
 
 /* What userspace decided about a process (pid_config.state). */
 enum pid_state {
@@ -25,6 +29,8 @@ enum drop_reason {
 	DROP_COUNTS_MAP_FULL,		/* the sample itself was lost */
 	DROP_PID_MAP_FULL,		/* a new process could not be tracked */
 	DROP_EVENTS_FULL,		/* a pid event could not be reported */
+	DROP_PY_STACKS_MAP_FULL,	/* a new Python stack had no room: sample kept without it */
+	DROP_PY_READ_FAILED,		/* Python memory unreadable: the Python stack is cut there */
 	DROP_REASON_MAX,
 };
 
@@ -34,27 +40,37 @@ enum pid_event_type {
 	PID_EVENT_EXIT = 3,	/* a tracked process exited */
 };
 
+/* What happens to Python stacks, counted per CPU in the py_stats map. */
+enum py_stat {
+	PY_STAT_SAMPLES = 0,		/* samples of Python processes walked */
+	PY_STAT_NO_THREAD_STATE,	/* the thread had no Python frame to walk */
+	PY_STAT_TRUNCATED,		/* stacks deeper than MAX_PY_FRAMES */
+	PY_STAT_SYMBOLS_NEW,		/* names copied into py_symbols (LRU: may evict) */
+	PY_STAT_MAX,
+};
+
 /* Set in .rodata before load. */
 struct profile_config {
 	__u8 discover_new;	/* report and keep unknown pids as pending */
 	__u8 collect_user;	/* defaults for pending pids */
 	__u8 collect_kernel;
-	__u8 _pad;
+	__u8 python_enabled;	/* walk Python stacks of processes in py_procs */
 };
 
 struct pid_config {
 	__u8 state;
 	__u8 collect_user;
 	__u8 collect_kernel;
-	__u8 _pad;
+	__u8 python;		/* has an entry in py_procs */
 };
 
-/* Stacks are stored by a 64-bit hash of their addresses; 0 means none. */
+/* Stacks are stored by a 64-bit hash of their contents; 0 means none. */
 struct sample_key {
 	__u32 pid;
 	__u32 _pad;
 	__u64 user_stack;
 	__u64 kernel_stack;
+	__u64 python_stack;
 };
 
 /* Return addresses, leaf first, zero-filled past the last frame. */
@@ -67,6 +83,79 @@ struct pid_event {
 	__u32 pid;
 	__u32 ppid;
 	__u32 _pad;
+};
+
+/*
+ * Where one CPython version keeps what the walk reads, in bytes; set by
+ * agent/python/offsets.py. Windows are the bytes read at once from a frame
+ * and from a code object: every offset below lies inside them.
+ */
+struct py_offsets {
+	__u16 tstate_frame;	/* frame, cframe or current_frame */
+	__u16 cframe_frame;	/* _PyCFrame.current_frame, or PY_NO_OFFSET */
+	__u16 frame_code;
+	__u16 frame_previous;
+	__u16 frame_instr;	/* f_lasti (int) or prev_instr/instr_ptr */
+	__u16 frame_owner;	/* or PY_NO_OFFSET */
+	__u16 frame_is_entry;	/* 3.11 only, or PY_NO_OFFSET */
+	__u16 frame_window;
+	__u16 code_first_line;
+	__u16 code_filename;
+	__u16 code_name;
+	__u16 code_adaptive;	/* 3.11+, or PY_NO_OFFSET */
+	__u16 code_window;
+	__u16 unicode_ascii_data;
+	__u16 unicode_compact_data;
+	__u8 owner_cstack;	/* owner value of shim frames; 0 when none */
+	__u8 entry_every_frame;	/* before 3.11 each frame has its own eval loop */
+};
+
+/* One Python process: the py_procs value. */
+struct py_proc {
+	__u64 code_type;	/* &PyCode_Type: frames whose code is not a code object are skipped */
+	__u32 tss_key;		/* pthread key of the thread state */
+	__u16 tsd_base;		/* glibc: struct pthread.specific_1stblock */
+	__u16 tsd_stride;	/* bytes per key */
+	__u16 tsd_data;		/* offset of the value in a slot */
+	__u16 _pad[3];
+	struct py_offsets offsets;
+};
+
+/* A Python frame: the code object and how far into it execution is. */
+struct py_frame {
+	__u64 code;
+	__u32 first_line;
+	__s32 lasti;		/* bytes past co_code_adaptive (3.11+), or f_lasti */
+};
+
+#define PY_FRAME_ENTRY		1	/* the last frame of one C-level eval loop run */
+#define PY_STACK_TRUNCATED	1
+
+/* Python frames leaf first: the value of py_stacks_0/1. */
+struct py_stack {
+	__u32 depth;
+	__u32 flags;
+	struct py_frame frames[MAX_PY_FRAMES];
+	__u8 frame_flags[MAX_PY_FRAMES];
+};
+
+/* A code object of one process; first_line tells a reused address apart. */
+struct py_symbol_key {
+	__u32 pid;
+	__u32 first_line;
+	__u64 code;
+};
+
+/* Raw str bytes: kind is 1 (Latin-1), 2 (UCS-2) or 4 (UCS-4). */
+struct py_symbol {
+	__u16 name_len;
+	__u16 file_len;
+	__u8 name_kind;
+	__u8 file_kind;
+	__u8 name_truncated;
+	__u8 file_truncated;	/* file holds the tail of the name */
+	char name[PY_NAME_LEN];
+	char file[PY_FILE_LEN];
 };
 
 /* Key 0 of the control map: which counts/stacks buffer samples go to. */

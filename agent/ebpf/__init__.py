@@ -1,7 +1,15 @@
 """The kernel side of sampling: libbpf bindings, perf events and the session."""
 
-from agent.ebpf.layout import DropReason, PidEventType, PidState
-from agent.ebpf.session import DEFAULT_OBJECT_PATH, PidEvent, RawSample, Session, SessionOptions
+from agent.ebpf.layout import DropReason, PidEventType, PidState, PyOffsets, PyProc, PyStat
+from agent.ebpf.session import (
+    DEFAULT_OBJECT_PATH,
+    PidEvent,
+    PythonFrameRecord,
+    PythonStack,
+    RawSample,
+    Session,
+    SessionOptions,
+)
 
 __all__ = [
     "DEFAULT_OBJECT_PATH",
@@ -9,6 +17,11 @@ __all__ = [
     "PidEvent",
     "PidEventType",
     "PidState",
+    "PyOffsets",
+    "PyProc",
+    "PyStat",
+    "PythonFrameRecord",
+    "PythonStack",
     "RawSample",
     "Session",
     "SessionOptions",

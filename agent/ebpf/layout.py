@@ -6,7 +6,13 @@ import ctypes
 import enum
 
 __all__ = [
+    "MAX_PY_FRAMES",
     "PERF_MAX_STACK_DEPTH",
+    "PY_FILE_LEN",
+    "PY_FRAME_ENTRY",
+    "PY_NAME_LEN",
+    "PY_NO_OFFSET",
+    "PY_STACK_TRUNCATED",
     "Control",
     "DropReason",
     "PidConfig",
@@ -14,11 +20,24 @@ __all__ = [
     "PidEventType",
     "PidState",
     "ProfileConfig",
+    "PyFrameRecord",
+    "PyOffsets",
+    "PyProc",
+    "PyStack",
+    "PyStat",
+    "PySymbol",
+    "PySymbolKey",
     "SampleKey",
     "StackTrace",
 ]
 
 PERF_MAX_STACK_DEPTH = 127
+MAX_PY_FRAMES = 128
+PY_NAME_LEN = 96
+PY_FILE_LEN = 160
+PY_NO_OFFSET = 0xFFFF
+PY_FRAME_ENTRY = 1
+PY_STACK_TRUNCATED = 1
 
 
 class PidState(enum.IntEnum):
@@ -33,6 +52,15 @@ class DropReason(enum.IntEnum):
     COUNTS_MAP_FULL = 2
     PID_MAP_FULL = 3
     EVENTS_FULL = 4
+    PY_STACKS_MAP_FULL = 5
+    PY_READ_FAILED = 6
+
+
+class PyStat(enum.IntEnum):
+    SAMPLES = 0
+    NO_THREAD_STATE = 1
+    TRUNCATED = 2
+    SYMBOLS_NEW = 3
 
 
 class PidEventType(enum.IntEnum):
@@ -46,7 +74,7 @@ class ProfileConfig(ctypes.Structure):
         ("discover_new", ctypes.c_uint8),
         ("collect_user", ctypes.c_uint8),
         ("collect_kernel", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("python_enabled", ctypes.c_uint8),
     ]
 
 
@@ -55,7 +83,7 @@ class PidConfig(ctypes.Structure):
         ("state", ctypes.c_uint8),
         ("collect_user", ctypes.c_uint8),
         ("collect_kernel", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("python", ctypes.c_uint8),
     ]
 
 
@@ -65,6 +93,7 @@ class SampleKey(ctypes.Structure):
         ("_pad", ctypes.c_uint32),
         ("user_stack", ctypes.c_uint64),
         ("kernel_stack", ctypes.c_uint64),
+        ("python_stack", ctypes.c_uint64),
     ]
 
 
@@ -83,3 +112,79 @@ class PidEventRecord(ctypes.Structure):
 
 class Control(ctypes.Structure):
     _fields_ = [("active_buffer", ctypes.c_uint32)]
+
+
+class PyOffsets(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint16)
+        for name in (
+            "tstate_frame",
+            "cframe_frame",
+            "frame_code",
+            "frame_previous",
+            "frame_instr",
+            "frame_owner",
+            "frame_is_entry",
+            "frame_window",
+            "code_first_line",
+            "code_filename",
+            "code_name",
+            "code_adaptive",
+            "code_window",
+            "unicode_ascii_data",
+            "unicode_compact_data",
+        )
+    ] + [
+        ("owner_cstack", ctypes.c_uint8),
+        ("entry_every_frame", ctypes.c_uint8),
+    ]
+
+
+class PyProc(ctypes.Structure):
+    _fields_ = [
+        ("code_type", ctypes.c_uint64),
+        ("tss_key", ctypes.c_uint32),
+        ("tsd_base", ctypes.c_uint16),
+        ("tsd_stride", ctypes.c_uint16),
+        ("tsd_data", ctypes.c_uint16),
+        ("_pad", ctypes.c_uint16 * 3),
+        ("offsets", PyOffsets),
+    ]
+
+
+class PyFrameRecord(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint64),
+        ("first_line", ctypes.c_uint32),
+        ("lasti", ctypes.c_int32),
+    ]
+
+
+class PyStack(ctypes.Structure):
+    _fields_ = [
+        ("depth", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("frames", PyFrameRecord * MAX_PY_FRAMES),
+        ("frame_flags", ctypes.c_uint8 * MAX_PY_FRAMES),
+    ]
+
+
+class PySymbolKey(ctypes.Structure):
+    _fields_ = [
+        ("pid", ctypes.c_uint32),
+        ("first_line", ctypes.c_uint32),
+        ("code", ctypes.c_uint64),
+    ]
+
+
+class PySymbol(ctypes.Structure):
+    _fields_ = [
+        ("name_len", ctypes.c_uint16),
+        ("file_len", ctypes.c_uint16),
+        ("name_kind", ctypes.c_uint8),
+        ("file_kind", ctypes.c_uint8),
+        ("name_truncated", ctypes.c_uint8),
+        ("file_truncated", ctypes.c_uint8),
+        ("name", ctypes.c_char * PY_NAME_LEN),
+        ("file", ctypes.c_char * PY_FILE_LEN),
+    ]

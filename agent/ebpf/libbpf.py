@@ -74,6 +74,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__max_entries": (ctypes.c_uint32, [BpfMap]),
     "bpf_map__set_initial_value": (_c_int, [BpfMap, _c_void_p, _c_size_t]),
     "bpf_program__fd": (_c_int, [BpfProgram]),
+    "bpf_program__set_autoload": (_c_int, [BpfProgram, ctypes.c_bool]),
     "bpf_program__attach": (BpfLink, [BpfProgram]),
     "bpf_program__attach_perf_event": (BpfLink, [BpfProgram, _c_int]),
     "bpf_link__destroy": (_c_int, [BpfLink]),

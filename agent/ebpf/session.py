@@ -22,6 +22,8 @@ from typing import Any
 
 from agent.ebpf import perf, tracefs
 from agent.ebpf.layout import (
+    PY_FRAME_ENTRY,
+    PY_STACK_TRUNCATED,
     Control,
     DropReason,
     PidConfig,
@@ -29,13 +31,26 @@ from agent.ebpf.layout import (
     PidEventType,
     PidState,
     ProfileConfig,
+    PyProc,
+    PyStack,
+    PyStat,
+    PySymbol,
+    PySymbolKey,
     SampleKey,
     StackTrace,
 )
 from agent.ebpf.libbpf import BpfLink, BpfMap, BpfObject, RingBuffer, RingBufferCallback, library
 from agent.errors import BpfError
 
-__all__ = ["DEFAULT_OBJECT_PATH", "PidEvent", "RawSample", "Session", "SessionOptions"]
+__all__ = [
+    "DEFAULT_OBJECT_PATH",
+    "PidEvent",
+    "PythonFrameRecord",
+    "PythonStack",
+    "RawSample",
+    "Session",
+    "SessionOptions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +59,9 @@ DEFAULT_OBJECT_PATH = Path(__file__).resolve().with_name("profile.bpf.o")
 _MAPS = (
     "control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
     "events", "drops", "sample_total", "buffer_sync", "sync_inner",
+    "py_procs", "py_symbols", "py_stacks_0", "py_stacks_1", "py_stats", "programs",
 )  # fmt: skip
+_PY_STACKS_SIZE = 4096  # unique Python stacks per buffer (2 KiB each)
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
 
 
@@ -57,17 +74,39 @@ class SessionOptions:
     discover_new: bool = False
     """Report processes the kernel has not been told about, and count their
     samples as pending until userspace classifies them."""
+    python_enabled: bool = False
+    """Load the Python unwinder; without it its maps take no memory."""
+    symbols_map_size: int = 16384
     object_path: Path = DEFAULT_OBJECT_PATH
 
 
 @dataclass(frozen=True, slots=True)
+class PythonFrameRecord:
+    """A Python frame as the kernel recorded it: a code object of the
+    process and the instruction offset into it (see profile.h py_frame)."""
+
+    code: int
+    first_line: int
+    lasti: int
+    entry: bool
+    """The last frame of one run of the C eval loop (toward the root)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PythonStack:
+    frames: tuple[PythonFrameRecord, ...]  # leaf first
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RawSample:
-    """Samples of one (pid, user stack, kernel stack); stacks leaf first."""
+    """Samples of one (pid, user stack, kernel stack, Python stack); stacks leaf first."""
 
     pid: int
     user_stack: tuple[int, ...]
     kernel_stack: tuple[int, ...]
     count: int
+    python_stack: PythonStack | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +159,7 @@ class Session:
                 self._fds[name] = lib.bpf_map__fd(bpf_map)
                 self._max_entries[name] = lib.bpf_map__max_entries(bpf_map)
             self._sync_inner_fd.value = self._fds["sync_inner"]
+            self._install_tail_calls()
             tracefs.ensure_tracefs()
             self._attach_tracepoints()
             self._ring = lib.ring_buffer__new(self._fds["events"], self._ring_callback, None, None)
@@ -130,11 +170,24 @@ class Session:
 
     def _configure(self) -> None:
         options = self.options
-        self._lib.bpf_map__set_max_entries(self._find_map("pids"), options.pid_map_size)
+        lib = self._lib
+        python = options.python_enabled
+        sizes = {
+            "pids": options.pid_map_size,
+            # one entry is the least a map can have: the unwinder is not loaded
+            "py_procs": options.pid_map_size if python else 1,
+            "py_symbols": options.symbols_map_size if python else 1,
+            "py_stacks_0": _PY_STACKS_SIZE if python else 1,
+            "py_stacks_1": _PY_STACKS_SIZE if python else 1,
+        }
+        for name, size in sizes.items():
+            lib.bpf_map__set_max_entries(self._find_map(name), size)
+        lib.bpf_program__set_autoload(self._find_program("walk_python"), python)
         config = ProfileConfig(
             discover_new=options.discover_new,
             collect_user=options.collect_user,
             collect_kernel=options.collect_kernel,
+            python_enabled=python,
         )
         rodata = self._find_map(".rodata")
         self._lib.bpf_map__set_initial_value(rodata, ctypes.byref(config), ctypes.sizeof(config))
@@ -142,13 +195,25 @@ class Session:
     def _find_map(self, name: str) -> BpfMap:
         return self._lib.bpf_object__find_map_by_name(self._object, name.encode())
 
+    def _find_program(self, name: str) -> Any:
+        return self._lib.bpf_object__find_program_by_name(self._object, name.encode())
+
+    def _install_tail_calls(self) -> None:
+        """Put walk_python where do_sample tail-calls it (PROG_WALK_PYTHON)."""
+        if not self.options.python_enabled:
+            return
+        index = ctypes.c_uint32(0)
+        fd = ctypes.c_uint32(self._lib.bpf_program__fd(self._find_program("walk_python")))
+        self._lib.bpf_map_update_elem(
+            self._fds["programs"], ctypes.byref(index), ctypes.byref(fd), 0
+        )
+
     def _attach_tracepoints(self) -> None:
         for name in ("handle_exec", "handle_exit"):
-            program = self._lib.bpf_object__find_program_by_name(self._object, name.encode())
-            self._links.append(self._lib.bpf_program__attach(program))
+            self._links.append(self._lib.bpf_program__attach(self._find_program(name)))
 
     def _attach_perf_events(self) -> None:
-        program = self._lib.bpf_object__find_program_by_name(self._object, b"do_sample")
+        program = self._find_program("do_sample")
         for cpu in perf.read_online_cpus():
             fd = perf.open_cpu_clock(cpu, self.options.sample_rate)
             if fd is None:
@@ -179,8 +244,7 @@ class Session:
     @property
     def program_id(self) -> int:
         """The kernel's id of the sampling program, as bpftool shows it."""
-        program = self._lib.bpf_object__find_program_by_name(self._object, b"do_sample")
-        fd = self._lib.bpf_program__fd(program)
+        fd = self._lib.bpf_program__fd(self._find_program("do_sample"))
         with open(f"/proc/self/fdinfo/{fd}") as stream:
             for line in stream:
                 if line.startswith("prog_id:"):
@@ -196,12 +260,16 @@ class Session:
         collect_user: bool | None = None,
         collect_kernel: bool | None = None,
     ) -> None:
-        """Tell the kernel what to do with samples of ``pid``."""
+        """Tell the kernel what to do with samples of ``pid``.
+
+        A process given to :meth:`set_python` stays marked as Python.
+        """
         options = self.options
         value = PidConfig(
             state=state,
             collect_user=options.collect_user if collect_user is None else collect_user,
             collect_kernel=options.collect_kernel if collect_kernel is None else collect_kernel,
+            python=self._is_python(pid),
         )
         key = ctypes.c_uint32(pid)
         self._lib.bpf_map_update_elem(self._fds["pids"], ctypes.byref(key), ctypes.byref(value), 0)
@@ -209,6 +277,49 @@ class Session:
     def forget_pid(self, pid: int) -> None:
         key = ctypes.c_uint32(pid)
         self._lib.bpf_map_delete_elem(self._fds["pids"], ctypes.byref(key))
+        self._lib.bpf_map_delete_elem(self._fds["py_procs"], ctypes.byref(key))
+
+    def set_python(self, pid: int, proc: PyProc) -> None:
+        """Walk the Python frames of ``pid`` with ``proc``'s offsets from now on.
+
+        The kernel forgets it by itself when the process execs or exits.
+        """
+        if not self.options.python_enabled:
+            raise BpfError("set_python", errno_codes.EINVAL, "the Python unwinder is not loaded")
+        key = ctypes.c_uint32(pid)
+        self._lib.bpf_map_update_elem(
+            self._fds["py_procs"], ctypes.byref(key), ctypes.byref(proc), 0
+        )
+        config = PidConfig()
+        if (
+            self._lib.bpf_map_lookup_elem(
+                self._fds["pids"], ctypes.byref(key), ctypes.byref(config)
+            )
+            == 0
+        ):
+            config.python = True
+            self._lib.bpf_map_update_elem(
+                self._fds["pids"], ctypes.byref(key), ctypes.byref(config), 0
+            )
+
+    def _is_python(self, pid: int) -> bool:
+        if not self.options.python_enabled:
+            return False
+        key = ctypes.c_uint32(pid)
+        proc = PyProc()
+        found = self._lib.bpf_map_lookup_elem(
+            self._fds["py_procs"], ctypes.byref(key), ctypes.byref(proc)
+        )
+        return found == 0
+
+    def read_python_symbol(self, pid: int, first_line: int, code: int) -> PySymbol | None:
+        """The names the kernel copied for a code object, if it still has them."""
+        key = PySymbolKey(pid=pid, first_line=first_line, code=code)
+        symbol = PySymbol()
+        found = self._lib.bpf_map_lookup_elem(
+            self._fds["py_symbols"], ctypes.byref(key), ctypes.byref(symbol)
+        )
+        return symbol if found == 0 else None
 
     # --- events -----------------------------------------------------------
 
@@ -242,15 +353,23 @@ class Session:
             )
         }
         stacks[0] = ()
+        python_stacks = self._take_python_stacks(draining)
         return [
             RawSample(
                 key.pid,
                 stacks.get(key.user_stack, ()),
                 stacks.get(key.kernel_stack, ()),
                 count,
+                python_stacks.get(key.python_stack),
             )
             for key, count in counts
         ]
+
+    def _take_python_stacks(self, buffer: int) -> dict[int, PythonStack]:
+        if not self.options.python_enabled:
+            return {}
+        taken = self._take_all(self._fds[f"py_stacks_{buffer}"], ctypes.c_uint64, PyStack)
+        return {key: _python_stack(stack) for key, stack in taken}
 
     def _switch_buffer(self, buffer: int) -> None:
         zero = ctypes.c_uint32(0)
@@ -295,6 +414,8 @@ class Session:
         """
         active = self._active_buffer
         maps = {"pids": "pids", "counts": f"counts_{active}", "stacks": f"stacks_{active}"}
+        if self.options.python_enabled:
+            maps.update(py_symbols="py_symbols", py_stacks=f"py_stacks_{active}")
         return {
             label: (self._count_entries(self._fds[name]), self._max_entries[name])
             for label, name in maps.items()
@@ -308,6 +429,10 @@ class Session:
             previous = keys[count % 2]
             count += 1
         return count
+
+    def read_python_stats(self) -> dict[str, int]:
+        """Sum the per-CPU Python walk counters (names as in profile.h py_stat)."""
+        return {stat.name.lower(): self._sum_per_cpu("py_stats", stat) for stat in PyStat}
 
     def read_sample_total(self) -> int:
         """Samples recorded since the program was loaded, drained or not."""
@@ -327,3 +452,13 @@ def _addresses(trace: StackTrace) -> tuple[int, ...]:
     while depth < len(ips) and ips[depth]:
         depth += 1
     return tuple(ips[:depth])
+
+
+def _python_stack(stack: PyStack) -> PythonStack:
+    frames = tuple(
+        PythonFrameRecord(frame.code, frame.first_line, frame.lasti, bool(flags & PY_FRAME_ENTRY))
+        for frame, flags in zip(
+            stack.frames[: stack.depth], stack.frame_flags[: stack.depth], strict=True
+        )
+    )
+    return PythonStack(frames, bool(stack.flags & PY_STACK_TRUNCATED))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,12 @@ STRUCTS = {
     "stack_trace": layout.StackTrace,
     "pid_event": layout.PidEventRecord,
     "control": layout.Control,
+    "py_offsets": layout.PyOffsets,
+    "py_proc": layout.PyProc,
+    "py_frame": layout.PyFrameRecord,
+    "py_stack": layout.PyStack,
+    "py_symbol_key": layout.PySymbolKey,
+    "py_symbol": layout.PySymbol,
 }
 
 
@@ -58,10 +65,24 @@ def test_enums_match_the_header(c_layout):
         **{f"PID_STATE_{m.name}": m.value for m in layout.PidState},
         **{f"DROP_{m.name}": m.value for m in layout.DropReason},
         **{f"PID_EVENT_{m.name}": m.value for m in layout.PidEventType},
+        **{f"PY_STAT_{m.name}": m.value for m in layout.PyStat},
     }
     assert ours == enums
 
 
-def test_stack_depth_matches_the_header():
+@pytest.mark.parametrize(
+    "name",
+    [
+        "PERF_MAX_STACK_DEPTH",
+        "MAX_PY_FRAMES",
+        "PY_NAME_LEN",
+        "PY_FILE_LEN",
+        "PY_NO_OFFSET",
+        "PY_FRAME_ENTRY",
+        "PY_STACK_TRUNCATED",
+    ],
+)
+def test_constants_match_the_header(name):
     header = (REPO / "bpf/profile.h").read_text()
-    assert f"#define PERF_MAX_STACK_DEPTH\t{layout.PERF_MAX_STACK_DEPTH}" in header
+    value = getattr(layout, name)
+    assert re.search(rf"#define {name}\s+({value}|{value:#x})\b", header), name

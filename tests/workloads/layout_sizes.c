@@ -16,14 +16,53 @@ int main(void)
 	FIELD(profile_config, discover_new);
 	FIELD(profile_config, collect_user);
 	FIELD(profile_config, collect_kernel);
+	FIELD(profile_config, python_enabled);
 	SIZE(pid_config);
 	FIELD(pid_config, state);
 	FIELD(pid_config, collect_user);
 	FIELD(pid_config, collect_kernel);
+	FIELD(pid_config, python);
 	SIZE(sample_key);
 	FIELD(sample_key, pid);
 	FIELD(sample_key, user_stack);
 	FIELD(sample_key, kernel_stack);
+	FIELD(sample_key, python_stack);
+	SIZE(py_offsets);
+	FIELD(py_offsets, tstate_frame);
+	FIELD(py_offsets, frame_window);
+	FIELD(py_offsets, code_window);
+	FIELD(py_offsets, unicode_compact_data);
+	FIELD(py_offsets, owner_cstack);
+	FIELD(py_offsets, entry_every_frame);
+	SIZE(py_proc);
+	FIELD(py_proc, code_type);
+	FIELD(py_proc, tss_key);
+	FIELD(py_proc, tsd_base);
+	FIELD(py_proc, tsd_stride);
+	FIELD(py_proc, tsd_data);
+	FIELD(py_proc, offsets);
+	SIZE(py_frame);
+	FIELD(py_frame, code);
+	FIELD(py_frame, first_line);
+	FIELD(py_frame, lasti);
+	SIZE(py_stack);
+	FIELD(py_stack, depth);
+	FIELD(py_stack, flags);
+	FIELD(py_stack, frames);
+	FIELD(py_stack, frame_flags);
+	SIZE(py_symbol_key);
+	FIELD(py_symbol_key, pid);
+	FIELD(py_symbol_key, first_line);
+	FIELD(py_symbol_key, code);
+	SIZE(py_symbol);
+	FIELD(py_symbol, name_len);
+	FIELD(py_symbol, file_len);
+	FIELD(py_symbol, name_kind);
+	FIELD(py_symbol, file_kind);
+	FIELD(py_symbol, name_truncated);
+	FIELD(py_symbol, file_truncated);
+	FIELD(py_symbol, name);
+	FIELD(py_symbol, file);
 	SIZE(stack_trace);
 	FIELD(stack_trace, ips);
 	SIZE(pid_event);
@@ -35,9 +74,13 @@ int main(void)
 	printf("enum PID_STATE_PENDING %d\nenum PID_STATE_PROFILE %d\nenum PID_STATE_IGNORE %d\n",
 	       PID_STATE_PENDING, PID_STATE_PROFILE, PID_STATE_IGNORE);
 	printf("enum DROP_USER_STACK_MISSING %d\nenum DROP_STACKS_MAP_FULL %d\n"
-	       "enum DROP_COUNTS_MAP_FULL %d\nenum DROP_PID_MAP_FULL %d\nenum DROP_EVENTS_FULL %d\n",
+	       "enum DROP_COUNTS_MAP_FULL %d\nenum DROP_PID_MAP_FULL %d\nenum DROP_EVENTS_FULL %d\n"
+	       "enum DROP_PY_STACKS_MAP_FULL %d\nenum DROP_PY_READ_FAILED %d\n",
 	       DROP_USER_STACK_MISSING, DROP_STACKS_MAP_FULL, DROP_COUNTS_MAP_FULL,
-	       DROP_PID_MAP_FULL, DROP_EVENTS_FULL);
+	       DROP_PID_MAP_FULL, DROP_EVENTS_FULL, DROP_PY_STACKS_MAP_FULL, DROP_PY_READ_FAILED);
+	printf("enum PY_STAT_SAMPLES %d\nenum PY_STAT_NO_THREAD_STATE %d\n"
+	       "enum PY_STAT_TRUNCATED %d\nenum PY_STAT_SYMBOLS_NEW %d\n",
+	       PY_STAT_SAMPLES, PY_STAT_NO_THREAD_STATE, PY_STAT_TRUNCATED, PY_STAT_SYMBOLS_NEW);
 	printf("enum PID_EVENT_NEW %d\nenum PID_EVENT_EXEC %d\nenum PID_EVENT_EXIT %d\n",
 	       PID_EVENT_NEW, PID_EVENT_EXEC, PID_EVENT_EXIT);
 	return 0;

@@ -1,0 +1,2 @@
+"""The Python room: CPython interpreters found in processes, their frames
+named and placed among the native ones."""
