@@ -18,6 +18,7 @@ from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
 from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
+from agent.python import PythonProcesses
 from agent.symbols import DEMANGLE_MODES, Symbolizer
 
 __all__ = ["main"]
@@ -29,6 +30,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy
 DEFAULT_LISTEN_ADDR = "127.0.0.1:12345"  # as Alloy
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _COLLECT_EVERY_S = 5.0
+_PYTHON_SYMBOLS = 16384  # pyroscope.ebpf's symbols_map_size default
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -88,6 +90,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     profile.add_argument("--no-user", action="store_true", help="leave out user-space frames")
     profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
+    profile.add_argument(
+        "--no-python", action="store_true", help="do not walk Python frames: native stacks only"
+    )
     profile.add_argument(
         "--demangle",
         choices=DEMANGLE_MODES,
@@ -211,6 +216,7 @@ def _profile(args: argparse.Namespace) -> int:
         collect_user=not args.no_user,
         collect_kernel=not args.no_kernel,
         discover_new=not args.pid,
+        python_enabled=not args.no_python,
     )
     selection = ProcessSelection(all_processes=args.all, pids=frozenset(args.pid))
     builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
@@ -221,7 +227,8 @@ def _profile(args: argparse.Namespace) -> int:
         def classify(pid: int, ppid: int) -> list[ProcessProfile]:
             return [destination] if selection.matches(pid, ppid, profiler.profiled) else []
 
-        profiler = Profiler(session, symbolizer, classify)
+        python = None if args.no_python else PythonProcesses(session, _PYTHON_SYMBOLS)
+        profiler = Profiler(session, symbolizer, classify, python)
         for pid in args.pid:
             profiler.add(pid, [destination])
         child = _spawn(command, selection, profiler, destination) if command else None

@@ -5,7 +5,7 @@
      ├── BpfError         a bpf(), perf_event_open() or libbpf call failed (carries errno)
      ├── SymbolError      a file could not be read for symbols (carries the path)
      ├── ProcessError     a process could not be inspected through /proc (carries the pid)
- ├── PythonError      a Python interpreter cannot be unwound (unknown version, unreadable runtime)
+     ├── PythonError      a CPython process cannot be unwound (unknown version, musl, ...)
      ├── DiscoveryError   a discovery source (Docker, the Kubernetes API) could not be read
      └── OutputError      a profile could not be written
           └── PushError   one push to a Pyroscope endpoint failed (carries status, retryable)

@@ -18,6 +18,7 @@ from typing import Protocol
 from agent.ebpf import PidEvent, PidEventType, PidState, RawSample, Session
 from agent.errors import ProcessError
 from agent.pprof import ProfileBuilder
+from agent.python import PythonProcesses
 from agent.symbols import Frame, Symbolizer
 
 __all__ = [
@@ -132,10 +133,17 @@ class ProcessProfile:
 class Profiler:
     """Decides, per process, where its samples go, and collects them."""
 
-    def __init__(self, session: Session, symbolizer: Symbolizer, classify: Classifier) -> None:
+    def __init__(
+        self,
+        session: Session,
+        symbolizer: Symbolizer,
+        classify: Classifier,
+        python: PythonProcesses | None = None,
+    ) -> None:
         self._session = session
         self._symbolizer = symbolizer
         self._classify = classify
+        self._python = python
         self._routes: dict[int, tuple[Destination, ...]] = {}  # empty tuple: ignored
         self._pending: dict[int, float] = {}  # pid -> when it was first seen, undecided
         self._held: dict[int, list[RawSample]] = {}  # drained samples of pending pids
@@ -157,6 +165,8 @@ class Profiler:
         except ProcessError as exc:
             log.warning("user frames of pid %d cannot be named: %s", pid, exc.reason)
         self._route(pid, tuple(destinations))
+        if self._python is not None:
+            self._python.add(pid)
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Handle the pid events the kernel has reported."""
@@ -164,6 +174,8 @@ class Profiler:
             self._handle(event)
         self._refresh_settling()
         self._expire_pending()
+        if self._python is not None:
+            self._python.retry()
 
     def reclassify(self) -> None:
         """Decide again for every known process: the targets have changed."""
@@ -183,7 +195,10 @@ class Profiler:
         elif event.type is PidEventType.EXEC and self._routes.get(pid):
             # A new program image: its old mappings mean nothing any more.
             self._symbolizer.forget(pid)
-            self._decide(pid, 0)
+            if self._python is not None:
+                self._python.forget(pid)
+            if self._decide(pid, 0) and self._python is not None:
+                self._python.add(pid)
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
 
@@ -201,7 +216,10 @@ class Profiler:
             except ProcessError as exc:
                 # Gone already: its samples keep the addresses they have.
                 log.debug("cannot read a profiled process: %s", exc)
+        newly_profiled = destinations and not self._routes.get(pid)
         self._route(pid, destinations)
+        if newly_profiled and self._python is not None:
+            self._python.add(pid)
         return destinations
 
     def _route(self, pid: int, destinations: tuple[Destination, ...]) -> None:
@@ -233,7 +251,7 @@ class Profiler:
         self.poll(0)
         exited, self._exited = self._exited, set()
         routed = 0
-        user_frames: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
+        user_frames: dict[tuple[int, tuple[int, ...], object], list[Frame]] = {}
         kernel_frames: dict[tuple[int, ...], list[Frame]] = {}
         for sample in self._take_samples():
             destinations = self._destinations(sample.pid)
@@ -241,9 +259,9 @@ class Profiler:
                 if sample.pid in self._pending:
                     self._held.setdefault(sample.pid, []).append(sample)
                 continue
-            user_key = (sample.pid, sample.user_stack)
+            user_key = (sample.pid, sample.user_stack, sample.python_stack)
             if user_key not in user_frames:
-                user_frames[user_key] = self._symbolizer.resolve_user(*user_key)
+                user_frames[user_key] = self._user_frames(sample)
             kernel_key = sample.kernel_stack
             if kernel_key not in kernel_frames:
                 kernel_frames[kernel_key] = self._symbolizer.resolve_kernel(kernel_key)
@@ -262,6 +280,12 @@ class Profiler:
                 self._forget(pid)
         return routed
 
+    def _user_frames(self, sample: RawSample) -> list[Frame]:
+        frames = self._symbolizer.resolve_user(sample.pid, sample.user_stack)
+        if sample.python_stack is not None and self._python is not None:
+            frames = self._python.merge(sample.pid, frames, sample.python_stack)
+        return frames
+
     def _take_samples(self) -> list[RawSample]:
         """The drained samples, and the held ones of processes decided since."""
         samples = self._session.drain()
@@ -277,5 +301,7 @@ class Profiler:
 
     def _forget(self, pid: int) -> None:
         self._symbolizer.forget(pid)
+        if self._python is not None:
+            self._python.forget(pid)
         self._settling.pop(pid, None)
         self._routes.pop(pid, None)

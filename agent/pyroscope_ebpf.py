@@ -24,6 +24,7 @@ from agent.ebpf import Session, SessionOptions
 from agent.errors import EmberscopeError
 from agent.pprof import ProfileBuilder
 from agent.profiler import Profiler
+from agent.python import PythonProcesses
 from agent.symbols import DEMANGLE_MODES, Frame, Symbolizer
 from agent.telemetry import (
     BoundEbpfMetrics,
@@ -106,6 +107,8 @@ class Sampler:
                 collect_user=arguments.collect_user_profile,
                 collect_kernel=arguments.collect_kernel_profile,
                 discover_new=True,
+                python_enabled=arguments.python_enabled,
+                symbols_map_size=arguments.symbols_map_size,
             )
         )
         self._symbolizer = Symbolizer(
@@ -114,7 +117,12 @@ class Sampler:
             same_file_cache_size=arguments.same_file_cache_size,
             demangle=arguments.demangle,
         )
-        self._profiler = Profiler(self._session, self._symbolizer, self._classify)
+        self._python = (
+            PythonProcesses(self._session, arguments.symbols_map_size)
+            if arguments.python_enabled
+            else None
+        )
+        self._profiler = Profiler(self._session, self._symbolizer, self._classify, self._python)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -169,29 +177,37 @@ class Sampler:
             if self._stop.is_set():
                 return None
             program = None if self._program_fd is None else read_program_stats(self._program_fd)
+            maps = self._session.read_map_fill()
             caches = _symbolizer_debug_info(self._symbolizer)
             return SamplerReading(
                 program=program,
                 samples=self._session.read_sample_total(),
                 drops=self._session.read_drops(),
                 profiled_processes=len(self._profiler.profiled),
-                maps=self._session.read_map_fill(),
+                maps=maps,
                 symbolization_errors=dict(getattr(self._symbolizer, "errors", {})),
                 caches={
                     name: {key: value for key, value in info.items() if isinstance(value, int)}
                     for name, info in caches.items()
                     if isinstance(info, dict)
                 },
+                python=self._python_counters(maps),
             )
+
+    def _python_counters(self, maps: dict[str, tuple[int, int]]) -> dict[str, int]:
+        if self._python is None:
+            return {}
+        return self._python.counters(symbols_in_map=maps["py_symbols"][0])
 
     def debug_info(self) -> dict[str, Any]:
         """The symbolizer's caches: ``pid_cache``, and ``elf_cache`` by build ID and by file."""
         with self._lock:
             info = _symbolizer_debug_info(self._symbolizer)
+            python = self._python.debug_info() if self._python is not None else None
         elf_cache = info.get("elf_cache") or {
             name: info[name] for name in ("build_id_cache", "same_file_cache") if name in info
         }
-        return {"pid_cache": info.get("pid_cache"), "elf_cache": elf_cache}
+        return {"pid_cache": info.get("pid_cache"), "elf_cache": elf_cache, "python": python}
 
     def _poll(self) -> None:
         while not self._stop.is_set():

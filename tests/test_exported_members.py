@@ -12,6 +12,7 @@ ROOMS = [
     "agent.discovery",
     "agent.ebpf",
     "agent.pprof",
+    "agent.python",
     "agent.symbols",
     "agent.telemetry",
     "agent.write",

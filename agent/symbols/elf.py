@@ -21,7 +21,15 @@ from elftools.elf.elffile import ELFFile
 
 from agent.errors import SymbolError
 
-__all__ = ["ElfInfo", "LoadSegment", "SymbolTable", "read_build_id", "read_elf"]
+__all__ = [
+    "ElfInfo",
+    "LoadSegment",
+    "SymbolTable",
+    "open_elf",
+    "read_build_id",
+    "read_elf",
+    "translated_errors",
+]
 
 _SHN_UNDEF = 0
 _SHN_LORESERVE = 0xFF00
@@ -175,8 +183,8 @@ def read_elf(stream: BinaryIO, path: str = "") -> ElfInfo:
     raises SymbolError.
     """
     path = path or str(getattr(stream, "name", "<stream>"))
-    with _translated_errors(path):
-        elf, sections = _open(stream, path)
+    with translated_errors(path):
+        elf, sections = open_elf(stream, path)
         debuglink, crc = _debuglink(elf, sections)
         return ElfInfo(
             path=path,
@@ -193,13 +201,13 @@ def read_elf(stream: BinaryIO, path: str = "") -> ElfInfo:
 def read_build_id(stream: BinaryIO, path: str = "") -> str:
     """The GNU build id of ``stream`` as hex, or ``""``; cheaper than read_elf."""
     path = path or str(getattr(stream, "name", "<stream>"))
-    with _translated_errors(path):
-        elf, sections = _open(stream, path)
+    with translated_errors(path):
+        elf, sections = open_elf(stream, path)
         return _build_id(elf, sections)
 
 
 @contextmanager
-def _translated_errors(path: str) -> Iterator[None]:
+def translated_errors(path: str) -> Iterator[None]:
     """Turn pyelftools' exceptions into SymbolError naming the file."""
     try:
         yield
@@ -207,7 +215,9 @@ def _translated_errors(path: str) -> Iterator[None]:
         raise SymbolError(path, f"corrupt or not an ELF file: {exc}") from exc
 
 
-def _open(stream: BinaryIO, path: str) -> tuple[ELFFile, list[Any]]:
+def open_elf(stream: BinaryIO, path: str) -> tuple[ELFFile, list[Any]]:
+    """The ELF file and its sections, every header and section checked to lie
+    inside the file; call it within :func:`translated_errors`."""
     size = stream.seek(0, os.SEEK_END)
     stream.seek(0)
     elf = ELFFile(stream)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from agent.errors import ProcessError, SymbolError
 
-__all__ = ["MapEntry", "parse_maps", "read_maps"]
+__all__ = ["MapEntry", "open_mapped_file", "parse_maps", "read_maps"]
 
 _DELETED = " (deleted)"
 
@@ -103,3 +105,25 @@ def _parse_line(line: str, lineno: int, source: str) -> MapEntry:
     if entry.start >= entry.end or entry.offset < 0 or entry.inode < 0 or len(perms) != 4:
         raise SymbolError(source, f"line {lineno}: bad range, offset or permissions: {line!r}")
     return entry
+
+
+def open_mapped_file(pid: int, entry: MapEntry, proc_root: str = "/proc") -> BinaryIO:
+    """The file behind a mapping of ``pid``.
+
+    Through ``map_files`` first: the very file mapped, even deleted, replaced
+    or in another mount namespace; else by its name under the process's root.
+    """
+    base = f"{proc_root}/{pid}"
+    error: OSError | None = None
+    for path in (
+        f"{base}/map_files/{entry.start:x}-{entry.end:x}",
+        f"{base}/root/{entry.path.lstrip('/')}",
+    ):
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            error = exc
+    if not os.path.exists(base):
+        raise ProcessError(pid, "process is gone") from error
+    reason = error.strerror if error is not None else "no path"
+    raise ProcessError(pid, f"cannot open {entry.path}: {reason}") from error

@@ -21,7 +21,7 @@ from agent.symbols.gopclntab import read_gopclntab
 from agent.symbols.kallsyms import KernelSymbols, read_kallsyms
 from agent.symbols.minidebuginfo import read_minidebuginfo
 from agent.symbols.perfmap import PerfMap
-from agent.symbols.procmaps import MapEntry, read_maps
+from agent.symbols.procmaps import MapEntry, open_mapped_file, read_maps
 
 __all__ = ["Symbolizer"]
 
@@ -234,16 +234,11 @@ class Symbolizer:
                     process.streams[key] = stream
 
     def _open(self, pid: int, entry: MapEntry) -> BinaryIO | None:
-        base = f"{self._proc_root}/{pid}"
-        for path in (
-            f"{base}/map_files/{entry.start:x}-{entry.end:x}",
-            f"{base}/root/{entry.path.lstrip('/')}",
-        ):
-            try:
-                return open(path, "rb")
-            except OSError as exc:
-                log.debug("cannot open %s for %s: %s", path, entry.path, exc)
-        return None
+        try:
+            return open_mapped_file(pid, entry, self._proc_root)
+        except ProcessError as exc:
+            log.debug("%s", exc)
+            return None
 
     def _user_frame(
         self, pid: int, process: _Process, entry: MapEntry | None, address: int, lookup: int

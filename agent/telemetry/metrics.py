@@ -39,6 +39,15 @@ __all__ = [
 ]
 
 _CACHE_COUNTERS = ("hits", "misses", "evictions")
+_PYTHON_COUNTERS = {
+    "samples": "Samples of Python processes for which the kernel looked for Python frames.",
+    "no_thread_state": "Samples of Python processes whose thread ran no Python code.",
+    "truncated": "Python stacks deeper than the kernel walks, cut at a marker frame.",
+    "symbols_new": "Code object names copied into the kernel's symbols map.",
+    "symbols_evicted": "Names evicted from the full symbols map (symbols_map_size) "
+    "to make room; their frames are named from process memory instead.",
+    "unnamed_frames": "Python frames that could not be named (evicted and the process gone).",
+}
 
 
 def new_registry() -> CollectorRegistry:
@@ -130,6 +139,8 @@ class SamplerReading:
     maps: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # entries, capacity
     symbolization_errors: Mapping[str, int] = field(default_factory=dict)
     caches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    python: Mapping[str, int] = field(default_factory=dict)
+    """Python walk counters (keys of _PYTHON_COUNTERS); empty when Python is disabled."""
 
 
 def find_program_fd(program_id: int, proc_root: str = "/proc") -> int | None:
@@ -187,6 +198,7 @@ class SamplerCollector:
         yield from _program_metrics(reading.program)
         yield from _sampling_metrics(reading)
         yield from _symbol_metrics(reading)
+        yield from _python_metrics(reading)
 
 
 def _program_metrics(stats: ProgramStats | None) -> Iterator[Metric]:
@@ -274,3 +286,8 @@ def _symbol_metrics(reading: SamplerReading) -> Iterator[Metric]:
     yield entries
     yield capacity
     yield from counters.values()
+
+
+def _python_metrics(reading: SamplerReading) -> Iterator[Metric]:
+    for name, value in sorted(reading.python.items()):
+        yield CounterMetricFamily(f"emberscope_python_{name}", _PYTHON_COUNTERS[name], value=value)
