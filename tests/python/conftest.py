@@ -24,9 +24,7 @@ def pyenv_python(minor: str) -> Path | None:
 
 
 def _interpreters() -> list[pytest.param]:
-    params = [
-        pytest.param(("pyenv", minor), id=f"pyenv-{minor}") for minor in MINORS
-    ]
+    params = [pytest.param(("pyenv", minor), id=f"pyenv-{minor}") for minor in MINORS]
     params.append(pytest.param(("debian", "3.11"), id="debian-3.11"))
     return params
 
