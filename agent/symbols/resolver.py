@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = ["Symbolizer"]
 log = logging.getLogger(__name__)
 
 _FileKey = tuple[int, int, int]  # dev major, dev minor, inode
+_REFRESH_EVERY_S = 1.0
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _Process:
     tables: dict[_FileKey, ElfInfo | None] = field(default_factory=dict)
     perf_map: PerfMap | None = None
     perf_map_call: int = -1
+    refreshed_at: float = 0.0  # when an unmapped address last made us re-read its maps
 
     def find(self, address: int) -> MapEntry | None:
         index = bisect_right(self.starts, address) - 1
@@ -184,9 +187,12 @@ class Symbolizer:
         for depth, address in enumerate(addresses):
             lookup = address - 1 if depth else address
             entry = process.find(lookup)
-            if entry is None and not refreshed:
+            if entry is None and not refreshed and _may_refresh(process):
                 # Not mapped when last read: maybe a library dlopen()ed since.
+                # At most once a second: a stack walked without frame pointers
+                # is full of addresses that no library will ever cover.
                 refreshed = True
+                process.refreshed_at = time.monotonic()
                 if self._try_refresh(pid, process):
                     entry = process.find(lookup)
             frames.append(self._user_frame(pid, process, entry, address, lookup))
@@ -351,6 +357,10 @@ class Symbolizer:
 
     def _count(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+def _may_refresh(process: _Process) -> bool:
+    return time.monotonic() - process.refreshed_at >= _REFRESH_EVERY_S
 
 
 def _file_key(entry: MapEntry) -> _FileKey:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ProcessError
-from agent.symbols import Frame, Symbolizer
+from agent.symbols import Frame, Symbolizer, resolver
 
 WORKLOAD_FUNCTIONS = ("alpha", "beta", "gamma_")
 LIBRARY_FUNCTIONS = ("lib_local", "lib_work", "lib_report")
@@ -274,3 +274,21 @@ def test_real_kernel_symbol_resolves(symbolizer):
     )
     address = int(line.split()[0], 16)
     assert names(symbolizer.resolve_kernel([address + 1, address + 2])) == ["schedule", "schedule"]
+
+
+def test_unmapped_addresses_reread_the_maps_at_most_once_a_second(
+    binaries, run_workload, symbolizer, monkeypatch
+):
+    # A stack walked without frame pointers is full of addresses in no file:
+    # each must not cost a read of /proc/<pid>/maps.
+    workload = run_workload(binaries.pie)
+    symbolizer.add_process(workload.pid)
+    reads = []
+    real_read_maps = resolver.read_maps
+    monkeypatch.setattr(
+        resolver, "read_maps", lambda *args: reads.append(args) or real_read_maps(*args)
+    )
+    for garbage in range(0x10, 0x10 + 50):
+        frames = symbolizer.resolve_user(workload.pid, [workload.addresses["alpha"], garbage])
+        assert names(frames)[1] == f"[unknown]+{garbage:#x}"
+    assert len(reads) == 1
