@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.ebpf import PidEvent, PidEventType, PidState, RawSample, Session
+from agent.ebpf import PidEvent, PidEventType, PidState, PythonStack, RawSample, Session
 from agent.errors import ProcessError
 from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
@@ -251,7 +251,9 @@ class Profiler:
         self.poll(0)
         exited, self._exited = self._exited, set()
         routed = 0
-        user_frames: dict[tuple[int, tuple[int, ...], object], list[Frame]] = {}
+        # per unique stack: a native stack recurs under many Python stacks
+        native_frames: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
+        user_frames: dict[tuple[int, tuple[int, ...], PythonStack | None], list[Frame]] = {}
         kernel_frames: dict[tuple[int, ...], list[Frame]] = {}
         for sample in self._take_samples():
             destinations = self._destinations(sample.pid)
@@ -261,7 +263,7 @@ class Profiler:
                 continue
             user_key = (sample.pid, sample.user_stack, sample.python_stack)
             if user_key not in user_frames:
-                user_frames[user_key] = self._user_frames(sample)
+                user_frames[user_key] = self._user_frames(sample, native_frames)
             kernel_key = sample.kernel_stack
             if kernel_key not in kernel_frames:
                 kernel_frames[kernel_key] = self._symbolizer.resolve_kernel(kernel_key)
@@ -280,8 +282,13 @@ class Profiler:
                 self._forget(pid)
         return routed
 
-    def _user_frames(self, sample: RawSample) -> list[Frame]:
-        frames = self._symbolizer.resolve_user(sample.pid, sample.user_stack)
+    def _user_frames(
+        self, sample: RawSample, native_frames: dict[tuple[int, tuple[int, ...]], list[Frame]]
+    ) -> list[Frame]:
+        native_key = (sample.pid, sample.user_stack)
+        frames = native_frames.get(native_key)
+        if frames is None:
+            frames = native_frames[native_key] = self._symbolizer.resolve_user(*native_key)
         if sample.python_stack is not None and self._python is not None:
             frames = self._python.merge(sample.pid, frames, sample.python_stack)
         return frames

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.ebpf import PythonFrameRecord, PythonStack
 from agent.ebpf.layout import PySymbol
@@ -45,11 +45,12 @@ class PythonFrame:
     """The last frame of one run of the C eval loop (toward the root)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Code:
     name: str
     filename: str
     lines: LineTable | None
+    frames: dict[int, Frame] = field(default_factory=dict)  # by instruction offset
 
 
 class PythonSymbolizer:
@@ -101,13 +102,13 @@ class PythonSymbolizer:
             self._codes.put(key, code)
         if code.name == UNKNOWN_FUNCTION:
             self.unnamed_frames += 1
-        line = 0
-        if code.lines is not None and offsets is not None:
-            try:
+        frame = code.frames.get(record.lasti)
+        if frame is None:
+            line = 0
+            if code.lines is not None and offsets is not None:
                 line = code.lines.line(_byte_offset(offsets, record.lasti))
-            except PythonError:
-                line = 0
-        return Frame(code.name, filename=code.filename, line=line)
+            frame = code.frames[record.lasti] = Frame(code.name, filename=code.filename, line=line)
+        return frame
 
     def _load(self, key: _CodeKey, offsets: PythonOffsets | None, memory: _LazyMemory) -> _Code:
         pid, address, first_line = key
