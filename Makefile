@@ -7,7 +7,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc g++ make golang-go linux-perf prometheus \
-	python3-venv util-linux podman runc busybox-static golang-github-masterminds-sprig-dev
+	python3-venv util-linux podman runc busybox-static golang-github-masterminds-sprig-dev gdb
 STAMP := $(VENV)/.installed
 
 .PHONY: install run profile test bpf proto bench clean manifests
@@ -52,6 +52,7 @@ clean:
 
 bench: install
 	$(PYTHON) bench/overhead.py
+	$(PYTHON) bench/python_cost.py
 
 # deploy/manifests/emberscope.yaml from the Helm chart, through tools/chart-render (Go's
 # text/template and sprig, offline); tests/deploy/test_render.py fails when they drift.

@@ -48,6 +48,14 @@ def exposed() -> dict[str, set[str]]:
         maps={"pids": (3, 16384)},
         symbolization_errors={"elf_unreadable": 1},
         caches={"elf": {"len": 1, "size": 10, "hits": 1, "misses": 1, "evictions": 0}},
+        python={
+            "samples": 9,
+            "no_thread_state": 1,
+            "truncated": 1,
+            "symbols_new": 4,
+            "symbols_evicted": 0,
+            "unnamed_frames": 0,
+        },
     )
     SamplerCollector(lambda: reading, registry=registry)
     names: dict[str, set[str]] = {}
@@ -118,6 +126,8 @@ def test_dashboard_covers_the_required_metrics() -> None:
         "pyroscope_write_retries_total",
         "emberscope_bpf_program_run_time_seconds_total",
         "emberscope_bpf_program_runs_total",
+        "emberscope_python_samples_total",
+        "emberscope_python_symbols_evicted_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ):
