@@ -1,0 +1,149 @@
+"""What walking Python stacks costs, in the kernel and in userspace.
+
+Kernel: the sampling program's average run time per sample (bpf stats; the
+tail-called walk_python is counted in do_sample's run), for the same busy
+Python processes with the unwinder on and off, at two stack depths.
+Userspace: CPU time of Profiler.collect() per sample and per unique stack,
+the first collection (cold caches) and the following ones (warm).
+
+Run as root: `.venv/bin/python bench/python.py [--python PATH]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bpf_cost import STATS, program_stats  # noqa: E402
+
+from agent.ebpf import PidState, Session, SessionOptions  # noqa: E402
+from agent.pprof import ProfileBuilder  # noqa: E402
+from agent.profiler import ProcessProfile, Profiler  # noqa: E402
+from agent.python import PythonProcesses  # noqa: E402
+from agent.symbols import Symbolizer  # noqa: E402
+
+WORKLOAD = """
+import sys
+
+def work(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+def recurse(depth):
+    if depth == 0:
+        while True:
+            work(1000)
+    return recurse(depth - 1)
+
+recurse(int(sys.argv[1]))
+"""
+RATE = 97
+
+
+def start(python: str, script: Path, depth: int, count: int) -> list[subprocess.Popen]:
+    workloads = [subprocess.Popen([python, str(script), str(depth)]) for _ in range(count)]
+    time.sleep(1.0)  # past start-up: the interpreter and its key are ready
+    return workloads
+
+
+def kernel_cost(pids: list[int], python: bool, seconds: float) -> tuple[float, int]:
+    """ns per sample of do_sample (walk_python included) and the samples counted."""
+    with Session(SessionOptions(sample_rate=RATE, python_enabled=python)) as session:
+        processes = PythonProcesses(session, 16384) if python else None
+        for pid in pids:
+            session.set_pid(pid, PidState.PROFILE)
+            if processes is not None:
+                processes.add(pid)
+        time.sleep(0.5)
+        session.drain()
+        before = program_stats(session.program_id)
+        time.sleep(seconds)
+        after = program_stats(session.program_id)
+        runs = after[1] - before[1]
+        return (after[0] - before[0]) / max(runs, 1), runs
+
+
+def userspace_cost(pids: list[int], python: bool, seconds: float) -> list[tuple[float, int, int]]:
+    """(CPU seconds, samples, unique stacks) of each of three collections."""
+    rows = []
+    with Session(SessionOptions(sample_rate=RATE, python_enabled=python)) as session:
+        with Symbolizer() as symbolizer:
+            builder = ProfileBuilder(RATE, time_nanos=time.time_ns())
+            destination = ProcessProfile(builder)
+            processes = PythonProcesses(session, 16384) if python else None
+            profiler = Profiler(session, symbolizer, lambda pid, ppid: [], processes)
+            for pid in pids:
+                profiler.add(pid, [destination])
+            for _ in range(3):
+                time.sleep(seconds)
+                stacks_before = len(builder)
+                started = time.process_time()
+                samples = profiler.collect()
+                rows.append((time.process_time() - started, samples, len(builder) - stacks_before))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--python", default=sys.executable, help="the interpreter profiled")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    version = subprocess.run(
+        [args.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(f"{args.python} (CPython {version}), 2 busy processes, {RATE} Hz")
+    old = STATS.read_text().strip()
+    STATS.write_text("1")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "work.py"
+        script.write_text(WORKLOAD)
+        print("\n| Python stack depth | unwinder | ns per sample (BPF) | samples |")
+        print("|---:|---|---:|---:|")
+        try:
+            for depth in (10, 50):
+                workloads = start(args.python, script, depth, 2)
+                try:
+                    pids = [w.pid for w in workloads]
+                    for python in (False, True):
+                        ns, runs = kernel_cost(pids, python, args.seconds)
+                        print(f"| {depth + 3} | {'on' if python else 'off'} | {ns:.0f} | {runs} |")
+                finally:
+                    for workload in workloads:
+                        workload.kill()
+                        workload.wait()
+        finally:
+            STATS.write_text(old)
+        print("\n| unwinder | collection | CPU ms | samples | new stacks | µs per sample |")
+        print("|---|---|---:|---:|---:|---:|")
+        workloads = start(args.python, script, 10, 2)
+        try:
+            pids = [w.pid for w in workloads]
+            for python in (False, True):
+                for number, (cpu, samples, stacks) in enumerate(
+                    userspace_cost(pids, python, args.seconds), start=1
+                ):
+                    print(
+                        f"| {'on' if python else 'off'} | {number} | {cpu * 1000:.1f} "
+                        f"| {samples} | {stacks} | {cpu * 1e6 / max(samples, 1):.1f} |"
+                    )
+        finally:
+            for workload in workloads:
+                workload.kill()
+                workload.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
