@@ -34,10 +34,13 @@ class ProcessMemory:
 
     def __init__(self, pid: int, proc_root: str = "/proc") -> None:
         self.pid = pid
+        path = f"{proc_root}/{pid}/mem"
         try:
-            self._fd = os.open(f"{proc_root}/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise ProcessError(pid, "process is gone") from exc
         except OSError as exc:
-            raise ProcessError(pid, f"cannot open its memory: {exc.strerror}") from exc
+            raise ProcessError(pid, f"cannot open {path}: {exc.strerror}") from exc
 
     def close(self) -> None:
         os.close(self._fd)
@@ -51,10 +54,13 @@ class ProcessMemory:
     def read(self, address: int, size: int) -> bytes:
         try:
             data = os.pread(self._fd, size, address)
-        except (OSError, OverflowError) as exc:
-            raise ProcessError(self.pid, f"cannot read {size} bytes at {address:#x}") from exc
-        if len(data) != size:
-            raise ProcessError(self.pid, f"short read of {size} bytes at {address:#x}")
+        except OSError as exc:
+            reason = f"cannot read {size} bytes at {address:#x}: {exc.strerror}"
+            raise ProcessError(self.pid, reason) from exc
+        except OverflowError as exc:  # an address past 2**63: garbage
+            raise ProcessError(self.pid, f"cannot read at {address:#x}") from exc
+        if len(data) != size:  # the address space is gone: the process exited
+            raise ProcessError(self.pid, "process is gone")
         return data
 
     def read_pointer(self, address: int) -> int:

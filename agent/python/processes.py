@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from agent.ebpf import PythonStack, Session
 from agent.errors import ProcessError, PythonError
-from agent.python.interpreter import Interpreter, InterpreterNotReady, find_interpreter
+from agent.python.interpreter import Interpreter, InterpreterFinder, InterpreterNotReady
 from agent.python.kernel import kernel_config
 from agent.python.merge import merge_stacks
 from agent.python.symbols import PythonSymbolizer
@@ -36,7 +36,7 @@ class PythonProcesses:
 
     def __init__(self, session: Session, symbols_cache_size: int, proc_root: str = "/proc"):
         self._session = session
-        self._proc_root = proc_root
+        self._finder = InterpreterFinder(proc_root)
         self.symbolizer = PythonSymbolizer(
             session.read_python_symbol, symbols_cache_size, proc_root
         )
@@ -49,7 +49,7 @@ class PythonProcesses:
         if pid in self._interpreters:
             return
         try:
-            interpreter = find_interpreter(pid, self._proc_root)
+            interpreter = self._finder.find(pid)
         except InterpreterNotReady:
             self._waiting.setdefault(pid, time.monotonic() + _READY_WITHIN_S)
             return

@@ -1,4 +1,4 @@
-"""find_interpreter against real interpreters: each address is checked against what the
+"""InterpreterFinder against real interpreters: each address is checked against what the
 child reports through ctypes, and the TSS key by reading glibc's TSD slot of each thread."""
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import pytest
 
 from agent.errors import ProcessError, PythonError, SymbolError
 from agent.python import interpreter as interpreter_module
-from agent.python.interpreter import Interpreter, InterpreterNotReady, find_interpreter
+from agent.python import runtime_file
+from agent.python.interpreter import Interpreter, InterpreterFinder, InterpreterNotReady
+from agent.python.runtime_file import PythonFile, Refused, read_python_file
 from tests.python.conftest import DEBIAN_PYTHON, pyenv_python
 
-# Reports, as one JSON line, what find_interpreter must find, for the main
+# Reports, as one JSON line, what the finder must find, for the main
 # thread and a second one, then sleeps. argv[1], if given, is mmapped first.
 CHILD = r"""
 import ctypes, json, mmap, sys, threading, time
@@ -82,6 +84,12 @@ PYENV_MINORS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 
 # glibc's struct pthread: specific_1stblock at 0x310, 16-byte {seq, data} entries.
 GLIBC_SPECIFIC = 0x310
+
+
+@pytest.fixture
+def finder() -> InterpreterFinder:
+    """A finder whose cache starts empty."""
+    return InterpreterFinder()
 
 
 @pytest.fixture
@@ -175,13 +183,15 @@ def assert_matches(found: Interpreter | None, pid: int, facts: dict[str, Any]) -
         assert thread["tstate"] and read_word(pid, slot) == thread["tstate"]
 
 
-def wait_for_interpreter(pid: int, seen: list[str] | None = None) -> Interpreter:
+def wait_for_interpreter(
+    finder: InterpreterFinder, pid: int, seen: list[str] | None = None
+) -> Interpreter:
     """Poll from the moment the process starts; every answer before the right one is
     None or InterpreterNotReady (recorded in ``seen``)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            found = find_interpreter(pid)
+            found = finder.find(pid)
         except InterpreterNotReady:
             found, outcome = None, "not ready"
         else:
@@ -194,8 +204,8 @@ def wait_for_interpreter(pid: int, seen: list[str] | None = None) -> Interpreter
     raise AssertionError(f"no interpreter in pid {pid} after 10 s")
 
 
-def test_all_lists_the_public_names_sorted():
-    module = interpreter_module
+@pytest.mark.parametrize("module", [interpreter_module, runtime_file])
+def test_all_lists_the_public_names_sorted(module):
     public = sorted(
         name
         for name in dir(module)
@@ -206,27 +216,27 @@ def test_all_lists_the_public_names_sorted():
     assert module.__all__ == sorted(module.__all__) == public
 
 
-def test_finds_runtime_code_type_version_and_tss_key(interpreter, spawn):
+def test_finds_runtime_code_type_version_and_tss_key(interpreter, spawn, finder):
     python, minor = interpreter
     child = spawn([str(python), "-c", CHILD])
     facts = report(child)
-    found = find_interpreter(child.pid)
+    found = finder.find(child.pid)
     assert found is not None
     assert found.path == expected_path(python, minor)
     assert_matches(found, child.pid, facts)
 
 
-def test_interpreter_just_started_is_never_misread(interpreter, spawn):
+def test_interpreter_just_started_is_never_misread(interpreter, spawn, finder):
     python, _ = interpreter
     child = spawn([str(python), "-c", CHILD])
     seen: list[str] = []
-    found = wait_for_interpreter(child.pid, seen)
+    found = wait_for_interpreter(finder, child.pid, seen)
     assert set(seen) <= {"none", "not ready"}
     assert_matches(found, child.pid, report(child))
 
 
 @pytest.mark.parametrize("minor", ["3.9", "3.13"])
-def test_stripped_libpython_copy_is_found(minor, spawn, tmp_path):
+def test_stripped_libpython_copy_is_found(minor, spawn, tmp_path, finder):
     python = pyenv_python(minor)
     if python is None:
         pytest.skip(f"no pyenv python{minor}")
@@ -244,7 +254,7 @@ def test_stripped_libpython_copy_is_found(minor, spawn, tmp_path):
     env = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}
     child = spawn([str(python), "-c", CHILD], env=env)
     facts = report(child)
-    found = find_interpreter(child.pid)
+    found = finder.find(child.pid)
     assert found is not None and found.path == str(stripped)
     assert_matches(found, child.pid, facts)
 
@@ -257,26 +267,26 @@ def test_runtime_falls_back_to_the_pyruntime_section(tmp_path):
     assert data.count(b"\0_PyRuntime\0") >= 1
     hidden.write_bytes(data.replace(b"\0_PyRuntime\0", b"\0_PyRuntimX\0"))
     with open(DEBIAN_PYTHON, "rb") as stream:
-        original = interpreter_module._read_python_file(stream, str(DEBIAN_PYTHON))
+        original = read_python_file(stream, str(DEBIAN_PYTHON))
     with open(hidden, "rb") as stream:
-        fallback = interpreter_module._read_python_file(stream, str(hidden))
-    assert isinstance(original, interpreter_module._PythonFile)
-    assert isinstance(fallback, interpreter_module._PythonFile)
+        fallback = read_python_file(stream, str(hidden))
+    assert isinstance(original, PythonFile)
+    assert isinstance(fallback, PythonFile)
     assert original.runtime == fallback.runtime == 0xA5B740
     assert fallback.version == (3, 11, 2)
 
 
 @pytest.mark.parametrize("minor", PYENV_MINORS)
-def test_embedding_host_is_not_ready_until_initialized(minor, host, spawn):
+def test_embedding_host_is_not_ready_until_initialized(minor, host, spawn, finder):
     python = pyenv_python(minor)
     if python is None:
         pytest.skip(f"no pyenv python{minor}")
     library = python.parent.parent / "lib" / f"libpython{minor}.so.1.0"
     child = start_host(spawn, host, library, python.parent.parent)
     with pytest.raises(InterpreterNotReady, match="not initialized yet"):
-        find_interpreter(child.pid)
+        finder.find(child.pid)
     facts = initialize(child)
-    found = find_interpreter(child.pid)
+    found = finder.find(child.pid)
     assert found is not None and found.path == os.path.realpath(library)
     assert_matches(found, child.pid, facts)
 
@@ -284,7 +294,9 @@ def test_embedding_host_is_not_ready_until_initialized(minor, host, spawn):
 @pytest.mark.parametrize(
     ("name", "found"), [("libembedded-python-rt.so", True), ("libruntime.so", False)]
 )
-def test_renamed_libpython_is_found_while_its_name_says_python(name, found, host, spawn, tmp_path):
+def test_renamed_libpython_is_found_while_its_name_says_python(
+    name, found, host, spawn, tmp_path, finder
+):
     python = pyenv_python("3.12")
     if python is None:
         pytest.skip("no pyenv python3.12")
@@ -292,7 +304,7 @@ def test_renamed_libpython_is_found_while_its_name_says_python(name, found, host
     shutil.copy(python.parent.parent / "lib" / "libpython3.12.so.1.0", renamed)
     child = start_host(spawn, host, renamed, python.parent.parent)
     facts = initialize(child)
-    result = find_interpreter(child.pid)
+    result = finder.find(child.pid)
     if found:
         assert result is not None and result.path == str(renamed)
         assert_matches(result, child.pid, facts)
@@ -300,7 +312,7 @@ def test_renamed_libpython_is_found_while_its_name_says_python(name, found, host
         assert result is None
 
 
-def test_tss_key_beyond_glibcs_first_block_is_refused(host, spawn):
+def test_tss_key_beyond_glibcs_first_block_is_refused(host, spawn, finder):
     python = pyenv_python("3.12")
     if python is None:
         pytest.skip("no pyenv python3.12")
@@ -308,7 +320,7 @@ def test_tss_key_beyond_glibcs_first_block_is_refused(host, spawn):
     child = start_host(spawn, host, library, python.parent.parent, keys_first=40)
     initialize(child)
     with pytest.raises(PythonError, match="TSS key is 4[0-9]") as refused:
-        find_interpreter(child.pid)
+        finder.find(child.pid)
     assert not isinstance(refused.value, InterpreterNotReady)
 
 
@@ -327,7 +339,7 @@ def test_musl_processes_are_refused(spawn, tmp_path):
     musl = "7f0000000000-7f0000001000 r-xp 00000000 00:00 4242 /lib/ld-musl-x86_64.so.1\n"
     (captured / "maps").write_text(maps + musl)
     with pytest.raises(PythonError, match="musl"):
-        find_interpreter(child.pid, proc_root=str(tmp_path))
+        InterpreterFinder(str(tmp_path)).find(child.pid)
 
 
 def test_library_still_loading_is_not_ready(spawn, tmp_path):
@@ -352,7 +364,7 @@ def test_library_still_loading_is_not_ready(spawn, tmp_path):
         "\n".join([reserved] + [line for line in lines if line not in ours]) + "\n"
     )
     with pytest.raises(InterpreterNotReady, match="_PyRuntime of .* is not mapped"):
-        find_interpreter(child.pid, proc_root=str(tmp_path))
+        InterpreterFinder(str(tmp_path)).find(child.pid)
 
 
 def test_newer_minor_with_unknown_layout_is_refused(tmp_path):
@@ -365,45 +377,44 @@ def test_newer_minor_with_unknown_layout_is_refused(tmp_path):
     future = tmp_path / "libpython3.14.so.1.0"
     future.write_bytes(data.replace(hexversion, struct.pack("<I", 0x030E00F0)))
     with open(future, "rb") as stream:
-        refused = interpreter_module._read_python_file(stream, str(future))
-    assert isinstance(refused, interpreter_module._Refused)
+        refused = read_python_file(stream, str(future))
+    assert isinstance(refused, Refused)
     assert refused.problem == "CPython 3.14.0 is not supported: only 3.8–3.13"
 
 
-def test_not_python_is_none_after_one_cheap_parse(spawn):
+def test_not_python_is_none_after_one_cheap_parse(spawn, finder):
     child = spawn(["sleep", "30"])  # Popen returns once exec has succeeded
-    before = interpreter_module._FILES.parsed
-    assert find_interpreter(child.pid) is None
+    assert finder.find(child.pid) is None
     # At most the executable is read (libc and ld.so are not named like Python).
-    assert interpreter_module._FILES.parsed - before <= 1
-    assert find_interpreter(child.pid) is None
-    assert interpreter_module._FILES.parsed - before <= 1
+    assert finder.parsed <= 1
+    assert finder.find(child.pid) is None
+    assert finder.parsed <= 1
 
 
 @pytest.mark.parametrize("version", ["2.7", "3.6", "3.7"])
-def test_unsupported_versions_are_refused_by_name(version, spawn):
+def test_unsupported_versions_are_refused_by_name(version, spawn, finder):
     python = pyenv_python(version)
     if python is None:
         pytest.skip(f"no pyenv python{version}")
     child = spawn([str(python), "-c", "import time; time.sleep(30)"])
     deadline = time.monotonic() + 10
     with pytest.raises(PythonError) as refused:
-        while time.monotonic() < deadline and find_interpreter(child.pid) is None:
+        while time.monotonic() < deadline and finder.find(child.pid) is None:
             time.sleep(0.005)
     assert not isinstance(refused.value, InterpreterNotReady)
     message = str(refused.value)
     assert f"CPython {version}." in message and "3.8–3.13" in message
 
 
-def test_gone_process_raises_process_error():
+def test_gone_process_raises_process_error(finder):
     child = subprocess.Popen(["true"])
     child.wait()
     assert not Path(f"/proc/{child.pid}").exists()
     with pytest.raises(ProcessError):
-        find_interpreter(child.pid)
+        finder.find(child.pid)
 
 
-def test_corrupt_file_named_libpython_does_not_hide_the_real_one(spawn, tmp_path):
+def test_corrupt_file_named_libpython_does_not_hide_the_real_one(spawn, tmp_path, finder):
     python = pyenv_python("3.12")
     if python is None:
         pytest.skip("no pyenv python3.12")
@@ -414,7 +425,7 @@ def test_corrupt_file_named_libpython_does_not_hide_the_real_one(spawn, tmp_path
     child = spawn([str(python), "-c", CHILD, str(corrupt)])
     facts = report(child)
     assert str(corrupt) in Path(f"/proc/{child.pid}/maps").read_text()
-    found = find_interpreter(child.pid)
+    found = finder.find(child.pid)
     assert found is not None and found.path.endswith("libpython3.12.so.1.0")
     assert_matches(found, child.pid, facts)
 
@@ -436,25 +447,23 @@ def test_corrupt_elf_raises_symbol_error_only(content, tmp_path):
     corrupt.write_bytes(content(data))
     with open(corrupt, "rb") as stream:
         try:
-            found = interpreter_module._read_python_file(stream, str(corrupt))
+            found = read_python_file(stream, str(corrupt))
         except SymbolError:
             return
     assert found == ""
 
 
-def test_each_file_is_parsed_once_for_many_processes(spawn):
+def test_each_file_is_parsed_once_for_many_processes(spawn, finder):
     python = pyenv_python("3.12")
     if python is None:
         pytest.skip("no pyenv python3.12")
-    interpreter_module._FILES.clear()
     first, second = spawn([str(python), "-c", CHILD]), spawn([str(python), "-c", CHILD])
     first_facts, second_facts = report(first), report(second)
-    before = interpreter_module._FILES.parsed
-    found_first = find_interpreter(first.pid)
-    parsed = interpreter_module._FILES.parsed - before
-    found_second = find_interpreter(second.pid)
+    found_first = finder.find(first.pid)
+    parsed = finder.parsed
+    found_second = finder.find(second.pid)
     assert parsed == 1  # libpython is tried first, so the launcher is never read
-    assert interpreter_module._FILES.parsed - before == parsed
+    assert finder.parsed == parsed
     assert_matches(found_first, first.pid, first_facts)
     assert_matches(found_second, second.pid, second_facts)
     assert found_first is not None and found_second is not None
