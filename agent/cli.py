@@ -233,8 +233,8 @@ def _profile(args: argparse.Namespace) -> int:
             profiler.add(pid, [destination])
         child = _spawn(command, selection, profiler, destination) if command else None
         started = time.monotonic()
-        _sample_until(session, profiler, started + args.duration, child, stop)
-        builder.duration_nanos = int((time.monotonic() - started) * 1e9)
+        ended = _sample_until(session, profiler, started + args.duration, child, stop)
+        builder.duration_nanos = int((ended - started) * 1e9)
         if child is not None:
             child.terminate()
     _write(builder, args.output)
@@ -336,7 +336,9 @@ def _sample_until(
     deadline: float,
     child: _Child | None,
     stop: threading.Event,
-) -> None:
+) -> float:
+    """Sample until the deadline, the child's exit or a signal; return when
+    sampling ended (the last drain), before its samples are symbolized."""
     show_progress = sys.stderr.isatty()
     started = time.monotonic()
     next_collect = started + _COLLECT_EVERY_S
@@ -356,9 +358,11 @@ def _sample_until(
                 end="",
                 file=sys.stderr,
             )
+    ended = time.monotonic()
     profiler.collect()
     if show_progress:
         print(file=sys.stderr)
+    return ended
 
 
 def _write(builder: ProfileBuilder, path: Path) -> None:

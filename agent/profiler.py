@@ -164,9 +164,10 @@ class Profiler:
             self._symbolizer.add_process(pid)
         except ProcessError as exc:
             log.warning("user frames of pid %d cannot be named: %s", pid, exc.reason)
-        self._route(pid, tuple(destinations))
+        # Python first: the kernel then walks its frames from its first profiled sample
         if self._python is not None:
             self._python.add(pid)
+        self._route(pid, tuple(destinations))
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Handle the pid events the kernel has reported."""
@@ -216,10 +217,9 @@ class Profiler:
             except ProcessError as exc:
                 # Gone already: its samples keep the addresses they have.
                 log.debug("cannot read a profiled process: %s", exc)
-        newly_profiled = destinations and not self._routes.get(pid)
-        self._route(pid, destinations)
-        if newly_profiled and self._python is not None:
+        if destinations and not self._routes.get(pid) and self._python is not None:
             self._python.add(pid)
+        self._route(pid, destinations)
         return destinations
 
     def _route(self, pid: int, destinations: tuple[Destination, ...]) -> None:

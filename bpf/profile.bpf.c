@@ -460,8 +460,12 @@ static __always_inline bool walk_frame(struct py_walk *walk)
 	    (off->frame_is_entry != PY_NO_OFFSET &&
 	     window_u8(walk->frame_window, PY_FRAME_WINDOW, off->frame_is_entry)))
 		flags |= PY_FRAME_ENTRY;
-	if (depth >= MAX_PY_FRAMES)
+	if (depth >= MAX_PY_FRAMES) {
+		/* a real frame past the limit: shims below the last one do not count */
+		stack->flags |= PY_STACK_TRUNCATED;
+		walk->frame = 0;
 		return true;
+	}
 	stack->frames[depth].code = code;
 	stack->frames[depth].first_line = first_line;
 	stack->frames[depth].lasti = lasti < -2 || lasti > 0x7fffffff ? -1 : (__s32)lasti;
@@ -544,12 +548,12 @@ int walk_python(struct bpf_perf_event_data *ctx)
 		}
 	}
 	walk->runs += 1;
-	if (walk->frame && walk->stack.depth < MAX_PY_FRAMES && walk->runs < PY_MAX_PROGS)
+	if (walk->frame && walk->runs < PY_MAX_PROGS)
 		bpf_tail_call(ctx, &programs, PROG_WALK_PYTHON);
-	if (walk->frame) {
+	if (walk->frame)	/* out of runs: more shims than frames */
 		walk->stack.flags |= PY_STACK_TRUNCATED;
+	if (walk->stack.flags & PY_STACK_TRUNCATED)
 		count_py_stat(PY_STAT_TRUNCATED);
-	}
 	if (walk->buffer == 0) {
 		walk->key.python_stack = store_py_stack(walk, &py_stacks_0);
 		count_sample(&counts_0, &walk->key);

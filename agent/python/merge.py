@@ -47,14 +47,18 @@ def merge_stacks(
         return [*_sure_leaf_frames(native, in_interpreter), *(p.frame for p in python)]
     merged: list[Frame] = []
     block_iter = iter(blocks)
+    placed = 0
     for frame in native:
         block = next(block_iter, None) if is_eval_loop(frame) else None
-        if block is None:
-            if merged and merged[-1] is TRUNCATED_FRAME:
-                break  # the root side of a truncated stack is unknown
-            merged.append(frame)
-        else:
+        if block is not None:
             merged.extend(block)
+            placed += 1
+        elif placed == len(blocks) and (frame.mapping is None or merged[-1] is TRUNCATED_FRAME):
+            # Past the last block: a walk that went astray, or the unknown
+            # root side of a truncated stack.
+            break
+        else:
+            merged.append(frame)
     return merged
 
 

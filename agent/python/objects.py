@@ -69,7 +69,7 @@ class ProcessMemory:
     def read_str(self, address: int, ascii_data: int, compact_data: int) -> str:
         """A compact str object (code object names always are)."""
         header = self.read(address, _STR_HEADER)
-        length, state = struct.unpack_from("<Q16xI", header, 16)
+        length, state = struct.unpack_from("<Q8xI", header, 16)  # length, hash, state
         kind = (state >> 2) & 7
         if not state & _STATE_COMPACT:
             raise PythonError(f"the str at {address:#x} is not compact")

@@ -122,3 +122,15 @@ def test_no_python_frames_leave_the_native_stack_alone():
 def test_python_frames_come_out_whole_without_any_native_frame():
     python = [py("f"), py("g", entry=True)]
     assert names(merge_stacks([], python, in_libpython)) == ["f", "g"]
+
+
+def test_past_the_last_block_a_frame_in_no_file_ends_the_stack():
+    # 3.11+ runs a whole Python stack in one eval loop: its frame is replaced,
+    # and what a walk without frame pointers finds below it is not kept.
+    stack = [
+        native("_PyEval_EvalFrameDefault"),
+        Frame("[unknown]+0x7f00", 0x7F00),
+        native("main", MAIN),
+    ]
+    python = [py("f"), py("<module>", entry=True)]
+    assert names(merge_stacks(stack, python, in_libpython)) == ["f", "<module>"]
