@@ -60,12 +60,19 @@ def loaded_programs() -> dict[int, str]:
 
 
 def programs_held_by(pid: int) -> set[int]:
-    """The ids of the BPF programs a process holds file descriptors of."""
+    """The ids of the BPF programs a process holds file descriptors of.
+
+    An fd closed while listed is skipped: the listing's own, in this process.
+    """
     ids = set()
     for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        for line in info.read_text().splitlines():
-            if line.startswith("prog_id:"):
-                ids.add(int(line.split()[1]))
+        try:
+            text = info.read_text()
+        except FileNotFoundError:
+            continue
+        ids.update(
+            int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")
+        )
     return ids
 
 

@@ -14,11 +14,12 @@ import pytest
 
 from agent.pprof import read_profile
 from tests.python.conftest import pyenv_python
+from tests.test_agent import loaded_programs, programs_held_by
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
-SERVICE = '''\
+SERVICE = """\
 import time
 
 class Handler:
@@ -35,7 +36,7 @@ def serve():
         handler.handle(20000)
 
 serve()
-'''
+"""
 
 CONFIG = """
 discovery.process "local" {{
@@ -120,17 +121,8 @@ def run_agent(tmp_path: Path, python: Path, python_enabled: bool) -> dict:
 
 
 def _program_names(pid: int) -> set[str]:
-    names = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        for line in info.read_text().splitlines():
-            if line.startswith("prog_id:"):
-                shown = subprocess.run(
-                    ["bpftool", "prog", "show", "id", line.split()[1]],
-                    capture_output=True,
-                    text=True,
-                )
-                names.add(shown.stdout.split()[3] if shown.stdout else "")
-    return names
+    programs = loaded_programs()
+    return {programs.get(program, "") for program in programs_held_by(pid)}
 
 
 def functions(profile) -> dict[int, tuple[str, str]]:
