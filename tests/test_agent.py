@@ -164,10 +164,14 @@ def test_one_profile_per_target_per_interval_with_the_target_labels(agent_run):
 
 def test_each_interval_holds_the_functions_and_the_samples_of_its_time(agent_run):
     profiles = profiles_of(agent_run["output"], agent_run["early"])
-    for _, profile in profiles[1:-1]:  # whole intervals
+    for number, (_, profile) in enumerate(profiles[1:-1], start=1):  # whole intervals
         samples = sum(s.value[0] for s in profile.sample) // profile.period
         # one busy thread at 97 Hz, sharing two cores with the other workload and the test
-        assert 0.4 * 97 * INTERVAL_S <= samples <= 1.1 * 97 * INTERVAL_S
+        assert 0.4 * 97 * INTERVAL_S <= samples
+        # The workload started before the agent: the samples it had before
+        # discovery saw it are held, then land in the interval being collected,
+        # the first or (when the agent starts slowly) the second.
+        assert samples <= (1.1 if number > 1 else 1.5) * 97 * INTERVAL_S
         assert profile.duration_nanos == pytest.approx(INTERVAL_S * 1e9, rel=0.2)
         names = {row.name for row in top_functions(profile, 20)}
         assert {"leaf_a", "leaf_b", "leaf_c", "main"} <= names
