@@ -20,6 +20,7 @@ from agent.errors import ProcessError
 from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
 from agent.symbols import Frame, Symbolizer
+from agent.symbols.cache import LruCache
 
 __all__ = [
     "Destination",
@@ -37,6 +38,10 @@ _MAX_ANCESTRY = 64
 # runs after exec). Its maps are re-read on each poll for this long, so that
 # a short-lived process that exits before the next collection still resolves.
 _SETTLE_S = 1.0
+# Resolved user stacks kept from one collection to the next: the hot stacks of
+# a process recur, and resolving one (more so merging its Python frames) costs
+# tens of microseconds. About 5 MB when full.
+_STACK_CACHE_SIZE = 4096
 # How long a process that matches nothing stays pending before it is ignored:
 # discovery may not have seen it yet (discovery.process looks every second),
 # and its samples are held meanwhile, so none are lost while the agent learns.
@@ -52,6 +57,7 @@ class Destination(Protocol):
     def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None: ...
 
 
+_UserStackKey = tuple[int, tuple[int, ...], PythonStack | None]  # pid, addresses, Python
 # (pid, ppid) -> the destinations that want the process; empty: not profiled
 Classifier = Callable[[int, int], Sequence[Destination]]
 
@@ -149,6 +155,7 @@ class Profiler:
         self._held: dict[int, list[RawSample]] = {}  # drained samples of pending pids
         self._exited: set[int] = set()
         self._settling: dict[int, float] = {}  # pid -> when it was first seen
+        self._user_stacks: LruCache[_UserStackKey, list[Frame]] = LruCache(_STACK_CACHE_SIZE)
 
     @property
     def profiled(self) -> Collection[int]:
@@ -196,6 +203,7 @@ class Profiler:
         elif event.type is PidEventType.EXEC and self._routes.get(pid):
             # A new program image: its old mappings mean nothing any more.
             self._symbolizer.forget(pid)
+            self._drop_user_stacks(pid)
             if self._python is not None:
                 self._python.forget(pid)
             if self._decide(pid, 0) and self._python is not None:
@@ -253,7 +261,7 @@ class Profiler:
         routed = 0
         # per unique stack: a native stack recurs under many Python stacks
         native_frames: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
-        user_frames: dict[tuple[int, tuple[int, ...], PythonStack | None], list[Frame]] = {}
+        user_frames: dict[_UserStackKey, list[Frame]] = {}
         kernel_frames: dict[tuple[int, ...], list[Frame]] = {}
         for sample in self._take_samples():
             destinations = self._destinations(sample.pid)
@@ -285,12 +293,18 @@ class Profiler:
     def _user_frames(
         self, sample: RawSample, native_frames: dict[tuple[int, tuple[int, ...]], list[Frame]]
     ) -> list[Frame]:
+        key = (sample.pid, sample.user_stack, sample.python_stack)
+        frames = self._user_stacks.get(key)
+        if frames is not None:
+            return frames
         native_key = (sample.pid, sample.user_stack)
         frames = native_frames.get(native_key)
         if frames is None:
             frames = native_frames[native_key] = self._symbolizer.resolve_user(*native_key)
         if sample.python_stack is not None and self._python is not None:
             frames = self._python.merge(sample.pid, frames, sample.python_stack)
+        if sample.pid not in self._settling:  # its libraries may still be loading
+            self._user_stacks.put(key, frames)
         return frames
 
     def _take_samples(self) -> list[RawSample]:
@@ -306,8 +320,14 @@ class Profiler:
         # Its event was lost or not read yet: decide now.
         return self._decide(pid, 0)
 
+    def _drop_user_stacks(self, pid: int) -> None:
+        for key, _ in self._user_stacks.items():
+            if key[0] == pid:
+                self._user_stacks.pop(key)
+
     def _forget(self, pid: int) -> None:
         self._symbolizer.forget(pid)
+        self._drop_user_stacks(pid)
         if self._python is not None:
             self._python.forget(pid)
         self._settling.pop(pid, None)

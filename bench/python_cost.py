@@ -3,8 +3,8 @@
 Kernel: the sampling program's average run time per sample (bpf stats; the
 tail-called walk_python is counted in do_sample's run), for the same busy
 Python processes with the unwinder on and off, at two stack depths.
-Userspace: CPU time of Profiler.collect() per sample and per unique stack,
-the first collection (cold caches) and the following ones (warm).
+Userspace: CPU time of Profiler.collect() per sample, the first collection
+(cold caches) and the median of the following ones (warm).
 
 Run as root: `.venv/bin/python bench/python.py [--python PATH]`.
 """
@@ -47,6 +47,7 @@ def recurse(depth):
 recurse(int(sys.argv[1]))
 """
 RATE = 97
+COLLECTIONS = 7
 
 
 def start(python: str, script: Path, depth: int, count: int) -> list[subprocess.Popen]:
@@ -73,7 +74,7 @@ def kernel_cost(pids: list[int], python: bool, seconds: float) -> tuple[float, i
 
 
 def userspace_cost(pids: list[int], python: bool, seconds: float) -> list[tuple[float, int, int]]:
-    """(CPU seconds, samples, unique stacks) of each of three collections."""
+    """(CPU seconds, samples, new stacks) of each of COLLECTIONS collections."""
     rows = []
     with Session(SessionOptions(sample_rate=RATE, python_enabled=python)) as session:
         with Symbolizer() as symbolizer:
@@ -83,7 +84,7 @@ def userspace_cost(pids: list[int], python: bool, seconds: float) -> list[tuple[
             profiler = Profiler(session, symbolizer, lambda pid, ppid: [], processes)
             for pid in pids:
                 profiler.add(pid, [destination])
-            for _ in range(3):
+            for _ in range(COLLECTIONS):
                 time.sleep(seconds)
                 stacks_before = len(builder)
                 started = time.process_time()
@@ -125,19 +126,25 @@ def main() -> int:
                         workload.wait()
         finally:
             STATS.write_text(old)
-        print("\n| unwinder | collection | CPU ms | samples | new stacks | µs per sample |")
-        print("|---|---|---:|---:|---:|---:|")
+        print("\n| unwinder | collections | CPU ms per collection | samples | µs per sample |")
+        print("|---|---|---:|---:|---:|")
         workloads = start(args.python, script, 10, 2)
         try:
             pids = [w.pid for w in workloads]
             for python in (False, True):
-                for number, (cpu, samples, stacks) in enumerate(
-                    userspace_cost(pids, python, args.seconds), start=1
-                ):
-                    print(
-                        f"| {'on' if python else 'off'} | {number} | {cpu * 1000:.1f} "
-                        f"| {samples} | {stacks} | {cpu * 1e6 / max(samples, 1):.1f} |"
-                    )
+                rows = userspace_cost(pids, python, args.seconds)
+                unwinder = "on" if python else "off"
+                cold_cpu, cold_samples, _ = rows[0]
+                print(
+                    f"| {unwinder} | first (cold) | {cold_cpu * 1000:.1f} | {cold_samples} "
+                    f"| {cold_cpu * 1e6 / max(cold_samples, 1):.1f} |"
+                )
+                warm = sorted(rows[1:], key=lambda row: row[0] / max(row[1], 1))
+                cpu, samples, _ = warm[len(warm) // 2]
+                print(
+                    f"| {unwinder} | median of {len(warm)} (warm) | {cpu * 1000:.1f} | {samples} "
+                    f"| {cpu * 1e6 / max(samples, 1):.1f} |"
+                )
         finally:
             for workload in workloads:
                 workload.kill()

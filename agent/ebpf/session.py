@@ -16,12 +16,14 @@ import ctypes
 import errno as errno_codes
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.ebpf import perf, tracefs
 from agent.ebpf.layout import (
+    MAX_PY_FRAMES,
     PY_FRAME_ENTRY,
     PY_STACK_TRUNCATED,
     Control,
@@ -62,6 +64,7 @@ _MAPS = (
     "py_procs", "py_symbols", "py_stacks_0", "py_stacks_1", "py_stats", "programs",
 )  # fmt: skip
 _PY_STACKS_SIZE = 4096  # unique Python stacks per buffer (2 KiB each)
+_PY_FRAME = struct.Struct("<QIi")  # struct py_frame: code, first_line, lasti
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
 
 
@@ -92,10 +95,20 @@ class PythonFrameRecord:
     """The last frame of one run of the C eval loop (toward the root)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PythonStack:
-    frames: tuple[PythonFrameRecord, ...]  # leaf first
+    """Python frames leaf first, identified by the kernel's 64-bit hash of
+    them: hashing a stack per sample is a dict lookup, not a walk of its frames."""
+
+    key: int
+    frames: tuple[PythonFrameRecord, ...]
     truncated: bool
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PythonStack) and other.key == self.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +382,7 @@ class Session:
         if not self.options.python_enabled:
             return {}
         taken = self._take_all(self._fds[f"py_stacks_{buffer}"], ctypes.c_uint64, PyStack)
-        return {key: _python_stack(stack) for key, stack in taken}
+        return {key: _python_stack(key, stack) for key, stack in taken}
 
     def _switch_buffer(self, buffer: int) -> None:
         zero = ctypes.c_uint32(0)
@@ -454,11 +467,15 @@ def _addresses(trace: StackTrace) -> tuple[int, ...]:
     return tuple(ips[:depth])
 
 
-def _python_stack(stack: PyStack) -> PythonStack:
+def _python_stack(key: int, stack: PyStack) -> PythonStack:
+    # Unpacked from the raw bytes: struct per frame costs less than ctypes fields.
+    raw = memoryview(stack).cast("B")
+    depth = min(stack.depth, MAX_PY_FRAMES)
+    frames_at, flags_at = PyStack.frames.offset, PyStack.frame_flags.offset
+    records = _PY_FRAME.iter_unpack(raw[frames_at : frames_at + depth * _PY_FRAME.size])
+    flags = raw[flags_at : flags_at + depth]
     frames = tuple(
-        PythonFrameRecord(frame.code, frame.first_line, frame.lasti, bool(flags & PY_FRAME_ENTRY))
-        for frame, flags in zip(
-            stack.frames[: stack.depth], stack.frame_flags[: stack.depth], strict=True
-        )
+        PythonFrameRecord(code, first_line, lasti, bool(flag & PY_FRAME_ENTRY))
+        for (code, first_line, lasti), flag in zip(records, flags, strict=True)
     )
-    return PythonStack(frames, bool(stack.flags & PY_STACK_TRUNCATED))
+    return PythonStack(key, frames, bool(stack.flags & PY_STACK_TRUNCATED))

@@ -86,3 +86,21 @@ def test_constants_match_the_header(name):
     header = (REPO / "bpf/profile.h").read_text()
     value = getattr(layout, name)
     assert re.search(rf"#define {name}\s+({value}|{value:#x})\b", header), name
+
+
+def test_python_stacks_convert_from_the_kernel_layout():
+    from agent.ebpf.session import _python_stack
+
+    stack = layout.PyStack(depth=3, flags=layout.PY_STACK_TRUNCATED)
+    for index in range(3):
+        stack.frames[index] = layout.PyFrameRecord(
+            0x7F0000001000 + 16 * index, 10 + index, index - 2
+        )
+    stack.frame_flags[2] = layout.PY_FRAME_ENTRY
+    converted = _python_stack(99, stack)
+    assert converted.key == 99 and converted.truncated
+    assert [(f.code, f.first_line, f.lasti, f.entry) for f in converted.frames] == [
+        (0x7F0000001000, 10, -2, False),
+        (0x7F0000001010, 11, -1, False),
+        (0x7F0000001020, 12, 0, True),
+    ]
