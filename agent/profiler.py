@@ -204,6 +204,7 @@ class Profiler:
             # A new program image: its old mappings mean nothing any more.
             self._symbolizer.forget(pid)
             self._drop_user_stacks(pid)
+            self._settling[pid] = time.monotonic()  # the loader maps its libraries again
             if self._python is not None:
                 self._python.forget(pid)
             if self._decide(pid, 0) and self._python is not None:

@@ -127,6 +127,29 @@ def test_exec_rereads_the_maps_of_a_profiled_process(clock):
     assert symbolizer.added.count(5) >= 2
 
 
+def test_resolved_stacks_are_kept_between_collections_until_the_process_execs(clock):
+    recorder = Recorder()
+    profiler, session, symbolizer = make({5: recorder})
+    resolved = []
+    naming = symbolizer.resolve_user
+    symbolizer.resolve_user = lambda pid, addresses: (
+        resolved.append(addresses) or naming(pid, addresses)
+    )
+    session.events = [PidEvent(PidEventType.NEW, 5, 1)]
+    profiler.poll()
+    clock[0] += profiler_module._SETTLE_S + 0.1  # settled: its libraries are loaded
+    for _ in range(3):
+        session.counts = [RawSample(5, (0x10, 0x20), (), 1)]
+        profiler.collect()
+    assert resolved == [(0x10, 0x20)]  # once, though collected three times
+    session.events = [PidEvent(PidEventType.EXEC, 5, 0)]
+    for _ in range(2):  # a new image, settling again: resolved each time
+        session.counts = [RawSample(5, (0x10, 0x20), (), 1)]
+        profiler.collect()
+    assert resolved == [(0x10, 0x20)] * 3
+    assert [count for *_, count in recorder.samples] == [1] * 5
+
+
 def test_selection_follows_the_tree_of_a_root(tmp_path):
     proc = tmp_path
     for pid, ppid in ((10, 1), (11, 10), (12, 11), (20, 1)):
