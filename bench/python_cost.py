@@ -56,6 +56,12 @@ def start(python: str, script: Path, depth: int, count: int) -> list[subprocess.
     return workloads
 
 
+def stop(workloads: list[subprocess.Popen]) -> None:
+    for workload in workloads:
+        workload.kill()
+        workload.wait()
+
+
 def kernel_cost(pids: list[int], python: bool, seconds: float) -> tuple[float, int]:
     """ns per sample of do_sample (walk_python included) and the samples counted."""
     with Session(SessionOptions(sample_rate=RATE, python_enabled=python)) as session:
@@ -121,9 +127,7 @@ def main() -> int:
                         ns, runs = kernel_cost(pids, python, args.seconds)
                         print(f"| {depth + 3} | {'on' if python else 'off'} | {ns:.0f} | {runs} |")
                 finally:
-                    for workload in workloads:
-                        workload.kill()
-                        workload.wait()
+                    stop(workloads)
         finally:
             STATS.write_text(old)
         print("\n| unwinder | collections | CPU ms per collection | samples | µs per sample |")
@@ -146,9 +150,7 @@ def main() -> int:
                     f"| {cpu * 1e6 / max(samples, 1):.1f} |"
                 )
         finally:
-            for workload in workloads:
-                workload.kill()
-                workload.wait()
+            stop(workloads)
     return 0
 
 
