@@ -176,6 +176,10 @@ class Profiler:
             self._python.add(pid)
         self._route(pid, tuple(destinations))
 
+    def user_stack_cache_stats(self) -> dict[str, int]:
+        """The resolved-stack cache's size, fill, hits, misses and evictions."""
+        return self._user_stacks.stats()
+
     def poll(self, timeout_ms: int = 0) -> None:
         """Handle the pid events the kernel has reported."""
         for event in self._session.poll_events(timeout_ms):

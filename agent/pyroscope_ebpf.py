@@ -187,9 +187,12 @@ class Sampler:
                 maps=maps,
                 symbolization_errors=dict(getattr(self._symbolizer, "errors", {})),
                 caches={
-                    name: {key: value for key, value in info.items() if isinstance(value, int)}
-                    for name, info in caches.items()
-                    if isinstance(info, dict)
+                    **{
+                        name: {key: value for key, value in info.items() if isinstance(value, int)}
+                        for name, info in caches.items()
+                        if isinstance(info, dict)
+                    },
+                    "user_stack_cache": self._profiler.user_stack_cache_stats(),
                 },
                 python=self._python_counters(maps),
             )
