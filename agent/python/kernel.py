@@ -5,18 +5,18 @@ from __future__ import annotations
 from agent.ebpf.layout import PY_NO_OFFSET, PyOffsets, PyProc
 from agent.python.offsets import PythonOffsets
 
-__all__ = ["GLIBC_TSD", "kernel_config"]
+__all__ = ["kernel_config"]
 
 # glibc's pthread_getspecific() for keys below 32: the value of key k is at
 # thread pointer + specific_1stblock (784) + 16 * k + 8, for glibc 2.27–2.38+.
-GLIBC_TSD = (0x310, 16, 8)
+_GLIBC_TSD = (0x310, 16, 8)
 
 _POINTER = 8
 
 
 def kernel_config(offsets: PythonOffsets, code_type: int, tss_key: int) -> PyProc:
     """The ``py_procs`` value for a process of this version."""
-    base, stride, data = GLIBC_TSD
+    base, stride, data = _GLIBC_TSD
     return PyProc(
         code_type=code_type,
         tss_key=tss_key,

@@ -1,7 +1,6 @@
 """Source lines of CPython bytecode offsets, decoded from a code object's line table.
 
-Build one :class:`LineTable` per code object and look up many offsets in it;
-:func:`line_for` does both for a single lookup.
+Build one :class:`LineTable` per code object and look up many offsets in it.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from bisect import bisect_right
 
 from agent.errors import PythonError
 
-__all__ = ["LineTable", "line_for"]
+__all__ = ["LineTable"]
 
 # 3.10 co_linetable: a line delta of -128 marks a range without a line.
 _NO_LINE_310 = -128
@@ -64,11 +63,6 @@ class LineTable:
             return 0
         index = bisect_right(self._starts, byte_offset) - 1
         return self._lines[index] if index >= 0 else 0
-
-
-def line_for(version: tuple[int, int], linetable: bytes, first_line: int, byte_offset: int) -> int:
-    """One lookup; see :class:`LineTable`, which is the thing to keep per code object."""
-    return LineTable(version, linetable, first_line).line(byte_offset)
 
 
 def _append(ranges: list[tuple[int, int]], start: int, line: int) -> None:
