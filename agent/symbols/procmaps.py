@@ -1,16 +1,43 @@
-"""``/proc/<pid>/maps``: the memory mappings of a process, one record per line."""
+"""The files of a process: ``/proc/<pid>/maps``, the files it maps, its ``/proc`` entries and
+files under its root, each opened so that the process cannot make the agent block or balloon.
+
+Every open refuses what is not a regular file (a FIFO, device or socket) before reading a
+byte, and every read is bounded.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import io
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from agent.errors import ProcessError, SymbolError
 
-__all__ = ["MapEntry", "open_mapped_file", "parse_maps", "read_maps"]
+__all__ = [
+    "MAX_ENTRY_BYTES",
+    "MAX_MAPS_BYTES",
+    "MapEntry",
+    "open_in_root",
+    "open_mapped_file",
+    "parse_maps",
+    "read_maps",
+    "read_process_entry",
+]
 
 _DELETED = " (deleted)"
+
+# /proc/<pid>/stat, comm, cgroup, status are a few KB; cmdline is bounded by the
+# kernel's argument space. More than this is not one of those files.
+MAX_ENTRY_BYTES = 1 << 20
+# A process may hold up to vm.max_map_count (65,530) mappings, each line with a
+# path of up to PATH_MAX: about 270 MB at worst. Real processes list a few MB.
+MAX_MAPS_BYTES = 32 << 20
+# Longest maps line: the columns and a PATH_MAX path.
+_MAX_MAPS_LINE = 4096 + 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,34 +76,50 @@ def parse_maps(text: str, source: str = "maps") -> list[MapEntry]:
     >>> parse_maps("55d0-55d1 r-xp 00001000 fd:01 42 /usr/bin/my app")[0].path
     '/usr/bin/my app'
     """
+    paths: dict[str, str] = {}
     return [
-        _parse_line(line, lineno, source)
+        _parse_line(line, lineno, source, paths)
         for lineno, line in enumerate(text.splitlines(), 1)
         if line.strip()
     ]
 
 
 def read_maps(pid: int, proc_root: str = "/proc") -> list[MapEntry]:
-    """Read the mappings of ``pid`` from ``<proc_root>/<pid>/maps``.
+    """Read the mappings of ``pid`` from ``<proc_root>/<pid>/maps``, line by line.
 
-    A process that is gone, unreadable, or has no mappings (a zombie or a
-    kernel thread) raises ProcessError: there is nothing to symbolize.
+    A process that is gone, unreadable, has no mappings (a zombie or a kernel
+    thread) or lists more than MAX_MAPS_BYTES raises ProcessError: there is
+    nothing to symbolize. A path mapped many times is kept once.
     """
     path = f"{proc_root}/{pid}/maps"
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as stream:
-            text = stream.read()
-    except (FileNotFoundError, ProcessLookupError) as exc:
-        raise ProcessError(pid, "process is gone") from exc
-    except OSError as exc:
-        raise ProcessError(pid, f"cannot read {path}: {exc.strerror}") from exc
-    entries = parse_maps(text, path)
+    stream = io.TextIOWrapper(
+        _open_entry(pid, path), encoding="utf-8", errors="surrogateescape", newline="\n"
+    )
+    with stream:
+        entries = _read_lines(pid, path, stream)
     if not entries:
         raise ProcessError(pid, "process has no memory mappings (exited or a kernel thread)")
     return entries
 
 
-def _parse_line(line: str, lineno: int, source: str) -> MapEntry:
+def _read_lines(pid: int, path: str, stream: io.TextIOWrapper) -> list[MapEntry]:
+    entries: list[MapEntry] = []
+    paths: dict[str, str] = {}
+    total = 0
+    try:
+        for lineno, line in enumerate(iter(lambda: stream.readline(_MAX_MAPS_LINE), ""), 1):
+            total += len(line)
+            if total > MAX_MAPS_BYTES:
+                raise ProcessError(pid, f"{path} is longer than {MAX_MAPS_BYTES} bytes")
+            if line.strip():
+                entries.append(_parse_line(line.rstrip("\n"), lineno, path, paths))
+    except OSError as exc:
+        raise _process_error(pid, path, exc) from exc
+    return entries
+
+
+def _parse_line(line: str, lineno: int, source: str, paths: dict[str, str]) -> MapEntry:
+    """One maps line; ``paths`` keeps one str per distinct path, however many mappings share it."""
     # The pathname is the only column that may hold spaces, so split five times.
     fields = line.split(maxsplit=5)
     if len(fields) < 5:
@@ -86,6 +129,7 @@ def _parse_line(line: str, lineno: int, source: str) -> MapEntry:
     deleted = path.endswith(_DELETED)
     if deleted:
         path = path[: -len(_DELETED)]
+    path = paths.setdefault(path, path)
     try:
         start_text, end_text = span.split("-")
         major, minor = dev.split(":")
@@ -108,22 +152,189 @@ def _parse_line(line: str, lineno: int, source: str) -> MapEntry:
 
 
 def open_mapped_file(pid: int, entry: MapEntry, proc_root: str = "/proc") -> BinaryIO:
-    """The file behind a mapping of ``pid``.
+    """The file behind a mapping of ``pid``, which must be a regular file.
 
     Through ``map_files`` first: the very file mapped, even deleted, replaced
-    or in another mount namespace; else by its name under the process's root.
+    or in another mount namespace; else by its name under the process's root
+    (see open_in_root). A mapped device is refused without being opened.
     """
     base = f"{proc_root}/{pid}"
-    error: OSError | None = None
-    for path in (
-        f"{base}/map_files/{entry.start:x}-{entry.end:x}",
-        f"{base}/root/{entry.path.lstrip('/')}",
-    ):
-        try:
-            return open(path, "rb")
-        except OSError as exc:
-            error = exc
+    try:
+        return _open_regular(os.open(f"{base}/map_files/{entry.start:x}-{entry.end:x}", _PATH))
+    except OSError as exc:
+        error = exc
+    try:
+        stream = _open_regular(_resolve_in_root(f"{base}/root", entry.path))
+    except OSError as exc:
+        # The map_files error says more when the file is simply not there.
+        error = error if isinstance(exc, FileNotFoundError | NotADirectoryError) else exc
+    else:
+        return stream
     if not os.path.exists(base):
         raise ProcessError(pid, "process is gone") from error
-    reason = error.strerror if error is not None else "no path"
-    raise ProcessError(pid, f"cannot open {entry.path}: {reason}") from error
+    raise ProcessError(pid, f"cannot open {entry.path}: {_strerror(error)}") from error
+
+
+def open_in_root(root: str, path: str) -> BinaryIO | None:
+    """The regular file ``path`` as a process whose root directory is ``root`` sees it.
+
+    ``root`` is ``/proc/<pid>/root`` (or ``/``). Resolution never leaves it: a
+    symlink or ``..`` that climbs out of it stays inside, as it does for the
+    process (openat2's RESOLVE_IN_ROOT); on a kernel without openat2 every
+    symlink is refused instead. The file is first opened with O_PATH, which
+    reads nothing and never blocks, so a FIFO, device or socket is refused
+    before it is really opened.
+
+    Returns None when nothing is at ``path``; raises SymbolError naming the
+    path for anything else that is not a readable regular file.
+    """
+    shown = f"{root.rstrip('/')}/{path.lstrip('/')}"
+    try:
+        return _open_regular(_resolve_in_root(root, path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise SymbolError(shown, _strerror(exc)) from exc
+
+
+def read_process_entry(
+    pid: int, name: str, proc_root: str = "/proc", limit: int = MAX_ENTRY_BYTES
+) -> bytes:
+    """The content of ``<proc_root>/<pid>/<name>`` (``stat``, ``comm``, ``cgroup``...).
+
+    Raises ProcessError when the process is gone, the entry is unreadable, not
+    a regular file, or longer than ``limit`` bytes.
+    """
+    path = f"{proc_root}/{pid}/{name}"
+    with _open_entry(pid, path) as stream:
+        try:
+            data = stream.read(limit + 1)
+        except OSError as exc:
+            raise _process_error(pid, path, exc) from exc
+    if len(data) > limit:
+        raise ProcessError(pid, f"{path} is longer than {limit} bytes")
+    return data
+
+
+def _open_entry(pid: int, path: str) -> BinaryIO:
+    """A /proc entry of ``pid``, opened without following a symlink or blocking."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _process_error(pid, path, exc) from exc
+    try:
+        _check_regular(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise _process_error(pid, path, exc) from exc
+    return os.fdopen(fd, "rb")
+
+
+def _process_error(pid: int, path: str, exc: OSError) -> ProcessError:
+    if isinstance(exc, FileNotFoundError | ProcessLookupError):
+        return ProcessError(pid, "process is gone")
+    return ProcessError(pid, f"cannot read {path}: {_strerror(exc)}")
+
+
+# Opening and resolving files a process controls.
+
+_PATH = os.O_PATH | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symlink",
+}
+
+
+def _open_regular(path_fd: int) -> BinaryIO:
+    """Reopen an O_PATH descriptor for reading once it is known to be a regular file.
+
+    The reopen goes through ``/proc/self/fd``: the same inode, whatever happens
+    to the path meanwhile. Takes ownership of ``path_fd``.
+    """
+    try:
+        _check_regular(path_fd)
+        fd = os.open(f"/proc/self/fd/{path_fd}", _READ)
+    finally:
+        os.close(path_fd)
+    return os.fdopen(fd, "rb")
+
+
+def _check_regular(fd: int) -> None:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise OSError(errno.EINVAL, f"is {kind}, not a regular file")
+
+
+def _resolve_in_root(root: str, path: str) -> int:
+    """An O_PATH descriptor of ``path`` resolved inside ``root`` (see open_in_root)."""
+    dir_fd = os.open(root, _PATH | os.O_DIRECTORY)
+    try:
+        relative = path.lstrip("/") or "."
+        fd = _openat2_in_root(dir_fd, relative)
+        return fd if fd is not None else _walk_without_symlinks(dir_fd, relative)
+    finally:
+        os.close(dir_fd)
+
+
+# openat2(2): one number on every architecture; struct open_how from linux/openat2.h.
+_SYS_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_openat2_missing = False  # set once the kernel (or a seccomp filter) says ENOSYS
+
+
+def _openat2_in_root(dir_fd: int, relative: str) -> int | None:
+    """openat2 with RESOLVE_IN_ROOT, or None where the kernel has no openat2."""
+    global _openat2_missing
+    if _openat2_missing:
+        return None
+    how = _OpenHow(flags=_PATH, mode=0, resolve=_RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    encoded = os.fsencode(relative)
+    for _ in range(3):  # EAGAIN: a concurrent rename raced a "..", try again
+        fd = _libc.syscall(_SYS_OPENAT2, dir_fd, encoded, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return int(fd)
+        code = ctypes.get_errno()
+        if code == errno.ENOSYS:
+            _openat2_missing = True
+            return None
+        if code != errno.EAGAIN:
+            break
+    raise OSError(code, os.strerror(code))
+
+
+def _walk_without_symlinks(dir_fd: int, relative: str) -> int:
+    """Resolve one component at a time, refusing ``..`` and every symlink."""
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise OSError(errno.EXDEV, "has '..', refused without openat2")
+    fd = os.dup(dir_fd)
+    for part in parts:
+        try:
+            child = os.open(part, _PATH | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ELOOP, "holds a symlink, refused without openat2")
+    return fd
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)

@@ -21,7 +21,7 @@ from agent.symbols.frames import Frame, MappedFile
 from agent.symbols.gopclntab import read_gopclntab
 from agent.symbols.kallsyms import KernelSymbols, read_kallsyms
 from agent.symbols.minidebuginfo import read_minidebuginfo
-from agent.symbols.perfmap import PerfMap
+from agent.symbols.perfmap import DEFAULT_MAX_BYTES, PerfMap
 from agent.symbols.procmaps import MapEntry, open_mapped_file, read_maps
 
 __all__ = ["Symbolizer"]
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 _FileKey = tuple[int, int, int]  # dev major, dev minor, inode
 _REFRESH_EVERY_S = 1.0
+# A JIT appends to its perf map all the time: look at it at most this often.
+_PERF_MAP_EVERY_S = 1.0
 
 
 @dataclass
@@ -37,7 +39,7 @@ class _Process:
     """What is kept of one process: its code mappings, files not yet parsed and tables.
 
     ``tables`` holds None for a file that could not be read, so it is not tried again.
-    ``perf_map_call`` is the resolve call that last checked the perf map.
+    ``perf_map_checked_at`` is when the perf map was last looked at.
     """
 
     mappings: list[MapEntry]
@@ -45,7 +47,7 @@ class _Process:
     streams: dict[_FileKey, BinaryIO] = field(default_factory=dict)
     tables: dict[_FileKey, ElfInfo | None] = field(default_factory=dict)
     perf_map: PerfMap | None = None
-    perf_map_call: int = -1
+    perf_map_checked_at: float = float("-inf")
     refreshed_at: float = 0.0  # when an unmapped address last made us re-read its maps
 
     def find(self, address: int) -> MapEntry | None:
@@ -79,8 +81,9 @@ class Symbolizer:
     ``build_id_cache_size`` symbol tables by build id, shared by every copy of
     a file, and ``same_file_cache_size`` tables of files without a build id,
     by device and inode. A binary without ``.symtab`` is completed from its
-    separate debug file; anonymous code is named by the process's perf map;
-    ELF names are demangled in the ``demangle`` mode (see agent.symbols.demangle).
+    separate debug file; anonymous code is named by the process's perf map, if
+    it is a regular file of at most ``perf_map_max_bytes``; ELF names are
+    demangled in the ``demangle`` mode (see agent.symbols.demangle).
 
     >>> with Symbolizer() as symbolizer:
     ...     symbolizer.add_process(pid)
@@ -89,7 +92,7 @@ class Symbolizer:
 
     ``tables_parsed`` counts ELF files read in full and ``errors`` counts
     fallbacks by reason (``process_unreadable``, ``file_unopened``, ``file_corrupt``,
-    ``kallsyms_unreadable``).
+    ``kallsyms_unreadable``, ``perf_map_refused``, ``perf_map_too_large``).
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class Symbolizer:
         build_id_cache_size: int = 64,
         same_file_cache_size: int = 8,
         demangle: str = "none",
+        perf_map_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._proc_root = proc_root
+        self._perf_map_max_bytes = perf_map_max_bytes
         self._kallsyms_path = kallsyms_path
         self._kernel: KernelSymbols | None = None
         self._kernel_failed = False
@@ -113,7 +118,6 @@ class Symbolizer:
         self._by_build_id: LruCache[str, ElfInfo] = LruCache(build_id_cache_size)
         self._by_file: LruCache[_FileKey, ElfInfo] = LruCache(same_file_cache_size)
         self._demangler = Demangler(demangle)
-        self._calls = 0
         self.tables_parsed = 0
         self.errors: dict[str, int] = {}
 
@@ -178,7 +182,6 @@ class Symbolizer:
 
     def resolve_user(self, pid: int, addresses: Sequence[int]) -> list[Frame]:
         """Frames for a user stack, leaf first; never raises for a bad file or a gone process."""
-        self._calls += 1
         refreshed = pid not in self._processes
         process = self._process(pid)
         if process is None:
@@ -274,14 +277,19 @@ class Symbolizer:
         return Frame(name=name, address=address, mapping=mapping)
 
     def _jit_name(self, pid: int, process: _Process, address: int) -> str | None:
-        """The perf map's name for anonymous code; its size is checked once per resolve call."""
-        if process.perf_map is None:
+        """The perf map's name for anonymous code; the file is looked at once a second
+        at most, and read again only when it changed."""
+        perf_map = process.perf_map
+        if perf_map is None:
             root = f"{self._proc_root}/{pid}/root"
-            process.perf_map = PerfMap(f"{root}/tmp/perf-{pid}.map")
-        if process.perf_map_call != self._calls:
-            process.perf_map_call = self._calls
-            process.perf_map.refresh()
-        return process.perf_map.lookup(address)
+            perf_map = PerfMap(root, f"/tmp/perf-{pid}.map", self._perf_map_max_bytes)
+            process.perf_map = perf_map
+        now = time.monotonic()
+        if now - process.perf_map_checked_at >= _PERF_MAP_EVERY_S:
+            process.perf_map_checked_at = now
+            if perf_map.refresh() and perf_map.error:
+                self._failed(perf_map.path, perf_map.error_reason, perf_map.error)
+        return perf_map.lookup(address)
 
     def _elf_info(self, pid: int, process: _Process, entry: MapEntry) -> ElfInfo | None:
         key = _file_key(entry)
@@ -399,5 +407,10 @@ def _process_info(pid: int, process: _Process) -> dict[str, Any]:
         "files": list(files.values()),
         "perf_map": None
         if perf_map is None
-        else {"path": perf_map.path, "symbols": len(perf_map), "malformed": perf_map.malformed},
+        else {
+            "path": perf_map.path,
+            "symbols": len(perf_map),
+            "malformed": perf_map.malformed,
+            "error": perf_map.error,
+        },
     }

@@ -139,10 +139,17 @@ CGROUP_TOKENS = (
 
 
 @BOUNDED
-@given(lines("0123456789abcdefx -_.[]()<>\t\r"))
-def test_parse_perf_map_never_raises(text: str) -> None:
-    records, _ = parse_perf_map(io.StringIO(text))
-    assert all(size > 0 for _, size, _ in records)
+@given(lines("0123456789abcdefx -_.[]()<>\t\r"), st.integers(1, 400))
+# A start past 64 bits must be malformed, not overflow the array of starts.
+@example("10000000000000000 1 too_wide", 400)
+def test_parse_perf_map_raises_only_symbol_error(text: str, max_bytes: int) -> None:
+    try:
+        symbols, _ = parse_perf_map(io.BytesIO(text.encode()), max_bytes)
+    except SymbolError:
+        return
+    records = list(symbols.records())
+    assert all(size > 0 and start + size < 2**64 for start, size, _ in records)
+    assert [start for start, _, _ in records] == sorted({start for start, _, _ in records})
 
 
 @BOUNDED

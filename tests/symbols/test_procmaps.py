@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ProcessError, SymbolError
-from agent.symbols.procmaps import MapEntry, parse_maps, read_maps
+from agent.symbols import procmaps
+from agent.symbols.procmaps import (
+    MapEntry,
+    open_in_root,
+    open_mapped_file,
+    parse_maps,
+    read_maps,
+    read_process_entry,
+)
 
 CAPTURED = """\
 55d4a1a00000-55d4a1a02000 r--p 00000000 fd:01 1835021                    /usr/bin/cat
@@ -123,3 +131,101 @@ def test_malformed_maps_file_names_its_path(tmp_path):
     with pytest.raises(SymbolError) as caught:
         read_maps(44, proc_root=str(tmp_path))
     assert caught.value.path == f"{tmp_path}/44/maps"
+
+
+# Files of a process, opened so that the process cannot make the agent block.
+
+
+def test_maps_of_many_mappings_share_one_path_string(tmp_path):
+    (tmp_path / "45").mkdir()
+    lines = "".join(
+        f"{0x10000 * i:x}-{0x10000 * i + 0x1000:x} r-xp 00000000 fd:01 7 /usr/lib/libbig.so\n"
+        for i in range(1, 1000)
+    )
+    (tmp_path / "45" / "maps").write_text(lines)
+    entries = read_maps(45, proc_root=str(tmp_path))
+    assert len(entries) == 999 and len({id(entry.path) for entry in entries}) == 1
+
+
+def test_maps_longer_than_the_cap_raise_process_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(procmaps, "MAX_MAPS_BYTES", 1000)
+    (tmp_path / "46").mkdir()
+    (tmp_path / "46" / "maps").write_text(CAPTURED * 20)
+    with pytest.raises(ProcessError, match="maps is longer than 1000 bytes"):
+        read_maps(46, proc_root=str(tmp_path))
+
+
+def test_a_fifo_in_place_of_a_proc_entry_is_refused_without_blocking(tmp_path):
+    (tmp_path / "47").mkdir()
+    os.mkfifo(tmp_path / "47" / "maps")
+    os.mkfifo(tmp_path / "47" / "cgroup")
+    started = time.monotonic()
+    with pytest.raises(ProcessError, match="is a FIFO, not a regular file"):
+        read_maps(47, proc_root=str(tmp_path))
+    with pytest.raises(ProcessError, match="is a FIFO, not a regular file"):
+        read_process_entry(47, "cgroup", proc_root=str(tmp_path))
+    assert time.monotonic() - started < 0.5
+
+
+def test_read_process_entry_reads_the_real_stat_and_bounds_the_rest():
+    stat = read_process_entry(os.getpid(), "stat")
+    assert stat.startswith(f"{os.getpid()} (".encode())
+    with pytest.raises(ProcessError, match="is longer than 10 bytes"):
+        read_process_entry(os.getpid(), "stat", limit=10)
+    with pytest.raises(ProcessError, match="exe: Too many levels of symbolic links"):
+        read_process_entry(os.getpid(), "exe")  # a symlink is never followed
+
+
+def test_read_process_entry_of_a_reaped_process_says_it_is_gone():
+    child = subprocess.Popen(["true"])
+    child.wait()
+    with pytest.raises(ProcessError, match="process is gone"):
+        read_process_entry(child.pid, "cgroup")
+
+
+@pytest.fixture
+def fake_process(tmp_path):
+    """A /proc/<pid> without map_files, its root holding a FIFO where a library was mapped."""
+    (tmp_path / "48" / "root" / "lib").mkdir(parents=True)
+    os.mkfifo(tmp_path / "48" / "root" / "lib" / "libswapped.so")
+    entry = parse_maps("10000-11000 r-xp 00000000 fd:01 9 /lib/libswapped.so")[0]
+    return tmp_path, entry
+
+
+def test_a_mapped_file_swapped_for_a_fifo_is_refused_without_blocking(fake_process):
+    proc_root, entry = fake_process
+    started = time.monotonic()
+    with pytest.raises(ProcessError, match="libswapped.so: is a FIFO, not a regular file"):
+        open_mapped_file(48, entry, proc_root=str(proc_root))
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_mapped_file_opens_through_map_files_as_a_regular_file():
+    entry = next(e for e in read_maps(os.getpid()) if e.is_exec and e.is_file)
+    with open_mapped_file(os.getpid(), entry) as stream:
+        assert stream.read(4) == b"\x7fELF"
+
+
+def test_a_mapped_device_is_refused_without_being_opened(tmp_path):
+    # A process may map a device: its maps line looks like any file's.
+    (tmp_path / "49" / "map_files").mkdir(parents=True)
+    (tmp_path / "49" / "map_files" / "10000-11000").symlink_to("/dev/zero")
+    entry = parse_maps("10000-11000 r-xp 00000000 00:05 4 /dev/zero")[0]
+    with pytest.raises(ProcessError, match="is a character device, not a regular file"):
+        open_mapped_file(49, entry, proc_root=str(tmp_path))
+
+
+def test_open_in_root_keeps_symlinks_inside_the_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "name").write_text("inside")
+    (tmp_path / "etc_name").write_text("outside")
+    (root / "absolute").symlink_to("/etc/name")
+    (root / "climbing").symlink_to("../../../../etc_name")
+    with open_in_root(str(root), "/absolute") as stream:
+        assert stream.read() == b"inside"
+    assert open_in_root(str(root), "/climbing") is None
+    assert open_in_root(str(root), "/../etc_name") is None
+    assert open_in_root(str(tmp_path / "gone"), "/etc/name") is None
+    with pytest.raises(SymbolError, match="is a directory, not a regular file"):
+        open_in_root(str(root), "/etc")
