@@ -8,7 +8,9 @@ binary, in its ``.debug/`` folder and under ``/usr/lib/debug/<dir>/``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
 import posixpath
 import re
 import zlib
@@ -17,6 +19,7 @@ from typing import BinaryIO
 
 from agent.errors import SymbolError
 from agent.symbols.elf import ElfInfo, read_build_id, read_elf
+from agent.symbols.procmaps import open_in_root
 
 __all__ = ["find_debug_file", "read_debug_symbols"]
 
@@ -25,6 +28,9 @@ log = logging.getLogger(__name__)
 _DEBUG_ROOT = "/usr/lib/debug"
 _BUILD_ID = re.compile(r"[0-9a-f]{4,}")
 _CRC_CHUNK = 1 << 20
+# A debug file is summed whole to check its debuglink CRC; a sparse file could
+# be any size, so larger ones are skipped.
+MAX_CRC_BYTES = 4 << 30
 
 
 def read_debug_symbols(info: ElfInfo, binary_path: str, roots: Sequence[str]) -> ElfInfo:
@@ -60,14 +66,15 @@ def find_debug_file(
 
     A build-id candidate must carry the same build id; a debuglink candidate
     must have the CRC32 the binary recorded. The path returned is the one
-    opened, under its root.
+    opened, under its root. A candidate is resolved inside its root and must
+    be a regular file: a FIFO or a device is refused without blocking.
     """
     for kind, candidate in _candidates(info, binary_path):
         for root in roots:
             path = _under(root, candidate)
             if path is None:
                 continue
-            stream = _open(path)
+            stream = _open(root, candidate, path)
             if stream is None:
                 continue
             if _matches(kind, info, stream, path):
@@ -97,11 +104,11 @@ def _under(root: str, path: str) -> str | None:
     return posixpath.join(root, path.lstrip("/")) if root != "/" else path
 
 
-def _open(path: str) -> BinaryIO | None:
+def _open(root: str, candidate: str, path: str) -> BinaryIO | None:
     try:
-        return open(path, "rb")
-    except OSError as exc:
-        log.debug("no debug file at %s: %s", path, exc.strerror)
+        return open_in_root(root, candidate)
+    except SymbolError as exc:
+        log.debug("no debug file at %s: %s", path, exc.reason)
         return None
 
 
@@ -121,6 +128,9 @@ def _matches(kind: str, info: ElfInfo, stream: BinaryIO, path: str) -> bool:
 
 def _crc32(stream: BinaryIO) -> int:
     """The CRC32 objcopy --add-gnu-debuglink records: zlib's, over the whole file."""
+    size = stream.seek(0, os.SEEK_END)
+    if size > MAX_CRC_BYTES:
+        raise OSError(errno.EFBIG, f"{size} bytes, more than the {MAX_CRC_BYTES} summed")
     stream.seek(0)
     crc = 0
     while chunk := stream.read(_CRC_CHUNK):

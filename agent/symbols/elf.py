@@ -22,6 +22,7 @@ from elftools.elf.elffile import ELFFile
 from agent.errors import SymbolError
 
 __all__ = [
+    "MAX_TABLE_BYTES",
     "ElfInfo",
     "LoadSegment",
     "SymbolTable",
@@ -47,6 +48,10 @@ _SYM_LAYOUTS = {
     64: ("IBBHQQ", itemgetter(0, 4, 5, 1, 3)),
     32: ("IIIBBH", itemgetter(0, 1, 2, 3, 5)),
 }
+
+# The most read of one symbol table or of its strings: a mapped file may be
+# sparse, so its size bounds nothing.
+MAX_TABLE_BYTES = 128 << 20
 
 # What pyelftools raises on corrupt input, found by fuzzing: its own error,
 # the bundled construct's (a string without terminator) and seeks to huge offsets.
@@ -307,7 +312,15 @@ def _symbol_bytes(
             path, f"{section.name}: sh_entsize is {section['sh_entsize']}, expected {entry_size}"
         )
     # pyelftools has checked that sh_link names a string table.
-    return _raw(elf, section), _raw(elf, sections[section["sh_link"]])
+    strings = sections[section["sh_link"]]
+    for table in (section, strings):
+        if table["sh_size"] > MAX_TABLE_BYTES:
+            raise SymbolError(
+                path,
+                f"{table.name} is {table['sh_size']} bytes, more than the "
+                f"{MAX_TABLE_BYTES} read for symbols",
+            )
+    return _raw(elf, section), _raw(elf, strings)
 
 
 def _raw(elf: ELFFile, section: Any) -> bytes:

@@ -6,11 +6,12 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.symbols import Symbolizer, read_elf
+from agent.symbols import Symbolizer, debuginfo, read_elf
 from agent.symbols.debuginfo import find_debug_file
 
 FUNCTIONS = ("alpha", "beta", "gamma_")
@@ -138,3 +139,29 @@ def test_debuglink_that_climbs_out_of_the_directory_is_refused(split, tmp_path):
     assert found is not None
     found[1].close()
     assert found[0] == str(tmp_path / "prog.debug")
+
+
+def test_a_fifo_where_a_debug_file_is_looked_for_is_skipped_without_blocking(split, tmp_path):
+    with split.linked.open("rb") as stream:
+        info = read_elf(stream, str(split.linked))
+    root = tmp_path / "root"
+    build_id_dir = root / "usr" / "lib" / "debug" / ".build-id" / info.build_id[:2]
+    build_id_dir.mkdir(parents=True)
+    os.mkfifo(build_id_dir / f"{info.build_id[2:]}.debug")
+    (root / "app").mkdir()
+    os.mkfifo(root / "app" / split.debug.name)  # the debuglink beside the binary
+    started = time.monotonic()
+    assert find_debug_file(info, "/app/prog", [str(root)]) is None
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_debuglink_file_too_large_to_sum_is_not_used(split, tmp_path, monkeypatch):
+    monkeypatch.setattr(debuginfo, "MAX_CRC_BYTES", split.debug.stat().st_size - 1)
+    shutil.copy(split.debug, tmp_path / split.debug.name)
+    with split.linked.open("rb") as stream:
+        info = dataclasses.replace(read_elf(stream, str(split.linked)), build_id="")
+    assert find_debug_file(info, str(tmp_path / "prog"), ["/"]) is None
+    monkeypatch.setattr(debuginfo, "MAX_CRC_BYTES", split.debug.stat().st_size)
+    found = find_debug_file(info, str(tmp_path / "prog"), ["/"])
+    assert found is not None
+    found[1].close()

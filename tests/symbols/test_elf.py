@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,17 @@ def test_symbol_name_outside_string_table_raises_symbol_error(binaries, tmp_path
     struct.pack_into("<I", data, entry, 0xFFFFFFF0)
     (tmp_path / "badname").write_bytes(data)
     assert_symbol_error(tmp_path / "badname", "bad section or name")
+
+
+def test_a_sparse_symtab_larger_than_the_cap_is_refused_without_reading_it(binaries, tmp_path):
+    # A mapped file may be sparse: 6 GiB of .symtab that cost nothing on disk.
+    path = patched(binaries.pie, tmp_path / "sparse", SHDR_OFFSET_AT, "<Q", 1 << 20)
+    data = bytearray(path.read_bytes())
+    header = next(at for at, kind in section_headers(data) if kind == SHT_SYMTAB)
+    struct.pack_into("<Q", data, header + SHDR_OFFSET_AT + 8, 24 << 28)  # sh_size
+    path.write_bytes(data)
+    os.truncate(path, (1 << 20) + (24 << 28))
+    started = time.monotonic()
+    assert_symbol_error(path, ".symtab is 6442450944 bytes, more than the 134217728 read")
+    assert time.monotonic() - started < 1
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # still sparse: nothing was written
