@@ -8,11 +8,13 @@ by (pid, start time) because PIDs are reused.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from agent.errors import ProcessError
+from agent.symbols.procmaps import read_process_entry
 
 __all__ = ["CgroupInfo", "ContainerIdCache", "parse_cgroup", "parse_container_id"]
 
@@ -86,11 +88,10 @@ def parse_container_id(cgroup_text: str) -> str | None:
 def _read_start_time(proc_root: str, pid: int) -> int:
     """Field 22 of ``/proc/<pid>/stat``: start time in clock ticks since boot.
 
-    Raises OSError when the process is gone. The command name (field 2) may hold spaces
-    and parentheses, so fields are counted after its last ``)``.
+    Raises ProcessError when the process is gone. The command name (field 2) may hold
+    spaces and parentheses, so fields are counted after its last ``)``.
     """
-    with open(os.path.join(proc_root, str(pid), "stat"), "rb") as stat:
-        text = stat.read()
+    text = read_process_entry(pid, "stat", proc_root)
     fields = text[text.rindex(b")") + 2 :].split()
     return int(fields[19])
 
@@ -119,7 +120,7 @@ class ContainerIdCache:
         """The container ID of ``pid``; None for a host process or one already gone."""
         try:
             start_time = _read_start_time(self.proc_root, pid)
-        except (OSError, ValueError, IndexError):
+        except (ProcessError, ValueError, IndexError):
             return None
         with self._lock:
             entry = self._entries.get(pid)
@@ -133,11 +134,12 @@ class ContainerIdCache:
 
     def _read(self, pid: int, start_time: int) -> str | None:
         try:
-            with open(os.path.join(self.proc_root, str(pid), "cgroup"), "rb") as cgroup:
-                text = cgroup.read().decode("utf-8", "replace")
+            # A bounded read of a regular file: nothing in /proc/<pid> can block it.
+            text = read_process_entry(pid, "cgroup", self.proc_root).decode("utf-8", "replace")
             # The pid may have been reused while we read; then cache nothing.
             unchanged = _read_start_time(self.proc_root, pid) == start_time
-        except (OSError, ValueError, IndexError):
+        except (ProcessError, ValueError, IndexError) as exc:
+            log.debug("no container ID for pid %d: %s", pid, exc)
             return None
         container_id = parse_container_id(text)
         if unchanged:

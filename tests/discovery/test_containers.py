@@ -185,6 +185,19 @@ def test_cache_caches_nothing_for_a_vanished_process(tmp_path):
     assert len(cache) == 0
 
 
+def test_a_fifo_or_an_endless_cgroup_file_gives_no_container_and_does_not_block(tmp_path):
+    write_proc(tmp_path, 8, 1, "")
+    (tmp_path / "8" / "cgroup").unlink()
+    os.mkfifo(tmp_path / "8" / "cgroup")
+    write_proc(tmp_path, 9, 1, f"0::/docker/{ID}\n" + "1:x:/" + "a" * (2 << 20) + "\n")
+    cache = ContainerIdCache(2, proc_root=str(tmp_path))
+    started = time.monotonic()
+    assert cache.lookup(8) is None  # a FIFO: refused, never opened for reading
+    assert cache.lookup(9) is None  # over the 1 MiB read: not parsed
+    assert time.monotonic() - started < 0.5
+    assert len(cache) == 0  # nothing known, so nothing cached
+
+
 def test_cache_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         ContainerIdCache(0)
