@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import parse_duration
-from agent.ebpf import DEFAULT_OBJECT_PATH, Session, SessionOptions
+from agent.ebpf import DEFAULT_OBJECT_PATH, PidEvent, Session, SessionOptions
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
 from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
@@ -224,8 +224,9 @@ def _profile(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     with Session(options) as session, Symbolizer(demangle=args.demangle) as symbolizer:
 
-        def classify(pid: int, ppid: int) -> list[ProcessProfile]:
-            return [destination] if selection.matches(pid, ppid, profiler.profiled) else []
+        def classify(process: PidEvent) -> list[ProcessProfile]:
+            matches = selection.matches(process.pid, process.ppid, profiler.profiled)
+            return [destination] if matches else []
 
         python = None if args.no_python else PythonProcesses(session, _PYTHON_SYMBOLS)
         profiler = Profiler(session, symbolizer, classify, python)

@@ -54,12 +54,14 @@ class Destination(Protocol):
     collect_user: bool
     collect_kernel: bool
 
-    def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None: ...
+    def add(
+        self, process: PidEvent, kernel: Sequence[Frame], user: Sequence[Frame], count: int
+    ) -> None: ...
 
 
 _UserStackKey = tuple[int, tuple[int, ...], PythonStack | None]  # pid, addresses, Python
-# (pid, ppid) -> the destinations that want the process; empty: not profiled
-Classifier = Callable[[int, int], Sequence[Destination]]
+# what the kernel saw of a process -> the destinations that want it; empty: not profiled
+Classifier = Callable[[PidEvent], Sequence[Destination]]
 
 
 def read_ppid(pid: int, proc_root: str = "/proc") -> int:
@@ -114,7 +116,11 @@ class ProcessSelection:
 
 
 class ProcessProfile:
-    """One profile of many processes, each sample labelled with ``pid`` and ``comm``."""
+    """One profile of many processes, each sample labelled with ``pid`` and ``comm``.
+
+    ``comm`` is the command name the kernel saw at the process's first
+    sample, so a process that exited before the profile is written keeps it.
+    """
 
     def __init__(
         self,
@@ -129,9 +135,12 @@ class ProcessProfile:
         self._proc_root = proc_root
         self._comms: dict[int, str] = {}
 
-    def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None:
+    def add(
+        self, process: PidEvent, kernel: Sequence[Frame], user: Sequence[Frame], count: int
+    ) -> None:
+        pid = process.pid
         if pid not in self._comms:
-            self._comms[pid] = read_comm(pid, self._proc_root)
+            self._comms[pid] = process.comm or read_comm(pid, self._proc_root)
         labels = {"pid": str(pid), "comm": self._comms[pid]}
         self.builder.add_sample([*kernel, *user], count, labels)
 
@@ -154,6 +163,7 @@ class Profiler:
         self._pending: dict[int, float] = {}  # pid -> when it was first seen, undecided
         self._held: dict[int, list[RawSample]] = {}  # drained samples of pending pids
         self._exited: set[int] = set()
+        self._facts: dict[int, PidEvent] = {}  # what the kernel saw at first sight
         self._settling: dict[int, float] = {}  # pid -> when it was first seen
         self._user_stacks: LruCache[_UserStackKey, list[Frame]] = LruCache(_STACK_CACHE_SIZE)
 
@@ -174,7 +184,7 @@ class Profiler:
         # Python first: the kernel then walks its frames from its first profiled sample
         if self._python is not None:
             self._python.add(pid)
-        self._route(pid, tuple(destinations))
+        self._route(pid, tuple(destinations), tracked_only=False)
 
     def user_stack_cache_stats(self) -> dict[str, int]:
         """The resolved-stack cache's size, fill, hits, misses and evictions."""
@@ -192,18 +202,19 @@ class Profiler:
     def reclassify(self) -> None:
         """Decide again for every known process: the targets have changed."""
         for pid in [*self._routes, *self._pending]:
-            self._decide(pid, 0)
+            self._decide(pid)
 
     def _expire_pending(self) -> None:
         deadline = time.monotonic() - _PENDING_S
         for pid in [pid for pid, seen in self._pending.items() if seen < deadline]:
-            if not self._decide(pid, 0, wait=False):
+            if not self._decide(pid, wait=False):
                 self._held.pop(pid, None)
 
     def _handle(self, event: PidEvent) -> None:
         pid = event.pid
         if event.type is PidEventType.NEW:
-            self._decide(pid, event.ppid)
+            self._facts[pid] = event
+            self._decide(pid)
         elif event.type is PidEventType.EXEC and self._routes.get(pid):
             # A new program image: its old mappings mean nothing any more.
             self._symbolizer.forget(pid)
@@ -211,13 +222,17 @@ class Profiler:
             self._settling[pid] = time.monotonic()  # the loader maps its libraries again
             if self._python is not None:
                 self._python.forget(pid)
-            if self._decide(pid, 0) and self._python is not None:
+            if self._decide(pid) and self._python is not None:
                 self._python.add(pid)
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
 
-    def _decide(self, pid: int, ppid: int, *, wait: bool = True) -> tuple[Destination, ...]:
-        destinations = tuple(self._classify(pid, ppid))
+    def facts(self, pid: int) -> PidEvent:
+        """What the kernel reported of ``pid`` at its first sample, or its pid alone."""
+        return self._facts.get(pid) or PidEvent(PidEventType.NEW, pid)
+
+    def _decide(self, pid: int, *, wait: bool = True) -> tuple[Destination, ...]:
+        destinations = tuple(self._classify(self.facts(pid)))
         if not destinations and wait and pid not in self._routes:
             # Never decided: wait a little for discovery before ignoring it.
             first_seen = self._pending.setdefault(pid, time.monotonic())
@@ -235,7 +250,11 @@ class Profiler:
         self._route(pid, destinations)
         return destinations
 
-    def _route(self, pid: int, destinations: tuple[Destination, ...]) -> None:
+    def _route(
+        self, pid: int, destinations: tuple[Destination, ...], *, tracked_only: bool = True
+    ) -> None:
+        """Route ``pid``'s samples and tell the kernel. A decision made after
+        the process exited changes nothing in the kernel (see Session.set_pid)."""
         if destinations and not self._routes.get(pid):
             self._settling[pid] = time.monotonic()
         self._routes[pid] = destinations
@@ -245,9 +264,10 @@ class Profiler:
                 PidState.PROFILE,
                 collect_user=any(d.collect_user for d in destinations),
                 collect_kernel=any(d.collect_kernel for d in destinations),
+                tracked_only=tracked_only,
             )
         else:
-            self._session.set_pid(pid, PidState.IGNORE)
+            self._session.set_pid(pid, PidState.IGNORE, tracked_only=tracked_only)
 
     def _refresh_settling(self) -> None:
         now = time.monotonic()
@@ -280,9 +300,10 @@ class Profiler:
             kernel_key = sample.kernel_stack
             if kernel_key not in kernel_frames:
                 kernel_frames[kernel_key] = self._symbolizer.resolve_kernel(kernel_key)
+            process = self.facts(sample.pid)
             for destination in destinations:
                 destination.add(
-                    sample.pid,
+                    process,
                     kernel_frames[kernel_key] if destination.collect_kernel else (),
                     user_frames[user_key] if destination.collect_user else (),
                     sample.count,
@@ -323,7 +344,7 @@ class Profiler:
         if pid in self._routes:
             return self._routes[pid]
         # Its event was lost or not read yet: decide now.
-        return self._decide(pid, 0)
+        return self._decide(pid)
 
     def _drop_user_stacks(self, pid: int) -> None:
         for key, _ in self._user_stacks.items():
@@ -337,3 +358,4 @@ class Profiler:
             self._python.forget(pid)
         self._settling.pop(pid, None)
         self._routes.pop(pid, None)
+        self._facts.pop(pid, None)

@@ -20,11 +20,13 @@ from prometheus_client import CollectorRegistry
 
 from agent.config.component import ArgumentError, Capsule, ComponentOptions, Duration, Health
 from agent.discovery import ContainerIdCache, Target, TargetSet, build_targets
-from agent.ebpf import Session, SessionOptions
+from agent.discovery.containers import parse_container_id
+from agent.ebpf import PidEvent, Session, SessionOptions
 from agent.errors import EmberscopeError
 from agent.pprof import ProfileBuilder
 from agent.profiler import Profiler
 from agent.python import PythonProcesses
+from agent.supervise import SupervisedThread
 from agent.symbols import DEMANGLE_MODES, Frame, Symbolizer
 from agent.telemetry import (
     BoundEbpfMetrics,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 _SHARED_KEY = "pyroscope.ebpf.sampler"
 _METRICS_KEY = "pyroscope.ebpf.metrics"
 _POLL_MS = 200
+# How late past two intervals a collection may be before health says it stalled.
+_STALL_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -123,13 +127,14 @@ class Sampler:
             else None
         )
         self._profiler = Profiler(self._session, self._symbolizer, self._classify, self._python)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._events_thread = SupervisedThread("ebpf-events", self._poll)
+        self._closed = False
+        self._pid_map_full = 0  # the kernel's count when last collected
+        self.pid_map_full_recently = False
 
     def open(self) -> None:
         self._session.open()
-        self._thread = threading.Thread(target=self._poll, name="ebpf-events", daemon=True)
-        self._thread.start()
+        self._events_thread.start()
         if self._registry is not None:
             self._program_fd = find_program_fd(self._session.program_id)
             self._collector = SamplerCollector(self.reading, self._registry)
@@ -137,9 +142,8 @@ class Sampler:
     def close(self) -> None:
         if self._collector is not None:
             self._registry.unregister(self._collector)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._closed = True
+        self._events_thread.stop()
         with self._lock:
             self._symbolizer.close()
             self._session.close()
@@ -164,7 +168,32 @@ class Sampler:
         """Drain the kernel into every component; return ``component``'s profiles."""
         with self._lock:
             self._profiler.collect()
+            self._check_pid_map()
             return component.take_profiles()
+
+    def _check_pid_map(self) -> None:
+        """Note new processes the full pid map could not take; warn the first time."""
+        full = self._session.read_drops()["pid_map_full"]
+        self.pid_map_full_recently = full > self._pid_map_full
+        if self.pid_map_full_recently and self._pid_map_full == 0:
+            log.warning(
+                "the pid map is full (pid_map_size = %d): samples of new processes are dropped "
+                "until tracked processes exit; raise pid_map_size",
+                self.arguments.pid_map_size,
+            )
+        self._pid_map_full = full
+
+    def problem(self) -> str:
+        """Why profiling is not fully working now, or "" when it is."""
+        thread = self._events_thread
+        if not thread.running and not self._closed:
+            return f"the pid events thread is down ({thread.last_error}); restarting"
+        if self.pid_map_full_recently:
+            return (
+                f"the pid map is full (pid_map_size = {self.arguments.pid_map_size}): "
+                "new processes are not profiled; raise pid_map_size"
+            )
+        return ""
 
     @property
     def processes(self) -> int:
@@ -174,7 +203,7 @@ class Sampler:
     def reading(self) -> SamplerReading | None:
         """The BPF program's and the symbolizer's counters, for a scrape; None once closed."""
         with self._lock:
-            if self._stop.is_set():
+            if self._closed:
                 return None
             program = None if self._program_fd is None else read_program_stats(self._program_fd)
             maps = self._session.read_map_fill()
@@ -195,6 +224,7 @@ class Sampler:
                     "user_stack_cache": self._profiler.user_stack_cache_stats(),
                 },
                 python=self._python_counters(maps),
+                thread_restarts={self._events_thread.name: self._events_thread.crashes},
             )
 
     def _python_counters(self, maps: dict[str, tuple[int, int]]) -> dict[str, int]:
@@ -212,14 +242,21 @@ class Sampler:
         }
         return {"pid_cache": info.get("pid_cache"), "elf_cache": elf_cache, "python": python}
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
+    def _poll(self, stop: threading.Event) -> None:
+        """Handle pid events as they come: a new process is classified (and
+        its files opened) while it is most likely still alive."""
+        while not stop.is_set():
+            self._session.wait_for_events(_POLL_MS / 1000)
             with self._lock:
                 self._profiler.poll(0)
-            self._stop.wait(_POLL_MS / 1000)
 
-    def _classify(self, pid: int, _ppid: int) -> list[_TargetProfile]:
-        container_id = self._containers.lookup(pid)
+    def _classify(self, process: PidEvent) -> list[_TargetProfile]:
+        pid = process.pid
+        # A process that is gone, or in a container ID's cgroup, keeps the ID
+        # the kernel saw at its first sample.
+        container_id = self._containers.lookup(pid) or parse_container_id(
+            f"0::/{process.cgroup_name}"
+        )
         routes = []
         for component in self._components:
             route = component.route(pid, container_id)
@@ -244,7 +281,9 @@ class _TargetProfile:
         self.collect_user = component.arguments.collect_user_profile
         self.collect_kernel = component.arguments.collect_kernel_profile
 
-    def add(self, pid: int, kernel: Sequence[Frame], user: Sequence[Frame], count: int) -> None:
+    def add(
+        self, process: PidEvent, kernel: Sequence[Frame], user: Sequence[Frame], count: int
+    ) -> None:
         self.component.add(self.target, [*kernel, *user], count)
 
 
@@ -265,6 +304,8 @@ class EbpfComponent:
         self._builders: dict[Target, ProfileBuilder] = {}
         self._interval_start = time.time_ns()
         self._health = Health("unknown", "starting", time.time())
+        self._shown_health = self._health
+        self._last_collected = time.monotonic()  # a successful collection, or the start
         self.profiles_sent = 0
         self._metrics = _metrics_of(options)
         self._metrics.active_targets.set(len(self._targets))
@@ -275,7 +316,23 @@ class EbpfComponent:
         return {}
 
     def health(self) -> Health:
-        return self._health
+        """The last collection's outcome, overruled while collection stalls or
+        the shared sampler is not fully working (see Sampler.problem)."""
+        health = self._health
+        problem = self._problem() if health.state == "healthy" else ""
+        if problem:
+            health = Health("unhealthy", problem, time.time())
+        if (health.state, health.message) != (self._shown_health.state, self._shown_health.message):
+            self._shown_health = health
+        return self._shown_health
+
+    def _problem(self) -> str:
+        stalled = time.monotonic() - self._last_collected
+        if stalled > 2 * self.arguments.collect_interval + _STALL_GRACE_S:
+            interval = self.arguments.collect_interval
+            return f"no collection for {stalled:.0f} s (collect_interval {interval:g} s)"
+        sampler = self._options.shared.get(_SHARED_KEY)
+        return sampler.problem() if sampler is not None else ""
 
     def update(self, arguments: EbpfArguments) -> None:
         self.arguments = arguments
@@ -363,6 +420,7 @@ class EbpfComponent:
                 log.exception("pyroscope.ebpf %s: collection failed", self._options.id)
             self._health = Health("unhealthy", f"collection failed: {exc}", time.time())
         else:
+            self._last_collected = time.monotonic()
             if self._health.state != "healthy":
                 self._health = Health("healthy", "", time.time())
 

@@ -87,7 +87,7 @@ def userspace_cost(pids: list[int], python: bool, seconds: float) -> list[tuple[
             builder = ProfileBuilder(RATE, time_nanos=time.time_ns())
             destination = ProcessProfile(builder)
             processes = PythonProcesses(session, 16384) if python else None
-            profiler = Profiler(session, symbolizer, lambda pid, ppid: [], processes)
+            profiler = Profiler(session, symbolizer, lambda _process: [], processes)
             for pid in pids:
                 profiler.add(pid, [destination])
             for _ in range(COLLECTIONS):

@@ -202,12 +202,36 @@ static __always_inline void count_py_stat(enum py_stat stat)
 		*value += 1;
 }
 
-static __always_inline void send_event(__u32 type, __u32 pid, __u32 ppid)
+static __always_inline void send_event(__u32 type, __u32 pid)
 {
-	struct pid_event event = { .type = type, .pid = pid, .ppid = ppid };
+	struct pid_event event = { .type = type, .pid = pid };
 
 	if (bpf_ringbuf_output(&events, &event, sizeof(event), 0))
 		count_drop(DROP_EVENTS_FULL);
+}
+
+/* A new process, with what classifying it needs even after it has exited. */
+static __always_inline void send_new_event(struct task_struct *task, __u32 tgid)
+{
+	struct pid_event *event;
+	const char *name;
+
+	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+	if (!event) {
+		count_drop(DROP_EVENTS_FULL);
+		return;
+	}
+	event->type = PID_EVENT_NEW;
+	event->pid = tgid;
+	event->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	event->_pad = 0;
+	event->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(event->comm, sizeof(event->comm));
+	name = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, name);
+	if (!name || bpf_probe_read_kernel_str(event->cgroup_name, sizeof(event->cgroup_name),
+					       name) < 0)
+		event->cgroup_name[0] = 0;
+	bpf_ringbuf_submit(event, 0);
 }
 
 /* First sight of a process: keep it as pending and tell userspace. */
@@ -228,7 +252,7 @@ static __always_inline struct pid_config *track_new_pid(struct task_struct *task
 		return NULL;
 	}
 	if (!err)
-		send_event(PID_EVENT_NEW, tgid, BPF_CORE_READ(task, real_parent, tgid));
+		send_new_event(task, tgid);
 	return bpf_map_lookup_elem(&pids, &tgid);
 }
 
@@ -630,23 +654,28 @@ int handle_exec(void *ctx)
 	/* the new image may not be Python, or another version of it */
 	bpf_map_delete_elem(&py_procs, &tgid);
 	if (bpf_map_lookup_elem(&pids, &tgid))
-		send_event(PID_EVENT_EXEC, tgid, 0);
+		send_event(PID_EVENT_EXEC, tgid);
 	return 0;
 }
 
+/*
+ * The process is gone once its last thread exits, whichever thread that is:
+ * a leader that called pthread_exit() goes first and leaves the rest
+ * running. do_exit() counts the thread out of signal->live before this
+ * tracepoint fires, so the last thread reads 0 here.
+ */
 SEC("tp/sched/sched_process_exit")
 int handle_exit(void *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	/* a thread other than the leader leaves the process alive */
-	if ((__u32)id != tgid)
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
 	bpf_map_delete_elem(&py_procs, &tgid);
 	if (bpf_map_delete_elem(&pids, &tgid))
 		return 0;
-	send_event(PID_EVENT_EXIT, tgid, 0);
+	send_event(PID_EVENT_EXIT, tgid);
 	return 0;
 }
 

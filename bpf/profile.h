@@ -14,6 +14,8 @@
 #define PY_NAME_LEN		96	/* bytes of co_qualname (co_name before 3.11) kept */
 #define PY_FILE_LEN		160	/* bytes of co_filename kept: its tail when longer */
 #define PY_NO_OFFSET		0xffff	/* a field this CPython version does not have */
+#define TASK_COMM_LEN		16
+#define CGROUP_NAME_LEN		96	/* the leaf of the cgroup path: holds a container ID */
 
 /* What userspace decided about a process (pid_config.state). */
 enum pid_state {
@@ -78,11 +80,18 @@ struct stack_trace {
 	__u64 ips[PERF_MAX_STACK_DEPTH];
 };
 
+/*
+ * What a process looked like at its first sample, captured in the kernel so
+ * that a process gone before userspace reads /proc is still classified.
+ */
 struct pid_event {
 	__u32 type;
 	__u32 pid;
 	__u32 ppid;
 	__u32 _pad;
+	__u64 cgroup_id;			/* cgroup v2 id; 0 on exec and exit */
+	char comm[TASK_COMM_LEN];
+	char cgroup_name[CGROUP_NAME_LEN];	/* last component of its v2 cgroup path */
 };
 
 /*

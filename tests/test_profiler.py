@@ -15,6 +15,7 @@ class ScriptedSession:
         self.events: list[PidEvent] = []
         self.counts: list[RawSample] = []
         self.states: dict[int, PidState] = {}
+        self.exited: set[int] = set()  # pids the kernel no longer tracks
 
     def poll_events(self, timeout_ms: int = 0) -> list[PidEvent]:
         events, self.events = self.events, []
@@ -24,8 +25,11 @@ class ScriptedSession:
         counts, self.counts = self.counts, []
         return counts
 
-    def set_pid(self, pid, state, collect_user=None, collect_kernel=None) -> None:
+    def set_pid(self, pid, state, collect_user=None, collect_kernel=None, *, tracked_only=False):
+        if tracked_only and pid in self.exited:
+            return False
         self.states[pid] = state
+        return True
 
 
 class NamingSymbolizer:
@@ -53,8 +57,8 @@ class Recorder:
     def __init__(self) -> None:
         self.samples: list[tuple[int, list[str], int]] = []
 
-    def add(self, pid, kernel, user, count) -> None:
-        self.samples.append((pid, [f.name for f in [*kernel, *user]], count))
+    def add(self, process, kernel, user, count) -> None:
+        self.samples.append((process.pid, [f.name for f in [*kernel, *user]], count))
 
 
 @pytest.fixture
@@ -67,7 +71,9 @@ def clock(monkeypatch):
 def make(targets: dict[int, Recorder]):
     session, symbolizer = ScriptedSession(), NamingSymbolizer()
     profiler = Profiler(
-        session, symbolizer, lambda pid, _ppid: [targets[pid]] if pid in targets else []
+        session,
+        symbolizer,
+        lambda process: [targets[process.pid]] if process.pid in targets else [],
     )
     return profiler, session, symbolizer
 
@@ -114,7 +120,7 @@ def test_an_exited_process_is_forgotten_after_its_last_samples(clock):
     session.events = [PidEvent(PidEventType.NEW, 9, 1)]
     session.counts = [RawSample(9, (0x3,), (), 1)]
     del_target = {}
-    profiler._classify = lambda pid, ppid: [del_target[pid]] if pid in del_target else []
+    profiler._classify = lambda process: del_target.get(process.pid, [])
     profiler.collect()
     assert len(recorder.samples) == 1
 
@@ -160,3 +166,30 @@ def test_selection_follows_the_tree_of_a_root(tmp_path):
     assert selection.matches(11, 10)
     assert not selection.matches(20, 0)
     assert ProcessSelection(all_processes=True).matches(20, 1)
+
+
+def test_a_decision_made_after_the_process_exited_leaves_the_kernel_alone(clock):
+    targets: dict[int, Recorder] = {}
+    profiler, session, _ = make(targets)
+    session.events = [PidEvent(PidEventType.NEW, 42, 1)]
+    profiler.poll()
+    session.exited.add(42)  # gone from the kernel's map before discovery saw it
+    targets[42] = Recorder()
+    profiler.reclassify()
+    assert 42 not in session.states
+    clock[0] += profiler_module._PENDING_S + 0.1
+    profiler.poll()
+    assert 42 not in session.states
+
+
+def test_samples_carry_what_the_kernel_saw_at_first_sight():
+    recorder = Recorder()
+    seen = []
+    profiler = Profiler(
+        ScriptedSession(), NamingSymbolizer(), lambda process: seen.append(process) or [recorder]
+    )
+    profiler._session.events = [PidEvent(PidEventType.NEW, 8, 1, "burner", 77, "x.scope")]
+    profiler._session.counts = [RawSample(8, (0x1,), (), 2)]
+    profiler.collect()
+    assert seen[0].comm == "burner" and seen[0].cgroup_name == "x.scope"
+    assert seen[0].ppid == 1 and seen[0].cgroup_id == 77

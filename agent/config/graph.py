@@ -32,8 +32,11 @@ from agent.config.evaluate import UNKNOWN, Reference, Scope, references
 from agent.config.lexer import decode_source, error_at
 from agent.config.parser import Attribute, Block, Expr, File, Statement, parse
 from agent.errors import ConfigError
+from agent.supervise import SupervisedThread
 
 __all__ = ["Graph", "check_config"]
+
+_RUN_FAILED = "run failed"
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class _Node:
     dependencies: frozenset[str] = frozenset()
     arguments: Any = None
     component: Any = None
-    thread: threading.Thread | None = None
+    thread: SupervisedThread | None = None
     failure: Health | None = None  # set by the graph: evaluation, update or run failed
 
 
@@ -172,19 +175,24 @@ class Graph:
         )
         node.component = node.kind(options, arguments)
         node.arguments = arguments
-        node.thread = threading.Thread(target=self._run, args=(node,), name=node.id)
-        node.thread.daemon = True
+        node.thread = SupervisedThread(
+            node.id,
+            functools.partial(self._run, node),
+            on_crash=functools.partial(self._on_crash, node),
+            stop=self._stop,
+        )
         node.thread.start()
 
-    def _run(self, node: _Node) -> None:
-        try:
-            node.component.run(self._stop)
-        except Exception as exc:  # one component's failure must not take the agent down
-            log.exception("component %s failed", node.id)
-            node.failure = Health("unhealthy", f"run failed: {exc}", time.time())
-        else:
-            if not self._stop.is_set():
-                log.info("component %s exited", node.id)
+    def _run(self, node: _Node, stop: threading.Event) -> None:
+        if node.failure is not None and node.failure.message.startswith(_RUN_FAILED):
+            node.failure = None  # running again after a crash: its own health speaks
+        node.component.run(stop)
+        if not stop.is_set():
+            log.info("component %s exited", node.id)
+
+    def _on_crash(self, node: _Node, exc: BaseException) -> None:
+        """One component's failure must not take the agent down: it runs again after a backoff."""
+        node.failure = Health("unhealthy", f"{_RUN_FAILED}: {exc}; restarting", time.time())
 
     def _scope(self) -> Scope:
         """Exports of created components (as last announced); UNKNOWN for the others."""

@@ -36,6 +36,8 @@ MAX_PY_FRAMES = 128
 PY_NAME_LEN = 96
 PY_FILE_LEN = 160
 PY_NO_OFFSET = 0xFFFF
+TASK_COMM_LEN = 16
+CGROUP_NAME_LEN = 96
 PY_FRAME_ENTRY = 1
 PY_STACK_TRUNCATED = 1
 
@@ -107,6 +109,9 @@ class PidEventRecord(ctypes.Structure):
         ("pid", ctypes.c_uint32),
         ("ppid", ctypes.c_uint32),
         ("_pad", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("comm", ctypes.c_char * TASK_COMM_LEN),
+        ("cgroup_name", ctypes.c_char * CGROUP_NAME_LEN),
     ]
 
 

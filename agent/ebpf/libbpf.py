@@ -80,6 +80,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_link__destroy": (_c_int, [BpfLink]),
     "ring_buffer__new": (RingBuffer, [_c_int, RingBufferCallback, _c_void_p, _c_void_p]),
     "ring_buffer__poll": (_c_int, [RingBuffer, _c_int]),
+    "ring_buffer__epoll_fd": (_c_int, [RingBuffer]),
     "ring_buffer__free": (None, [RingBuffer]),
     # bpf.h
     "bpf_map_update_elem": (_c_int, [_c_int, _c_void_p, _c_void_p, ctypes.c_uint64]),

@@ -16,6 +16,7 @@ import ctypes
 import errno as errno_codes
 import logging
 import os
+import select
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ _MAPS = (
 _PY_STACKS_SIZE = 4096  # unique Python stacks per buffer (2 KiB each)
 _PY_FRAME = struct.Struct("<QIi")  # struct py_frame: code, first_line, lasti
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
+_BPF_ANY, _BPF_EXIST = 0, 2  # bpf_map_update_elem flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +126,20 @@ class RawSample:
 
 @dataclass(frozen=True, slots=True)
 class PidEvent:
+    """A process the kernel saw first, exec'd or exited.
+
+    A NEW event carries what the process looked like at its first sample
+    (parent, command name, cgroup), read in the kernel: the process may be
+    gone before userspace can read ``/proc``. EXEC and EXIT events carry the
+    pid alone.
+    """
+
     type: PidEventType
     pid: int
-    ppid: int
+    ppid: int = 0
+    comm: str = ""
+    cgroup_id: int = 0
+    cgroup_name: str = ""
 
 
 class Session:
@@ -272,10 +285,16 @@ class Session:
         state: PidState,
         collect_user: bool | None = None,
         collect_kernel: bool | None = None,
-    ) -> None:
+        *,
+        tracked_only: bool = False,
+    ) -> bool:
         """Tell the kernel what to do with samples of ``pid``.
 
-        A process given to :meth:`set_python` stays marked as Python.
+        With ``tracked_only`` the entry is changed only while the kernel still
+        tracks the pid: a decision about a process that has exited meanwhile
+        must not bring its entry back, since nothing would ever remove it.
+        Returns False when that happened. A process given to
+        :meth:`set_python` stays marked as Python.
         """
         options = self.options
         value = PidConfig(
@@ -284,8 +303,19 @@ class Session:
             collect_kernel=options.collect_kernel if collect_kernel is None else collect_kernel,
             python=self._is_python(pid),
         )
+        return self._update_pid(pid, value, _BPF_EXIST if tracked_only else _BPF_ANY)
+
+    def _update_pid(self, pid: int, value: PidConfig, flags: int) -> bool:
         key = ctypes.c_uint32(pid)
-        self._lib.bpf_map_update_elem(self._fds["pids"], ctypes.byref(key), ctypes.byref(value), 0)
+        try:
+            self._lib.bpf_map_update_elem(
+                self._fds["pids"], ctypes.byref(key), ctypes.byref(value), flags
+            )
+        except BpfError as exc:
+            if exc.errno == errno_codes.ENOENT:
+                return False
+            raise
+        return True
 
     def forget_pid(self, pid: int) -> None:
         key = ctypes.c_uint32(pid)
@@ -300,20 +330,19 @@ class Session:
         if not self.options.python_enabled:
             raise BpfError("set_python", errno_codes.EINVAL, "the Python unwinder is not loaded")
         key = ctypes.c_uint32(pid)
+        # py_procs first, then the pid's flag, only while the kernel tracks
+        # it: an exit in between removes both, or leaves the flag update
+        # failing, and then the py_procs entry is removed here.
         self._lib.bpf_map_update_elem(
             self._fds["py_procs"], ctypes.byref(key), ctypes.byref(proc), 0
         )
         config = PidConfig()
-        if (
-            self._lib.bpf_map_lookup_elem(
-                self._fds["pids"], ctypes.byref(key), ctypes.byref(config)
-            )
-            == 0
-        ):
-            config.python = True
-            self._lib.bpf_map_update_elem(
-                self._fds["pids"], ctypes.byref(key), ctypes.byref(config), 0
-            )
+        found = self._lib.bpf_map_lookup_elem(
+            self._fds["pids"], ctypes.byref(key), ctypes.byref(config)
+        )
+        config.python = True
+        if found != 0 or not self._update_pid(pid, config, _BPF_EXIST):
+            self._lib.bpf_map_delete_elem(self._fds["py_procs"], ctypes.byref(key))
 
     def _is_python(self, pid: int) -> bool:
         if not self.options.python_enabled:
@@ -336,6 +365,17 @@ class Session:
 
     # --- events -----------------------------------------------------------
 
+    def wait_for_events(self, timeout_s: float) -> bool:
+        """Wait, without reading them, until pid events are ready; False on timeout.
+
+        Lets a thread wait for events without holding the lock under which
+        another thread reads them with :meth:`poll_events`.
+        """
+        ready, _, _ = select.select(
+            [self._lib.ring_buffer__epoll_fd(self._ring)], [], [], timeout_s
+        )
+        return bool(ready)
+
     def poll_events(self, timeout_ms: int = 0) -> list[PidEvent]:
         """Wait up to ``timeout_ms`` for pid events and return those read."""
         self._lib.ring_buffer__poll(self._ring, timeout_ms)
@@ -345,7 +385,16 @@ class Session:
     def _on_ring_record(self, _ctx: int, data: int, size: int) -> int:
         if size >= ctypes.sizeof(PidEventRecord):
             record = PidEventRecord.from_address(data)
-            self._events.append(PidEvent(PidEventType(record.type), record.pid, record.ppid))
+            self._events.append(
+                PidEvent(
+                    PidEventType(record.type),
+                    record.pid,
+                    record.ppid,
+                    record.comm.decode(errors="replace"),
+                    record.cgroup_id,
+                    record.cgroup_name.decode(errors="replace"),
+                )
+            )
         return 0
 
     # --- draining ---------------------------------------------------------

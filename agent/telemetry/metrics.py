@@ -141,6 +141,8 @@ class SamplerReading:
     caches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     python: Mapping[str, int] = field(default_factory=dict)
     """Python walk counters (keys of _PYTHON_COUNTERS); empty when Python is disabled."""
+    thread_restarts: Mapping[str, int] = field(default_factory=dict)
+    """Restarts of the sampler's background threads after a crash, by thread name."""
 
 
 def find_program_fd(program_id: int, proc_root: str = "/proc") -> int | None:
@@ -230,6 +232,14 @@ def _sampling_metrics(reading: SamplerReading) -> Iterator[Metric]:
     for reason, count in sorted(reading.drops.items()):
         drops.add_metric([reason], count)
     yield drops
+    restarts = CounterMetricFamily(
+        "emberscope_thread_restarts",
+        "Times a background thread of the sampler crashed and was restarted, by thread.",
+        labels=["thread"],
+    )
+    for thread, count in sorted(reading.thread_restarts.items()):
+        restarts.add_metric([thread], count)
+    yield restarts
     yield GaugeMetricFamily(
         "emberscope_ebpf_profiled_processes",
         "Processes the pid map marks as profiled.",

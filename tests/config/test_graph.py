@@ -88,7 +88,10 @@ class Broken(Source):
             raise RuntimeError("cannot create")
         super().__init__(options, arguments)
 
+    runs = 0
+
     def run(self, stop: threading.Event) -> None:
+        type(self).runs += 1
         raise RuntimeError("lost the device")
 
 
@@ -237,10 +240,12 @@ def test_stop_reports_a_component_that_ignores_it(kinds):
     release.set()
 
 
-def test_a_failing_run_marks_the_component_unhealthy(kinds, running):
+def test_a_failing_run_marks_the_component_unhealthy_and_runs_it_again(kinds, running):
     graph = running('test.broken "b" {\n}\n')
     wait_for(lambda: graph.health("test.broken.b").state == "unhealthy")
-    assert graph.health("test.broken.b").message == "run failed: lost the device"
+    assert graph.health("test.broken.b").message == "run failed: lost the device; restarting"
+    wait_for(lambda: kinds["test.broken"].runs >= 2)  # after the first backoff
+    assert kinds["test.broken"].runs >= 2
 
 
 def test_a_component_that_cannot_be_created_stops_the_others(kinds):

@@ -543,7 +543,7 @@ def test_names_survive_an_evicting_symbols_map(interpreter, workloads, tmp_path)
     builder = ProfileBuilder(RATE, time_nanos=time.time_ns())
     with Session(options) as session, Symbolizer() as symbolizer:
         python_processes = PythonProcesses(session, 64)
-        profiler = Profiler(session, symbolizer, lambda _pid, _ppid: [], python_processes)
+        profiler = Profiler(session, symbolizer, lambda _process: [], python_processes)
         profiler.add(workload.pid, [ProcessProfile(builder)])
         routed = 0
         for _ in range(4):

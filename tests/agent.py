@@ -1,0 +1,132 @@
+"""Run the real agent (``emberscope run``) in tests: a config in, its HTTP
+server, metrics, log and profiles out.
+
+    with run_agent(config_text, tmp_path) as agent:
+        agent.wait_for_metrics()
+        value = agent.metric("emberscope_ebpf_map_entries", map="pids")
+    assert "Traceback" not in agent.log
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.pprof import read_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
+    """Poll ``predicate`` until it returns something true; its value, or None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def profiles_in(output: Path, service: str) -> list[tuple[dict, object]]:
+    """The (labels, profile) pairs pyroscope.file wrote for ``service``, oldest first."""
+    found = []
+    for path in sorted((output / service).glob("*.pb.gz")):
+        labels = json.loads(path.with_name(path.name.replace(".pb.gz", ".labels.json")).read_text())
+        found.append((labels, read_profile(path.read_bytes())))
+    return found
+
+
+class RunningAgent:
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self._log_path = log_path
+
+    @property
+    def log(self) -> str:
+        return self._log_path.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 5) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=timeout)
+
+    def metrics(self) -> list:
+        """Every sample of the agent's /metrics."""
+        text = self.get("/metrics").text
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels``; 0 when none."""
+        return sum(
+            sample.value
+            for sample in self.metrics()
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def wait_for_metrics(self, timeout: float = 30) -> None:
+        def answers() -> bool:
+            assert self.process.poll() is None, f"the agent exited early:\n{self.log}"
+            try:
+                self.get("/metrics")
+            except httpx.HTTPError:
+                return False
+            return True
+
+        assert wait_for(answers, timeout, 0.2), "the agent's /metrics never answered"
+
+    def component(self, component_id: str) -> dict:
+        return self.get(f"/api/v0/web/components/{component_id}").json()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextmanager
+def run_agent(config: str, folder: Path, *args: str) -> Iterator[RunningAgent]:
+    """Start ``emberscope run`` on ``config`` (written into ``folder``); stop it on exit."""
+    path = folder / "agent.alloy"
+    path.write_text(config)
+    port = free_port()
+    log_path = folder / "agent.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "run",
+                f"--server.http.listen-addr=127.0.0.1:{port}",
+                *args,
+                str(path),
+            ],
+            cwd=REPO,
+            stderr=log,
+            stdout=subprocess.DEVNULL,
+        )
+    agent = RunningAgent(process, port, log_path)
+    try:
+        yield agent
+    finally:
+        agent.stop()

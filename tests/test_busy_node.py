@@ -1,0 +1,261 @@
+"""The agent on a busy node: thousands of process exits, a full pid map, a
+crashing background thread, processes that live 30–200 ms. Real kernel,
+real processes, the real ``emberscope run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.config.component import ComponentOptions
+from agent.pyroscope_ebpf import _SHARED_KEY, EbpfComponent
+from tests.agent import profiles_in, run_agent, wait_for
+from tests.discovery.test_containers import Cgroups, cgroup2_root
+
+pytestmark = pytest.mark.usefixtures("bpf_ready")
+
+PROCESS_CONFIG = """
+discovery.process "local" {{
+}}
+
+discovery.relabel "workloads" {{
+  targets = discovery.process.local.targets
+  rule {{
+    source_labels = ["__meta_process_exe"]
+    regex         = "{folder}/.*"
+    action        = "keep"
+  }}
+  rule {{
+    source_labels = ["__meta_process_exe"]
+    regex         = ".*/([^/]+)"
+    target_label  = "service_name"
+  }}
+}}
+
+pyroscope.ebpf "default" {{
+  targets          = discovery.relabel.workloads.output
+  forward_to       = [pyroscope.file.out.receiver]
+  collect_interval = "1s"
+  sample_rate      = {rate}
+  pid_map_size     = {pid_map_size}
+}}
+
+pyroscope.file "out" {{
+  directory = "{output}"
+}}
+"""
+
+
+def held_map_ids(pid: int) -> set[int]:
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except FileNotFoundError:
+            continue
+        ids.update(int(line.split()[1]) for line in text.splitlines() if line.startswith("map_id:"))
+    return ids
+
+
+def pid_map_keys(agent_pid: int) -> list[int]:
+    """The pids in the agent's pid map, read with bpftool."""
+    for map_id in held_map_ids(agent_pid):
+        shown = json.loads(
+            subprocess.run(
+                ["bpftool", "-j", "map", "show", "id", str(map_id)], capture_output=True, text=True
+            ).stdout
+            or "{}"
+        )
+        if shown.get("name") == "pids":
+            dumped = subprocess.run(
+                ["bpftool", "-j", "map", "dump", "id", str(map_id)], capture_output=True, text=True
+            )
+            entries = json.loads(dumped.stdout)
+            return [int.from_bytes(bytes(int(b, 16) for b in e["key"]), "little") for e in entries]
+    raise AssertionError("the agent holds no map named pids")
+
+
+def churn(binary: Path, *args: object) -> subprocess.Popen:
+    return subprocess.Popen([str(binary), *map(str, args)], stdout=subprocess.PIPE, text=True)
+
+
+def children_cpu_s(process: subprocess.Popen) -> float:
+    out, _ = process.communicate(timeout=300)
+    return int(out.split("cpu_us=")[1]) / 1e6
+
+
+def samples_of(output: Path, service: str, since_ns: int = 0) -> int:
+    """Samples in the profiles written for ``service`` (values are CPU time: count × period)."""
+    return sum(
+        sum(sample.value[0] for sample in profile.sample) // profile.period
+        for labels, profile in profiles_in(output, service)
+        if profile.time_nanos >= since_ns
+    )
+
+
+@pytest.mark.slow
+def test_5000_exits_leave_only_live_pids_in_a_256_entry_map(build_workload, tmp_path):
+    churner, busy = build_workload("churn"), build_workload("three_leaves")
+    output = tmp_path / "out"
+    config = PROCESS_CONFIG.format(
+        folder=churner.parent, output=output, rate=1000, pid_map_size=256
+    )
+    with run_agent(config, tmp_path) as agent:
+        agent.wait_for_metrics()
+        # 2-3 ms of CPU each: at 1000 Hz nearly every child is sampled, so tracked
+        spawned = churn(churner, 5000, 2000, 3000, 2)
+        children_cpu_s(spawned)
+        # past the 5 s a never-classified process stays pending
+        time.sleep(7)
+        keys = pid_map_keys(agent.process.pid)
+        time.sleep(1)
+        dead = [pid for pid in keys if not os.path.exists(f"/proc/{pid}")]
+        assert len(keys) < 128, f"{len(keys)} entries of 256, {len(dead)} of them dead"
+        assert dead == [] or set(dead).isdisjoint(pid_map_keys(agent.process.pid))
+        started = time.time_ns()
+        worker = subprocess.Popen([str(busy), "4"])
+        worker.wait()
+        assert wait_for(lambda: samples_of(output, busy.name, started) > 0, 5)
+        assert agent.component("pyroscope.ebpf.default")["health"]["state"] == "healthy"
+    assert "Traceback" not in agent.log, agent.log[-3000:]
+    assert samples_of(output, churner.name) > 1000
+
+
+@pytest.mark.slow
+def test_a_full_pid_map_counts_its_drops_and_heals_when_processes_exit(build_workload, tmp_path):
+    churner, busy = build_workload("churn"), build_workload("three_leaves")
+    output = tmp_path / "out"
+    config = PROCESS_CONFIG.format(folder=churner.parent, output=output, rate=1000, pid_map_size=64)
+    with run_agent(config, tmp_path) as agent:
+        agent.wait_for_metrics()
+        sleepers = churn(churner, 300, 3000, 4000, 300, 8)
+        time.sleep(3)
+        worker = subprocess.Popen([str(busy), "12"])
+        try:
+            assert wait_for(
+                lambda: agent.metric(
+                    "emberscope_ebpf_samples_dropped_total", reason="pid_map_full"
+                ),
+                5,
+            )
+            health = agent.component("pyroscope.ebpf.default")["health"]
+            assert health["state"] == "unhealthy" and "pid_map_size" in health["message"]
+            children_cpu_s(sleepers)  # the sleepers exit
+            healed = time.time_ns() + 1_000_000_000
+            assert wait_for(lambda: samples_of(output, busy.name, healed) > 100, 8)
+            assert wait_for(
+                lambda: agent.component("pyroscope.ebpf.default")["health"]["state"] == "healthy", 5
+            )
+        finally:
+            worker.kill()
+            worker.wait()
+    log = agent.log
+    assert log.count("raise pid_map_size") == 1, log[-3000:]
+    assert "Traceback" not in log
+
+
+def test_a_crashed_events_thread_is_restarted_and_health_says_so(monkeypatch):
+    options = ComponentOptions(
+        "pyroscope.ebpf.crash", lambda _: None, {}, threading.Lock(), CollectorRegistry()
+    )
+    component = EbpfComponent(
+        options, EbpfComponent.Arguments(targets=[], forward_to=[], python_enabled=False)
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=component.run, args=(stop,))
+    runner.start()
+    try:
+        sampler = wait_for(lambda: options.shared.get(_SHARED_KEY), 10)
+        assert wait_for(lambda: component.health().state == "healthy", 10)
+        crashes = []
+
+        def crash_once(timeout_ms: int = 0) -> None:
+            crashes.append(timeout_ms)
+            if len(crashes) == 1:
+                raise RuntimeError("injected")
+
+        monkeypatch.setattr(sampler._profiler, "poll", crash_once)
+        health = wait_for(lambda: component.health().state == "unhealthy" and component.health(), 5)
+        assert health and "events thread" in health.message and "injected" in health.message
+        assert wait_for(lambda: len(crashes) > 1, 5), "the thread was not restarted"
+        assert wait_for(lambda: component.health().state == "healthy", 5)
+        restarts = options.registry.get_sample_value(
+            "emberscope_thread_restarts_total", {"thread": "ebpf-events"}
+        )
+        assert restarts == 1
+    finally:
+        stop.set()
+        runner.join(30)
+
+
+CONTAINER_CONFIG = """
+pyroscope.ebpf "default" {{
+  targets          = [{{"__container_id__" = "{container_id}", "service_name" = "burners"}}]
+  forward_to       = [pyroscope.file.out.receiver]
+  collect_interval = "1s"
+}}
+
+pyroscope.file "out" {{
+  directory = "{output}"
+}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["container", "process"])
+def test_processes_living_30_to_200_ms_keep_their_samples(build_workload, tmp_path, target):
+    """Each burner exits before the agent can read its /proc entry: it is
+    matched by the cgroup or the discovery the kernel and procevents saw."""
+    churner = build_workload("churn")
+    output = tmp_path / "out"
+    container_id = os.urandom(32).hex()
+    if target == "container":
+        config = CONTAINER_CONFIG.format(container_id=container_id, output=output)
+        service = "burners"
+    else:
+        config = PROCESS_CONFIG.format(
+            folder=churner.parent, output=output, rate=97, pid_map_size=2048
+        )
+        service = churner.name
+    cgroups = Cgroups(cgroup2_root())
+    with run_agent(config, tmp_path) as agent:
+        agent.wait_for_metrics()
+        # parked in a stopped state until moved into its cgroup: its children inherit it
+        burners = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                'kill -STOP $$; exec "$0" "$@"',
+                str(churner),
+                "200",
+                "30000",
+                "200000",
+                "2",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert wait_for(
+                lambda: Path(f"/proc/{burners.pid}/stat").read_text().split()[2] == "T", 5
+            )
+            if target == "container":
+                cgroups.move(burners.pid, f"kubepods/besteffort/podx/{container_id}")
+            os.kill(burners.pid, signal.SIGCONT)
+            cpu_s = children_cpu_s(burners)
+            time.sleep(7)  # past pending classification and one more interval
+        finally:
+            burners.kill()
+            cgroups.close([burners.pid])
+    samples = samples_of(output, service)
+    expected = 97 * cpu_s
+    print(f"{target}: {samples} samples for {cpu_s:.1f} CPU s ({samples / expected:.0%})")
+    assert samples >= 0.9 * expected, agent.log[-3000:]
