@@ -599,7 +599,7 @@ def _rare(
         return reg, kind, expression, pos, None
     if op == 0x01:  # DW_CFA_set_loc
         address, pos = _read_encoded(code, pos, cie.fde_encoding, code_address, None, cie.offset)
-        return -1, 0, 0, pos, (address - pc_begin) & _MASK64
+        return -1, 0, 0, pos, address - pc_begin
     if op == 0x1D:  # DW_CFA_MIPS_advance_loc8, as GNU tools accept it
         raise UnwindError("DW_CFA_MIPS_advance_loc8 not supported")
     raise UnwindError(f"unknown call-frame instruction {op:#04x}")
