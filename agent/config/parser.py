@@ -1,7 +1,9 @@
 """The recursive-descent parser of the Alloy syntax, and the tree it builds.
 
 The grammar and every message follow grafana/alloy ``syntax/parser/internal.go``.
-Unlike Alloy, parsing stops at the first error instead of collecting them.
+Unlike Alloy, parsing stops at the first error instead of collecting them, and
+nesting is limited to MAX_DEPTH levels: the parser and the evaluator recurse
+once per level, so a deeper file would exhaust Python's stack.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from agent.config.lexer import (
 from agent.errors import ConfigError
 
 __all__ = [
+    "MAX_DEPTH",
     "Access",
     "Attribute",
     "Binary",
@@ -53,6 +56,10 @@ _PRECEDENCE = {
     "+": 4, "-": 4, "*": 5, "/": 5, "%": 5,
 }  # fmt: skip
 _LITERALS = {STRING, NUMBER, FLOAT, BOOL, NULL}
+
+# Levels of blocks in blocks and of expressions in expressions (brackets,
+# operands, accesses, calls); real configurations use fewer than ten.
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +168,13 @@ class _Parser:
     def __init__(self, tokens: Iterator[Token]) -> None:
         self._tokens = tokens
         self.tok = next(tokens)
+        self.depth = 0
+
+    def descend(self, pos: Position) -> None:
+        """One level deeper, at ``pos``; each parse function puts back the depth it found."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise error_at(pos, f"nested more than {MAX_DEPTH} levels deep")
 
     def next(self) -> Token:
         current = self.tok
@@ -198,9 +212,10 @@ class _Parser:
                 raise error_at(label_pos, "attribute names may not have labels")
             return Attribute(names[0], self.parse_expression(), start)
         if self.tok.kind == "{":
-            self.next()
+            self.descend(self.next().pos)
             body = self.parse_body("}")
             self.expect("}")
+            self.depth -= 1
             return Block(".".join(names), label, body, start)
         if len(names) == 1 and not label:  # could still become an attribute or a block
             raise self.fail(f"expected attribute assignment or block body, got {self.tok}")
@@ -233,11 +248,14 @@ class _Parser:
 
     def parse_expression(self, min_precedence: int = 1) -> Expr:
         """Or/And/Cmp/Add/Mul levels by precedence climbing; all left-associative."""
+        depth = self.depth
         left = self.parse_power()
         while _PRECEDENCE.get(self.tok.kind, 0) >= min_precedence:
             op = self.next()
+            self.descend(op.pos)  # a chain a + b + c nests to the left
             right = self.parse_expression(_PRECEDENCE[op.kind] + 1)
             left = Binary(op.kind, left, right, left.pos, op.pos)
+        self.depth = depth
         return left
 
     def parse_power(self) -> Expr:
@@ -246,14 +264,23 @@ class _Parser:
         if self.tok.kind != "^":
             return left
         op = self.next()
-        return Binary("^", left, self.parse_power(), left.pos, op.pos)
+        self.descend(op.pos)
+        right = self.parse_power()
+        self.depth -= 1
+        return Binary("^", left, right, left.pos, op.pos)
 
     def parse_unary(self) -> Expr:
+        depth = self.depth
         if self.tok.kind in ("!", "-"):
             op = self.next()
-            return Unary(op.kind, self.parse_unary(), op.pos)
+            self.descend(op.pos)
+            operand = self.parse_unary()
+            self.depth = depth
+            return Unary(op.kind, operand, op.pos)
         expr = self.parse_primary()
         while True:
+            if self.tok.kind in (".", "[", "("):
+                self.descend(self.tok.pos)  # a chain a.b[c](d) nests to the left
             if self.tok.kind == ".":
                 self.next()
                 name_pos = self.tok.pos
@@ -269,13 +296,14 @@ class _Parser:
             elif self.tok.kind in (STRING, "{"):
                 self.reject_block(expr)
             else:
+                self.depth = depth
                 return expr
 
     def reject_block(self, expr: Expr) -> None:
         """A block where an expression should be (``a = foo "x" { ... }``) gets its own message."""
         if self.tok.kind == STRING:
             self.next()
-        self.expect("{")
+        self.descend(self.expect("{").pos)
         self.parse_body("}")
         self.expect("}")
         raise error_at(expr.pos, "cannot use a block as an expression")
@@ -288,18 +316,19 @@ class _Parser:
         if tok.kind in _LITERALS:
             self.next()
             return Literal(tok.value, tok.pos)
+        if tok.kind not in ("(", "[", "{"):
+            raise self.fail(f"expected expression, got {tok}")
+        self.descend(self.next().pos)
+        expr: Expr
         if tok.kind == "(":
-            self.next()
-            inner = self.parse_expression()
+            expr = self.parse_expression()
             self.expect(")")
-            return inner
-        if tok.kind == "[":
-            self.next()
-            return ListExpr(self.parse_expression_list("]"), tok.pos)
-        if tok.kind == "{":
-            self.next()
-            return ObjectExpr(self.parse_field_list(), tok.pos)
-        raise self.fail(f"expected expression, got {tok}")
+        elif tok.kind == "[":
+            expr = ListExpr(self.parse_expression_list("]"), tok.pos)
+        else:
+            expr = ObjectExpr(self.parse_field_list(), tok.pos)
+        self.depth -= 1
+        return expr
 
     def parse_expression_list(self, until: str) -> tuple[Expr, ...]:
         """ExprList = Expr { "," Expr } [ "," ], then the closing token."""

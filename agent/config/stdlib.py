@@ -17,6 +17,7 @@ from typing import Any
 
 import agent
 from agent.config.component import Secret
+from agent.config.parser import MAX_DEPTH
 
 __all__ = ["CallError", "Function", "build_identifiers", "type_name"]
 
@@ -132,9 +133,27 @@ def _coalesce(*values: Any) -> Any:
 
 def _from_json(text: Any) -> Any:
     try:
-        return json.loads(_text(text, 0))
+        value = json.loads(_text(text, 0))
     except json.JSONDecodeError as exc:
         raise CallError(f"invalid JSON: {exc}", 0) from exc
+    except RecursionError as exc:  # the decoder recurses once per level too
+        raise CallError(f"JSON nested more than {MAX_DEPTH} levels deep", 0) from exc
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise CallError(f"JSON nested more than {MAX_DEPTH} levels deep", 0)
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True if arrays and objects nest deeper than ``limit``; without recursion."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, list | dict):
+            if depth == limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _nonsensitive(value: Any) -> str:

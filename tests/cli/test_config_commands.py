@@ -63,3 +63,24 @@ def test_a_missing_file_is_one_line(emberscope, tmp_path):
     assert result.returncode == 1
     assert "nowhere.alloy" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("nesting", "where"),
+    [
+        # Each of these raised RecursionError, a traceback of thousands of lines.
+        ("  targets = " + "[" * 300 + "]" * 300 + "\n", "2:112"),
+        ("".join(f"  b{i} {{\n" for i in range(1000)) + "  }\n" * 1000, "101:7"),
+        ('  targets = json_decode("' + "[" * 10**5 + "]" * 10**5 + '")\n', "2:25"),
+    ],
+)
+def test_a_deeply_nested_config_is_one_line_and_exits_1(emberscope, tmp_path, nesting, where):
+    config = tmp_path / "deep.alloy"
+    config.write_text(f'pyroscope.ebpf "a" {{\n{nesting}  forward_to = []\n}}\n')
+    result = emberscope("check-config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"emberscope: {config}:{where}: "
+        + ("encoding.from_json: JSON " if "json" in nesting else "")
+        + "nested more than 100 levels deep"
+    ]

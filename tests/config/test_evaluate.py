@@ -9,7 +9,7 @@ import pytest
 from agent.config import Secret
 from agent.config.evaluate import UNKNOWN, Reference, Scope, evaluate, references
 from agent.config.lexer import Position
-from agent.config.parser import parse
+from agent.config.parser import MAX_DEPTH, parse
 from agent.errors import ConfigError
 
 EXPORTS = {
@@ -188,3 +188,28 @@ def test_evaluation_errors_are_positioned(source, message):
     with pytest.raises(ConfigError) as caught:
         value(source)
     assert str(caught.value).startswith(f"t.alloy:{message}")
+
+
+def test_values_nested_as_deep_as_the_parser_allows_evaluate():
+    nested = value("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    for _ in range(MAX_DEPTH - 1):
+        (nested,) = nested
+    assert nested == []
+    assert value("1" + " + 1" * (MAX_DEPTH - 1)) == MAX_DEPTH
+    assert value("-" * (MAX_DEPTH - 1) + "1") == -1
+    assert references(
+        # Two levels of brackets fewer: each access is one level too.
+        expr("[" * (MAX_DEPTH - 2) + "local.single.value" + "]" * (MAX_DEPTH - 2)),
+        EXPORTS,
+    ) == [Reference("local.single", ("value",), Position("t.alloy", 1, 103))]
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100_000])
+def test_json_nested_deeper_than_the_limit_is_one_positioned_error(depth):
+    text = "[" * depth + "]" * depth
+    with pytest.raises(ConfigError) as caught:
+        value(f'json_decode("{text}")')
+    assert str(caught.value) == (
+        f"t.alloy:1:17: encoding.from_json: JSON nested more than {MAX_DEPTH} levels deep"
+    )
+    assert len(value(f'json_decode("{"[" * MAX_DEPTH + "]" * MAX_DEPTH}")')) == 1

@@ -6,6 +6,7 @@ import pytest
 
 from agent.config.lexer import Position, decode_source
 from agent.config.parser import (
+    MAX_DEPTH,
     Access,
     Attribute,
     Binary,
@@ -225,3 +226,51 @@ def test_invalid_utf8_is_reported_where_it_is():
     with pytest.raises(ConfigError, match=r"^t.alloy:2:6: illegal UTF-8 encoding$"):
         decode_source(b'a = 1\nb = "\xff"\n', "t.alloy")
     assert decode_source("é = 1".encode(), "t.alloy") == "é = 1"
+
+
+# Nesting: the parser and the evaluator recurse once per level, so a file
+# nested deeper than MAX_DEPTH gets one positioned error, not a RecursionError.
+
+
+def nested_blocks(depth: int) -> str:
+    return "".join(f"b{i} {{\n" for i in range(depth)) + "}\n" * depth
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        # 101 levels each: the error points at the token that opens the 101st.
+        (nested_blocks(101), "101:6"),
+        ("a = " + "[" * 101 + "]" * 101, "1:105"),
+        ("a = " + "(" * 101 + "1" + ")" * 101, "1:105"),
+        ("a = " + "{b = " * 101 + "1" + "}" * 101, "1:505"),
+        ("a = " + "-" * 101 + "1", "1:105"),
+        ("a = 1" + " + 1" * 101, "1:407"),
+        ("a = 2" + " ^ 2" * 101, "1:407"),
+        ("a = x" + ".y" * 101, "1:206"),
+        ("a = x" + "[0]" * 101, "1:306"),
+        ("a = f" + "()" * 101, "1:206"),
+    ],
+)
+def test_nesting_past_max_depth_is_one_positioned_error(source, where):
+    with pytest.raises(ConfigError) as caught:
+        parse(source, "t.alloy")
+    assert str(caught.value) == f"t.alloy:{where}: nested more than {MAX_DEPTH} levels deep"
+
+
+@pytest.mark.parametrize("depth", [300, 100_000])
+def test_a_config_nested_far_deeper_fails_the_same_way(depth):
+    with pytest.raises(ConfigError, match=r"^t.alloy:101:6: nested more than 100 levels deep$"):
+        parse(nested_blocks(depth), "t.alloy")
+    with pytest.raises(ConfigError, match=r"^t.alloy:1:105: nested more than 100 levels deep$"):
+        parse("a = " + "[" * depth, "t.alloy")
+
+
+def test_nesting_up_to_max_depth_parses():
+    assert len(parse(nested_blocks(MAX_DEPTH), "t.alloy").body) == 1
+    value = parse_value("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    for _ in range(MAX_DEPTH - 1):
+        (value,) = value.items
+    assert value == ListExpr((), pos(1, 4 + MAX_DEPTH))
+    # Siblings do not add up: only what is inside what counts.
+    parse_value(" + ".join(["(" * 50 + "1" + ")" * 50] * 40))
