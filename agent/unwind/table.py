@@ -32,7 +32,7 @@ from agent.unwind.cfi import (
     read_cfi_sections,
 )
 
-__all__ = ["ROW_FORMAT", "CfaType", "UnwindTable", "build_table", "compile_table", "lookup"]
+__all__ = ["CfaType", "ROW_FORMAT", "UnwindTable", "build_table", "compile_table", "lookup"]
 
 ROW_FORMAT = "<IBbH"
 ROW_SIZE = 8

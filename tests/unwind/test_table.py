@@ -3,6 +3,7 @@ files of this machine and on binaries built by the tests."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -298,3 +299,13 @@ def test_separate_debug_file_gives_the_debug_frame(compile_c, tmp_path):
     whole = build_table(open(stripped, "rb"), debug_stream=open(debug, "rb"))
     assert whole == build_table(open(binary, "rb"))
     assert len(whole.functions) > len(alone.functions)
+
+
+@pytest.mark.parametrize("path", ["/usr/bin/gzip", "/lib/x86_64-linux-gnu/libc.so.6"])
+def test_without_section_headers_eh_frame_is_found_through_its_header(path):
+    data = bytearray(open(path, "rb").read())
+    struct.pack_into("<Q", data, 0x28, 0)  # e_shoff
+    struct.pack_into("<HH", data, 0x3C, 0, 0)  # e_shnum, e_shstrndx
+    headerless = build_table(io.BytesIO(bytes(data)))
+    assert headerless == build_table(open(path, "rb"))
+    assert headerless.row_count > 1000
