@@ -234,6 +234,8 @@ def _parse_cie(data: bytes, start: int, pos: int, end: int, debug_frame: bool) -
                 f"CIE at {start:#x}: address size {address_size}, segment size {segment_size}"
             )
     code_align, pos = _uleb(data, pos)
+    if code_align == 0:
+        raise UnwindError(f"CIE at {start:#x}: code alignment factor 0")
     data_align, pos = _sleb(data, pos)
     if version == 1:
         ra_register = data[pos]
@@ -477,7 +479,7 @@ def _run(
         if op >= 0x40:
             low = op & 0x3F
             if op < 0x80:  # DW_CFA_advance_loc
-                if keep_rows:
+                if keep_rows and low:  # a zero advance starts no row
                     rows.append((loc, (cfa_reg, cfa_off, cfa_expr, rbp_k, rbp_v, ra_k, ra_v)))
                 loc += low * code_align
             elif op < 0xC0:  # DW_CFA_offset

@@ -58,8 +58,9 @@ def cie(
     augmentation_data: bytes = b"\x1b",
     instructions: bytes = CIE_INSTRUCTIONS,
     version: int = 1,
+    code_align: int = 1,
 ) -> bytes:
-    body = bytes([version]) + augmentation + b"\0" + uleb(1) + sleb(-8) + bytes([16])
+    body = bytes([version]) + augmentation + b"\0" + uleb(code_align) + sleb(-8) + bytes([16])
     if augmentation.startswith(b"z"):
         body += uleb(len(augmentation_data)) + augmentation_data
     body += instructions
@@ -172,6 +173,12 @@ def test_advances_move_the_location(advance, loc):
     (entry,) = parse_cfi(section((0x1000, 0x20000, advance + b"\x0e\x10")), SECTION_ADDRESS)
     rows, _ = execute(entry)
     assert [(row_loc, rules[1]) for row_loc, rules in rows] == [(0, 8), (loc, 16)]
+
+
+def test_a_zero_advance_starts_no_row():
+    (entry,) = parse_cfi(section((0x1000, 0x20, b"\x40\x0e\x10\x02\x00\x0e\x18")), SECTION_ADDRESS)
+    rows, _ = execute(entry)
+    assert [(loc, rules[1]) for loc, rules in rows] == [(0, 24)]
 
 
 def test_set_loc_is_absolute_and_flagged():
@@ -309,6 +316,7 @@ def _good() -> bytes:
         (section((0x1000, 0x10, b""), common=cie(b"eh")), "augmentation"),
         (section((0x1000, 0x10, b""), common=cie(augmentation_data=b"")), "augmentation"),
         (section((0x1000, 0x10, b""), common=cie(version=2)), "version"),
+        (section((0x1000, 0x10, b""), common=cie(code_align=0)), "code alignment"),
         (cie() + fde(len(cie()), 0x1000, 0x1000, 0x10, b""), "out of range"),
         (cie() + fde(len(cie()), -4, 0x1000, 0x10, b""), "out of range"),
         (cie() + fde(len(cie()), len(cie()) - 8, 0x1000, 0x10, b""), "no CIE"),
@@ -328,6 +336,7 @@ def _good() -> bytes:
         "eh_augmentation",
         "augmentation_data_too_short",
         "cie_version",
+        "code_alignment_0",
         "cie_pointer_wraps",
         "cie_pointer_before_start",
         "cie_pointer_not_at_a_cie",

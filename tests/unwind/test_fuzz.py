@@ -4,12 +4,13 @@ escapes (never IndexError, struct.error, ...), and no input makes them hang."""
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.unwind import UnwindError, build_table
+from agent.unwind import ROW_FORMAT, CfaType, UnwindError, build_table
 from agent.unwind.cfi import execute, parse_cfi, parse_eh_frame_hdr, read_cfi_sections
 from agent.unwind.table import compile_table
 
@@ -34,13 +35,22 @@ SEED, SEED_ADDRESS = _seed()
 
 
 def exercise(data: bytes, address: int, debug_frame: bool = False) -> None:
+    """Read, run and compile; a table that comes out must keep the row contract."""
     try:
         fdes = parse_cfi(data, address, debug_frame=debug_frame)
         for fde in fdes:
             execute(fde)
-        compile_table(fdes)
+        table = compile_table(fdes)
     except UnwindError:
-        pass
+        return
+    check_rows(table)
+
+
+def check_rows(table) -> None:
+    rows = list(struct.iter_unpack(ROW_FORMAT, table.rows))
+    assert all(a[0] < b[0] for a, b in zip(rows, rows[1:], strict=False))
+    assert all(a[1:] != b[1:] for a, b in zip(rows, rows[1:], strict=False))
+    assert all(0 <= row[1] <= max(CfaType) for row in rows)
 
 
 def mutate(base: bytes, edits: list[tuple[int, int, int]]) -> bytes:
@@ -89,23 +99,35 @@ def test_random_eh_frame_hdr_raises_only_unwind_error(data):
         pass
 
 
-@pytest.fixture(scope="module")
-def small_file() -> tuple[bytes, range]:
+class SmallFile:
     """The bytes of a small binary and the file range of its CFI sections."""
-    data = open(SMALL_FILE, "rb").read()
-    sections = read_cfi_sections(io.BytesIO(data))
-    starts = [data.find(section.data) for section in sections]
-    assert all(start > 0 for start in starts)
-    hdr_start = min(starts) - 0x400  # .eh_frame_hdr sits just before .eh_frame
-    return data, range(max(hdr_start, 0), max(starts) + max(len(s.data) for s in sections))
+
+    def __init__(self, path: str) -> None:
+        self.data = open(path, "rb").read()
+        sections = read_cfi_sections(io.BytesIO(self.data))
+        starts = [self.data.find(section.data) for section in sections]
+        assert all(start > 0 for start in starts)
+        # .eh_frame_hdr sits just before .eh_frame
+        self.span = range(
+            max(min(starts) - 0x400, 0), max(starts) + max(len(s.data) for s in sections)
+        )
+
+    def __repr__(self) -> str:
+        return f"SmallFile({SMALL_FILE!r})"
+
+
+@pytest.fixture(scope="module")
+def small_file() -> SmallFile:
+    return SmallFile(SMALL_FILE)
 
 
 @settings(FUZZ, max_examples=150)
 @given(edits=EDITS)
 def test_mutated_file_raises_only_unwind_error(small_file, edits):
-    data, span = small_file
+    data, span = small_file.data, small_file.span
     region = mutate(data[span.start : span.stop], [(0, p, b) for _, p, b in edits])
     try:
-        build_table(io.BytesIO(data[: span.start] + region + data[span.stop :]))
+        table = build_table(io.BytesIO(data[: span.start] + region + data[span.stop :]))
     except UnwindError:
-        pass
+        return
+    check_rows(table)
