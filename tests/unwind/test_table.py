@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -85,52 +86,61 @@ def readelf_frames(path: str) -> dict[str, tuple[list[OracleFde], set[int]]]:
     return sections
 
 
-def expected_row(rules: dict[str, str], signal: bool) -> tuple[int, int, int] | str:
-    """The row readelf's rules call for: (cfa_type, rbp_offset, cfa_offset), or "exp"
-    where the CFA is an expression (a PLT row or an unsupported one)."""
+def expected_row(rules: dict[str, str], signal: bool) -> tuple[tuple[int, int, int] | str, str]:
+    """The row readelf's rules call for, (cfa_type, rbp_offset, cfa_offset), or "exp"
+    where the CFA is an expression (a PLT row or an unsupported one); and the reason
+    when the row is unsupported."""
     if signal:
-        return (CfaType.SIGNAL, 0, 0)
+        return (CfaType.SIGNAL, 0, 0), ""
     ra = rules.get("ra", "u")
     if ra == "u":
-        return (CfaType.END, 0, 0)
+        return (CfaType.END, 0, 0), ""
     if ra != "c-8":
-        return _UNSUPPORTED
+        return _UNSUPPORTED, "ra_rule"
     if rules["CFA"] == "exp":
-        return "exp"
+        return "exp", "cfa_expression"
     register, offset = re.fullmatch(r"(\w+?)([+-]\d+)", rules["CFA"]).groups()
-    if register not in ("rsp", "rbp") or not 0 <= int(offset) <= 0xFFFF:
-        return _UNSUPPORTED
+    if register not in ("rsp", "rbp"):
+        return _UNSUPPORTED, "cfa_register"
+    if not 0 <= int(offset) <= 0xFFFF:
+        return _UNSUPPORTED, "cfa_offset_range"
     cfa_type = CfaType.RSP if register == "rsp" else CfaType.RBP
     rbp = rules.get("rbp", "u")
     if rbp in ("u", "s"):
-        return (cfa_type, 0, int(offset))
+        return (cfa_type, 0, int(offset)), ""
     saved = re.fullmatch(r"c([+-]\d+)", rbp)
     if saved is None:
-        return _UNSUPPORTED
+        return _UNSUPPORTED, "rbp_rule"
     slot = int(saved.group(1))
     if slot % 8 or not -1024 <= slot <= 1016 or slot == 0:
-        return _UNSUPPORTED
-    return (cfa_type, slot // 8, int(offset))
+        return _UNSUPPORTED, "rbp_offset_range"
+    return (cfa_type, slot // 8, int(offset)), ""
 
 
-def compare(table, fdes: list[OracleFde], signal: set[int]) -> tuple[int, list[str]]:
+def compare(table, fdes: list[OracleFde], signal: set[int]) -> tuple[int, list[str], Counter]:
     """Check every address range readelf describes against our rows: the row at its
-    start and every row of ours that starts inside it. (rows compared, mismatches)"""
+    start and every row of ours that starts inside it.
+
+    Returns the rows compared, the mismatches, and the unsupported CFI rows by reason.
+    """
     rows = list(struct.iter_unpack(ROW_FORMAT, table.rows))
     pcs = [row[0] for row in rows]
     starts = {fde.begin for fde in fdes}
     compared = 0
     wrong = []
+    reasons: Counter[str] = Counter()
     for fde in fdes:
         spans = [(loc, rules) for loc, rules in fde.rows if loc < fde.end]
         for index, (loc, rules) in enumerate(spans):
             stop = spans[index + 1][0] if index + 1 < len(spans) else fde.end
-            want = expected_row(rules, fde.cie in signal)
+            want, reason = expected_row(rules, fde.cie in signal)
             inside = [lookup(table, loc)]
-            index = bisect_right(pcs, loc)
-            while index < len(rows) and pcs[index] < stop:
-                inside.append(rows[index])
-                index += 1
+            at = bisect_right(pcs, loc)
+            while at < len(rows) and pcs[at] < stop:
+                inside.append(rows[at])
+                at += 1
+            if want != "exp" or inside[0][1] == CfaType.UNSUPPORTED:
+                reasons[reason] += 1
             for ours in inside:
                 compared += 1
                 if want == "exp":
@@ -143,7 +153,8 @@ def compare(table, fdes: list[OracleFde], signal: set[int]) -> tuple[int, list[s
             end_row = lookup(table, fde.end)
             if end_row[1] != CfaType.NONE:
                 wrong.append(f"{fde.end:#x}, the end of an FDE, is {end_row}")
-    return compared, wrong
+    del reasons[""]
+    return compared, wrong, reasons
 
 
 def _ldd(binary: str) -> list[str]:
@@ -184,9 +195,10 @@ def test_rows_match_readelf_on_system_files(path):
     fdes = [fde for fde in fdes if fde.end > fde.begin]
     assert table.overlaps == 0
     assert list(table.functions) == sorted(fde.begin for fde in fdes)
-    compared, wrong = compare(table, fdes, signal)
+    compared, wrong, reasons = compare(table, fdes, signal)
     assert not wrong, f"{len(wrong)} of {compared} rows differ:\n" + "\n".join(wrong[:20])
     assert compared >= len(fdes)
+    assert table.unsupported == reasons
 
 
 def test_rows_are_sorted_merged_and_packed():
@@ -278,7 +290,7 @@ def test_debug_frame_fills_code_without_eh_frame(compile_c):
     assert {"main", "drive", "mid", "leaf"} <= named.keys()
     assert not any(fde.begin == named["leaf"].begin for fde in eh_fdes)
     table = build_table(open(binary, "rb"))
-    compared, wrong = compare(table, eh_fdes + debug_fdes, set())
+    compared, wrong, _ = compare(table, eh_fdes + debug_fdes, set())
     assert not wrong, "\n".join(wrong)
     assert compared >= len(eh_fdes) + len(debug_fdes)
     # leaf keeps a 64-word buffer on its stack: a CFA far above rsp after the prologue.
