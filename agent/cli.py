@@ -20,6 +20,7 @@ from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.python import PythonProcesses
 from agent.symbols import DEMANGLE_MODES, Symbolizer
+from agent.unwind import NativeUnwinder
 
 __all__ = ["main"]
 
@@ -92,6 +93,11 @@ def _build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
     profile.add_argument(
         "--no-python", action="store_true", help="do not walk Python frames: native stacks only"
+    )
+    profile.add_argument(
+        "--no-unwind-tables",
+        action="store_true",
+        help="walk user stacks by frame pointers only, not with the files' .eh_frame tables",
     )
     profile.add_argument(
         "--demangle",
@@ -217,6 +223,7 @@ def _profile(args: argparse.Namespace) -> int:
         collect_kernel=not args.no_kernel,
         discover_new=not args.pid,
         python_enabled=not args.no_python,
+        native_unwinding=not args.no_unwind_tables,
     )
     selection = ProcessSelection(all_processes=args.all, pids=frozenset(args.pid))
     builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
@@ -229,7 +236,8 @@ def _profile(args: argparse.Namespace) -> int:
             return [destination] if matches else []
 
         python = None if args.no_python else PythonProcesses(session, _PYTHON_SYMBOLS)
-        profiler = Profiler(session, symbolizer, classify, python)
+        unwinder = None if args.no_unwind_tables else NativeUnwinder(session)
+        profiler = Profiler(session, symbolizer, classify, python, unwinder)
         for pid in args.pid:
             profiler.add(pid, [destination])
         child = _spawn(command, selection, profiler, destination) if command else None

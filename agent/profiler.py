@@ -21,6 +21,7 @@ from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
 from agent.symbols import Frame, Symbolizer
 from agent.symbols.cache import LruCache
+from agent.unwind.processes import NativeUnwinder
 
 __all__ = [
     "Destination",
@@ -46,6 +47,9 @@ _STACK_CACHE_SIZE = 4096
 # discovery may not have seen it yet (discovery.process looks every second),
 # and its samples are held meanwhile, so none are lost while the agent learns.
 _PENDING_S = 5.0
+# How often the mappings of a sampled process are read again for its unwind
+# tables: a library loaded with dlopen() is walked with tables from then on.
+_UNWIND_REFRESH_S = 10.0
 
 
 class Destination(Protocol):
@@ -154,8 +158,11 @@ class Profiler:
         symbolizer: Symbolizer,
         classify: Classifier,
         python: PythonProcesses | None = None,
+        unwinder: NativeUnwinder | None = None,
     ) -> None:
         self._session = session
+        self._unwinder = unwinder
+        self._unwind_refreshed: dict[int, float] = {}  # pid -> when its mappings were read
         self._symbolizer = symbolizer
         self._classify = classify
         self._python = python
@@ -166,6 +173,10 @@ class Profiler:
         self._facts: dict[int, PidEvent] = {}  # what the kernel saw at first sight
         self._settling: dict[int, float] = {}  # pid -> when it was first seen
         self._user_stacks: LruCache[_UserStackKey, list[Frame]] = LruCache(_STACK_CACHE_SIZE)
+
+    def set_unwinder(self, unwinder: NativeUnwinder) -> None:
+        """Walk the user stacks of processes profiled from now on with unwind tables."""
+        self._unwinder = unwinder
 
     @property
     def profiled(self) -> Collection[int]:
@@ -185,6 +196,7 @@ class Profiler:
         if self._python is not None:
             self._python.add(pid)
         self._route(pid, tuple(destinations), tracked_only=False)
+        self._start_native(pid)
 
     def user_stack_cache_stats(self) -> dict[str, int]:
         """The resolved-stack cache's size, fill, hits, misses and evictions."""
@@ -222,8 +234,12 @@ class Profiler:
             self._settling[pid] = time.monotonic()  # the loader maps its libraries again
             if self._python is not None:
                 self._python.forget(pid)
-            if self._decide(pid) and self._python is not None:
-                self._python.add(pid)
+            if self._unwinder is not None:
+                self._unwinder.forget(pid)
+            if self._decide(pid):
+                if self._python is not None:
+                    self._python.add(pid)
+                self._start_native(pid)
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
 
@@ -247,8 +263,34 @@ class Profiler:
                 log.debug("cannot read a profiled process: %s", exc)
         if destinations and not self._routes.get(pid) and self._python is not None:
             self._python.add(pid)
+        new = destinations and not self._routes.get(pid)
         self._route(pid, destinations)
+        if new:
+            self._start_native(pid)
         return destinations
+
+    def _start_native(self, pid: int) -> None:
+        """Walk ``pid``'s user stacks with its files' unwind tables from now on."""
+        if self._unwinder is None:
+            return
+        try:
+            self._unwinder.add(pid)
+        except ProcessError as exc:
+            log.debug("no native unwinding for pid %d: %s", pid, exc.reason)
+        self._unwind_refreshed[pid] = time.monotonic()
+
+    def _refresh_native(self, pids: Collection[int]) -> None:
+        """Follow libraries mapped since (dlopen), once per _UNWIND_REFRESH_S a process."""
+        if self._unwinder is None:
+            return
+        now = time.monotonic()
+        for pid in pids:
+            if now - self._unwind_refreshed.get(pid, now) > _UNWIND_REFRESH_S:
+                self._unwind_refreshed[pid] = now
+                try:
+                    self._unwinder.refresh(pid)
+                except ProcessError:
+                    pass  # gone: its exit event forgets it
 
     def _route(
         self, pid: int, destinations: tuple[Destination, ...], *, tracked_only: bool = True
@@ -276,6 +318,8 @@ class Profiler:
                 if now - since > _SETTLE_S:
                     raise ProcessError(pid, "settled")
                 self._symbolizer.add_process(pid)
+                if self._unwinder is not None:
+                    self._unwinder.refresh(pid)
             except ProcessError:
                 del self._settling[pid]
 
@@ -288,7 +332,8 @@ class Profiler:
         native_frames: dict[tuple[int, tuple[int, ...]], list[Frame]] = {}
         user_frames: dict[_UserStackKey, list[Frame]] = {}
         kernel_frames: dict[tuple[int, ...], list[Frame]] = {}
-        for sample in self._take_samples():
+        samples = self._take_samples()
+        for sample in samples:
             destinations = self._destinations(sample.pid)
             if not destinations:
                 if sample.pid in self._pending:
@@ -309,6 +354,7 @@ class Profiler:
                     sample.count,
                 )
             routed += sample.count
+        self._refresh_native({sample.pid for sample in samples})
         for pid in exited:
             if pid in self._pending:
                 self._exited.add(pid)  # its held samples still wait for a decision
@@ -356,6 +402,9 @@ class Profiler:
         self._drop_user_stacks(pid)
         if self._python is not None:
             self._python.forget(pid)
+        if self._unwinder is not None:
+            self._unwinder.forget(pid)
+        self._unwind_refreshed.pop(pid, None)
         self._settling.pop(pid, None)
         self._routes.pop(pid, None)
         self._facts.pop(pid, None)

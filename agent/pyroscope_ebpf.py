@@ -36,6 +36,7 @@ from agent.telemetry import (
     find_program_fd,
     read_program_stats,
 )
+from agent.unwind import NativeUnwinder, open_table_cache
 from agent.write import Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
@@ -67,6 +68,10 @@ class EbpfArguments:
     python_enabled: bool = True
     symbols_map_size: int = 16384
     pid_map_size: int = 2048
+    # ours, not Alloy's: native stacks without frame pointers (.eh_frame tables)
+    unwind_tables: bool = True
+    unwind_table_size: int = 1 << 20  # rows of 8 bytes the kernel holds: 8 MiB
+    unwind_cache_directory: str = "/var/cache/emberscope/unwind"  # "" keeps no disk cache
 
     def __post_init__(self) -> None:
         if self.collect_interval <= 0:
@@ -80,6 +85,7 @@ class EbpfArguments:
             "container_id_cache_size",
             "symbols_map_size",
             "pid_map_size",
+            "unwind_table_size",
         ):
             if getattr(self, name) <= 0:
                 raise ArgumentError(name, f"must be greater than 0, not {getattr(self, name)}")
@@ -113,6 +119,8 @@ class Sampler:
                 discover_new=True,
                 python_enabled=arguments.python_enabled,
                 symbols_map_size=arguments.symbols_map_size,
+                native_unwinding=arguments.unwind_tables,
+                unwind_table_rows=arguments.unwind_table_size,
             )
         )
         self._symbolizer = Symbolizer(
@@ -126,6 +134,7 @@ class Sampler:
             if arguments.python_enabled
             else None
         )
+        self._unwinder: NativeUnwinder | None = None
         self._profiler = Profiler(self._session, self._symbolizer, self._classify, self._python)
         self._events_thread = SupervisedThread("ebpf-events", self._poll)
         self._closed = False
@@ -134,6 +143,10 @@ class Sampler:
 
     def open(self) -> None:
         self._session.open()
+        if self.arguments.unwind_tables:
+            cache = open_table_cache(self.arguments.unwind_cache_directory)
+            self._unwinder = NativeUnwinder(self._session, cache)
+            self._profiler.set_unwinder(self._unwinder)
         self._events_thread.start()
         if self._registry is not None:
             self._program_fd = find_program_fd(self._session.program_id)

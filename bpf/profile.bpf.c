@@ -17,6 +17,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "profile.h"
 
 #define PF_EXITING	0x00000004	/* include/linux/sched.h */
@@ -26,6 +27,7 @@
 #define PY_CODE_WINDOW		144	/* ... and from a code object */
 #define PY_STR_HEADER		40	/* PyASCIIObject up to and including state */
 #define PROG_WALK_PYTHON	0
+#define PROG_WALK_NATIVE	1
 
 _Static_assert(PY_NAME_LEN < 256 && PY_FILE_LEN < 256, "read_str masks sizes with 0xff");
 #define PF_KTHREAD	0x00200000
@@ -94,7 +96,7 @@ PY_STACKS_MAP(py_stacks_1);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } programs SEC(".maps");
@@ -261,15 +263,29 @@ static __always_inline __u64 hash_stack(const struct stack_trace *trace, __u32 d
 {
 	__u64 hash = 0xcbf29ce484222325ULL;
 
-	for (__u32 i = 0; i < PERF_MAX_STACK_DEPTH && i < depth; i++)
+	for (__u32 i = 0; i < MAX_STACK_DEPTH && i < depth; i++)
 		hash = (hash ^ trace->ips[i]) * 0x100000001b3ULL;
 	return hash ? hash : 1;
+}
+
+/* Keep a stack (zero past depth) in the buffer's stacks map; its hash, or 0. */
+static __always_inline __u64 store_stack(void *stacks, const struct stack_trace *trace,
+					 __u32 depth)
+{
+	__u64 hash = hash_stack(trace, depth);
+
+	if (bpf_map_lookup_elem(stacks, &hash))
+		return hash;
+	if (bpf_map_update_elem(stacks, &hash, trace, BPF_NOEXIST) == -E2BIG) {
+		count_drop(DROP_STACKS_MAP_FULL);
+		return 0;
+	}
+	return hash;
 }
 
 static __always_inline __u64 capture_stack(void *ctx, void *stacks, __u32 slot, __u64 flags)
 {
 	struct stack_trace *trace;
-	__u64 hash;
 	long size;
 
 	trace = bpf_map_lookup_elem(&stack_scratch, &slot);
@@ -283,14 +299,7 @@ static __always_inline __u64 capture_stack(void *ctx, void *stacks, __u32 slot, 
 			count_drop(DROP_USER_STACK_MISSING);
 		return 0;
 	}
-	hash = hash_stack(trace, size / sizeof(__u64));
-	if (bpf_map_lookup_elem(stacks, &hash))
-		return hash;
-	if (bpf_map_update_elem(stacks, &hash, trace, BPF_NOEXIST) == -E2BIG) {
-		count_drop(DROP_STACKS_MAP_FULL);
-		return 0;
-	}
-	return hash;
+	return store_stack(stacks, trace, size / sizeof(__u64));
 }
 
 /*
@@ -588,13 +597,58 @@ int walk_python(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
+/* --- native stacks ---------------------------------------------------- */
+
+#include "native.bpf.h"
+
+/* Count a sample whose stacks are known, after its Python walk if it has one. */
+static __always_inline void finish_sample(void *ctx, struct sample_key *key, __u32 buffer)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct pid_config *pc = bpf_map_lookup_elem(&pids, &key->pid);
+
+	if (profile_config.python_enabled && pc && pc->python && pc->collect_user &&
+	    begin_py_walk(task, key, buffer)) {
+		/* counts the sample when done; on failure count it here */
+		bpf_tail_call(ctx, &programs, PROG_WALK_PYTHON);
+	}
+	if (buffer == 0)
+		count_sample(&counts_0, key);
+	else
+		count_sample(&counts_1, key);
+}
+
+SEC("perf_event")
+int walk_native(struct bpf_perf_event_data *ctx)
+{
+	enum unwind_stat end = UNWIND_STAT_MAX;
+	struct native_walk *walk;
+	__u32 zero = 0;
+
+	walk = bpf_map_lookup_elem(&native_walks, &zero);
+	if (!walk)
+		return 0;
+	for (int i = 0; i < NATIVE_FRAMES_PER_PROG && end == UNWIND_STAT_MAX; i++)
+		end = step_native(walk);
+	walk->runs += 1;
+	if (end == UNWIND_STAT_MAX && walk->runs < NATIVE_MAX_PROGS)
+		bpf_tail_call(ctx, &programs, PROG_WALK_NATIVE);
+	count_unwind(end == UNWIND_STAT_MAX ? UNWIND_END_DEPTH : end);
+	if (walk->buffer == 0)
+		walk->key.user_stack = store_stack(&stacks_0, &walk->trace, walk->depth);
+	else
+		walk->key.user_stack = store_stack(&stacks_1, &walk->trace, walk->depth);
+	finish_sample(ctx, &walk->key, walk->buffer);
+	return 0;
+}
+
 /* --- sampling ---------------------------------------------------------- */
 
-static __always_inline void record(struct bpf_perf_event_data *ctx, struct task_struct *task,
-				   struct pid_config *pc, __u32 tgid, __u32 buffer,
-				   void *stacks, void *counts)
+static __always_inline void record(struct bpf_perf_event_data *ctx, struct pid_config *pc,
+				   __u32 tgid, __u32 buffer, void *stacks)
 {
 	struct sample_key key = { .pid = tgid };
+	bool user_mode = sampled_in_user_mode(ctx);
 	__u32 zero = 0;
 	__u64 *total;
 
@@ -602,16 +656,16 @@ static __always_inline void record(struct bpf_perf_event_data *ctx, struct task_
 	if (total)
 		*total += 1;
 
+	if (pc->collect_kernel && !user_mode)
+		key.kernel_stack = capture_stack(ctx, stacks, 1, 0);
+	if (pc->collect_user && pc->native && profile_config.native_enabled) {
+		if (begin_native_walk(ctx, &key, buffer, user_mode))
+			bpf_tail_call(ctx, &programs, PROG_WALK_NATIVE);
+		count_drop(DROP_UNWIND_FAILED);
+	}
 	if (pc->collect_user)
 		key.user_stack = capture_stack(ctx, stacks, 0, BPF_F_USER_STACK);
-	if (pc->collect_kernel && !sampled_in_user_mode(ctx))
-		key.kernel_stack = capture_stack(ctx, stacks, 1, 0);
-	if (profile_config.python_enabled && pc->python && pc->collect_user &&
-	    begin_py_walk(task, &key, buffer)) {
-		/* counts the sample when done; on failure count it here */
-		bpf_tail_call(ctx, &programs, PROG_WALK_PYTHON);
-	}
-	count_sample(counts, &key);
+	finish_sample(ctx, &key, buffer);
 }
 
 SEC("perf_event")
@@ -640,9 +694,9 @@ int do_sample(struct bpf_perf_event_data *ctx)
 	if (!ctl)
 		return 0;
 	if (ctl->active_buffer == 0)
-		record(ctx, task, pc, tgid, 0, &stacks_0, &counts_0);
+		record(ctx, pc, tgid, 0, &stacks_0);
 	else
-		record(ctx, task, pc, tgid, 1, &stacks_1, &counts_1);
+		record(ctx, pc, tgid, 1, &stacks_1);
 	return 0;
 }
 

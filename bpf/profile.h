@@ -9,6 +9,8 @@
 #define __PROFILE_H
 
 #define PERF_MAX_STACK_DEPTH	127
+#define MAX_STACK_DEPTH		128	/* a walked user stack: 127 frames and a marker */
+#define STACK_TRUNCATED_IP	0xfffffffffffffffeULL	/* the last slot of a cut stack */
 #define COUNT_BUFFERS		2
 #define MAX_PY_FRAMES		128	/* deeper Python stacks are truncated */
 #define PY_NAME_LEN		96	/* bytes of co_qualname (co_name before 3.11) kept */
@@ -33,6 +35,7 @@ enum drop_reason {
 	DROP_EVENTS_FULL,		/* a pid event could not be reported */
 	DROP_PY_STACKS_MAP_FULL,	/* a new Python stack had no room: sample kept without it */
 	DROP_PY_READ_FAILED,		/* Python memory unreadable: the Python stack is cut there */
+	DROP_UNWIND_FAILED,		/* the native walk could not start: frame pointers used */
 	DROP_REASON_MAX,
 };
 
@@ -51,12 +54,60 @@ enum py_stat {
 	PY_STAT_MAX,
 };
 
+/* What happens to native stacks walked with unwind tables, per CPU (unwind_stats). */
+enum unwind_stat {
+	UNWIND_FRAMES_TABLE = 0,	/* frames unwound with a file's table */
+	UNWIND_FRAMES_FP,		/* frames unwound with frame pointers (no table) */
+	UNWIND_END_OUTERMOST,		/* the return address is undefined: a whole stack */
+	UNWIND_END_FP_CHAIN,		/* rbp or the return address became 0 */
+	UNWIND_END_NO_MAPPING,		/* an address in no known mapping */
+	UNWIND_END_NO_ROW,		/* in a mapped file, but no FDE covers the address */
+	UNWIND_END_UNSUPPORTED,		/* a rule the table cannot express */
+	UNWIND_END_READ_FAULT,		/* the user stack could not be read */
+	UNWIND_END_DEPTH,		/* deeper than MAX_STACK_DEPTH - 1: truncated */
+	UNWIND_STAT_MAX,
+};
+
+/* How a row finds the caller's frame (unwind_row.cfa_type). */
+enum cfa_type {
+	CFA_NONE = 0,		/* no FDE covers the address */
+	CFA_RSP = 1,		/* CFA = rsp + cfa_offset */
+	CFA_RBP = 2,		/* CFA = rbp + cfa_offset */
+	CFA_PLT = 3,		/* CFA = rsp + cfa_offset + ((rip & 15) >= rbp_offset ? 8 : 0) */
+	CFA_SIGNAL = 4,		/* a signal trampoline: registers in the ucontext at rsp */
+	CFA_END = 5,		/* the outermost frame */
+	CFA_UNSUPPORTED = 6,
+};
+
+/* One row of a file's unwind table (agent/unwind/table.py builds them). */
+struct unwind_row {
+	__u32 pc;		/* first file address the row covers */
+	__u8 cfa_type;
+	__s8 rbp_offset;	/* rbp saved at CFA + 8 * rbp_offset; 0: unchanged */
+	__u16 cfa_offset;
+};
+
+/* unwind_mappings key: a pid and an address, matched by prefix. */
+struct unwind_mapping_key {
+	__u32 prefixlen;	/* 32 bits of pid, then the address's high bits */
+	__u32 pid;
+	__u64 address;		/* big endian: prefixes match from the top bit */
+};
+
+/* Where a mapping's table lies in unwind_rows; rows == 0: frame pointers. */
+struct unwind_mapping {
+	__u64 bias;		/* file address = address - bias */
+	__u32 table_start;
+	__u32 table_rows;
+};
+
 /* Set in .rodata before load. */
 struct profile_config {
 	__u8 discover_new;	/* report and keep unknown pids as pending */
 	__u8 collect_user;	/* defaults for pending pids */
 	__u8 collect_kernel;
 	__u8 python_enabled;	/* walk Python stacks of processes in py_procs */
+	__u8 native_enabled;	/* walk user stacks with unwind tables where marked */
 };
 
 struct pid_config {
@@ -64,6 +115,8 @@ struct pid_config {
 	__u8 collect_user;
 	__u8 collect_kernel;
 	__u8 python;		/* has an entry in py_procs */
+	__u8 native;		/* walk user stacks with unwind tables */
+	__u8 _pad[3];
 };
 
 /* Stacks are stored by a 64-bit hash of their contents; 0 means none. */
@@ -77,7 +130,7 @@ struct sample_key {
 
 /* Return addresses, leaf first, zero-filled past the last frame. */
 struct stack_trace {
-	__u64 ips[PERF_MAX_STACK_DEPTH];
+	__u64 ips[MAX_STACK_DEPTH];
 };
 
 /*

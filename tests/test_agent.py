@@ -143,8 +143,15 @@ def agent_run(build_workload, tmp_path_factory):
 def test_sigterm_stops_it_cleanly_with_the_bpf_program_unloaded(agent_run):
     assert agent_run["returncode"] == 0, agent_run["log"]
     assert "agent stopped" in agent_run["log"]
-    # one sampler and its two tracepoint programs, however many components share it
-    assert agent_run["names"] == ["do_sample", "handle_exec", "handle_exit", "walk_python"]
+    # one sampler, its two tracepoint programs and its two walkers, however many
+    # components share it
+    assert agent_run["names"] == [
+        "do_sample",
+        "handle_exec",
+        "handle_exit",
+        "walk_native",
+        "walk_python",
+    ]
     assert agent_run["left"] == set()
 
 

@@ -7,12 +7,14 @@ import enum
 
 __all__ = [
     "MAX_PY_FRAMES",
+    "MAX_STACK_DEPTH",
     "PERF_MAX_STACK_DEPTH",
     "PY_FILE_LEN",
     "PY_FRAME_ENTRY",
     "PY_NAME_LEN",
     "PY_NO_OFFSET",
     "PY_STACK_TRUNCATED",
+    "STACK_TRUNCATED_IP",
     "Control",
     "DropReason",
     "PidConfig",
@@ -29,9 +31,15 @@ __all__ = [
     "PySymbolKey",
     "SampleKey",
     "StackTrace",
+    "UnwindMapping",
+    "UnwindMappingKey",
+    "UnwindRow",
+    "UnwindStat",
 ]
 
 PERF_MAX_STACK_DEPTH = 127
+MAX_STACK_DEPTH = 128
+STACK_TRUNCATED_IP = 0xFFFF_FFFF_FFFF_FFFE
 MAX_PY_FRAMES = 128
 PY_NAME_LEN = 96
 PY_FILE_LEN = 160
@@ -56,6 +64,19 @@ class DropReason(enum.IntEnum):
     EVENTS_FULL = 4
     PY_STACKS_MAP_FULL = 5
     PY_READ_FAILED = 6
+    UNWIND_FAILED = 7
+
+
+class UnwindStat(enum.IntEnum):
+    FRAMES_TABLE = 0
+    FRAMES_FP = 1
+    END_OUTERMOST = 2
+    END_FP_CHAIN = 3
+    END_NO_MAPPING = 4
+    END_NO_ROW = 5
+    END_UNSUPPORTED = 6
+    END_READ_FAULT = 7
+    END_DEPTH = 8
 
 
 class PyStat(enum.IntEnum):
@@ -77,6 +98,7 @@ class ProfileConfig(ctypes.Structure):
         ("collect_user", ctypes.c_uint8),
         ("collect_kernel", ctypes.c_uint8),
         ("python_enabled", ctypes.c_uint8),
+        ("native_enabled", ctypes.c_uint8),
     ]
 
 
@@ -86,6 +108,8 @@ class PidConfig(ctypes.Structure):
         ("collect_user", ctypes.c_uint8),
         ("collect_kernel", ctypes.c_uint8),
         ("python", ctypes.c_uint8),
+        ("native", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
     ]
 
 
@@ -100,7 +124,7 @@ class SampleKey(ctypes.Structure):
 
 
 class StackTrace(ctypes.Structure):
-    _fields_ = [("ips", ctypes.c_uint64 * PERF_MAX_STACK_DEPTH)]
+    _fields_ = [("ips", ctypes.c_uint64 * MAX_STACK_DEPTH)]
 
 
 class PidEventRecord(ctypes.Structure):
@@ -192,4 +216,29 @@ class PySymbol(ctypes.Structure):
         ("file_truncated", ctypes.c_uint8),
         ("name", ctypes.c_char * PY_NAME_LEN),
         ("file", ctypes.c_char * PY_FILE_LEN),
+    ]
+
+
+class UnwindRow(ctypes.Structure):
+    _fields_ = [
+        ("pc", ctypes.c_uint32),
+        ("cfa_type", ctypes.c_uint8),
+        ("rbp_offset", ctypes.c_int8),
+        ("cfa_offset", ctypes.c_uint16),
+    ]
+
+
+class UnwindMappingKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("address", ctypes.c_uint64),  # big endian
+    ]
+
+
+class UnwindMapping(ctypes.Structure):
+    _fields_ = [
+        ("bias", ctypes.c_uint64),
+        ("table_start", ctypes.c_uint32),
+        ("table_rows", ctypes.c_uint32),
     ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno as errno_codes
 import logging
+import mmap
 import os
 import select
 import struct
@@ -41,6 +42,10 @@ from agent.ebpf.layout import (
     PySymbolKey,
     SampleKey,
     StackTrace,
+    UnwindMapping,
+    UnwindMappingKey,
+    UnwindRow,
+    UnwindStat,
 )
 from agent.ebpf.libbpf import BpfLink, BpfMap, BpfObject, RingBuffer, RingBufferCallback, library
 from agent.errors import BpfError
@@ -63,7 +68,9 @@ _MAPS = (
     "control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
     "events", "drops", "sample_total", "buffer_sync", "sync_inner",
     "py_procs", "py_symbols", "py_stacks_0", "py_stacks_1", "py_stats", "programs",
+    "unwind_rows", "unwind_mappings", "unwind_stats",
 )  # fmt: skip
+_PROGRAM_SLOTS = {"walk_python": 0, "walk_native": 1}  # PROG_WALK_* in profile.bpf.c
 _PY_STACKS_SIZE = 4096  # unique Python stacks per buffer (2 KiB each)
 _PY_FRAME = struct.Struct("<QIi")  # struct py_frame: code, first_line, lasti
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
@@ -82,6 +89,12 @@ class SessionOptions:
     python_enabled: bool = False
     """Load the Python unwinder; without it its maps take no memory."""
     symbols_map_size: int = 16384
+    native_unwinding: bool = False
+    """Load the table-driven native walker; without it its maps take no memory."""
+    unwind_table_rows: int = 1 << 20
+    """Rows of unwind tables the kernel holds, 8 bytes each (mmapped, preallocated)."""
+    unwind_mappings: int = 65536
+    """Address ranges of profiled processes' mappings (allocated as used)."""
     object_path: Path = DEFAULT_OBJECT_PATH
 
 
@@ -157,6 +170,8 @@ class Session:
         self._max_entries: dict[str, int] = {}
         self._active_buffer = 0
         self._sync_inner_fd = ctypes.c_int(0)
+        self._rows_mmap: mmap.mmap | None = None
+        self._rows_view: memoryview | None = None
         self.cpus: list[int] = []
         # per-CPU map values come as one slot per possible CPU
         self._possible_cpus = len(perf.read_online_cpus("/sys/devices/system/cpu/possible"))
@@ -198,6 +213,7 @@ class Session:
         options = self.options
         lib = self._lib
         python = options.python_enabled
+        native = options.native_unwinding
         sizes = {
             "pids": options.pid_map_size,
             # one entry is the least a map can have: the unwinder is not loaded
@@ -205,15 +221,19 @@ class Session:
             "py_symbols": options.symbols_map_size if python else 1,
             "py_stacks_0": _PY_STACKS_SIZE if python else 1,
             "py_stacks_1": _PY_STACKS_SIZE if python else 1,
+            "unwind_rows": options.unwind_table_rows if native else 1,
+            "unwind_mappings": options.unwind_mappings if native else 1,
         }
         for name, size in sizes.items():
             lib.bpf_map__set_max_entries(self._find_map(name), size)
         lib.bpf_program__set_autoload(self._find_program("walk_python"), python)
+        lib.bpf_program__set_autoload(self._find_program("walk_native"), native)
         config = ProfileConfig(
             discover_new=options.discover_new,
             collect_user=options.collect_user,
             collect_kernel=options.collect_kernel,
             python_enabled=python,
+            native_enabled=native,
         )
         rodata = self._find_map(".rodata")
         self._lib.bpf_map__set_initial_value(rodata, ctypes.byref(config), ctypes.sizeof(config))
@@ -225,14 +245,19 @@ class Session:
         return self._lib.bpf_object__find_program_by_name(self._object, name.encode())
 
     def _install_tail_calls(self) -> None:
-        """Put walk_python where do_sample tail-calls it (PROG_WALK_PYTHON)."""
-        if not self.options.python_enabled:
-            return
-        index = ctypes.c_uint32(0)
-        fd = ctypes.c_uint32(self._lib.bpf_program__fd(self._find_program("walk_python")))
-        self._lib.bpf_map_update_elem(
-            self._fds["programs"], ctypes.byref(index), ctypes.byref(fd), 0
-        )
+        """Put the walkers that are loaded where the others tail-call them (PROG_WALK_*)."""
+        loaded = {
+            "walk_python": self.options.python_enabled,
+            "walk_native": self.options.native_unwinding,
+        }
+        for name, slot in _PROGRAM_SLOTS.items():
+            if not loaded[name]:
+                continue
+            index = ctypes.c_uint32(slot)
+            fd = ctypes.c_uint32(self._lib.bpf_program__fd(self._find_program(name)))
+            self._lib.bpf_map_update_elem(
+                self._fds["programs"], ctypes.byref(index), ctypes.byref(fd), 0
+            )
 
     def _attach_tracepoints(self) -> None:
         for name in ("handle_exec", "handle_exit"):
@@ -262,6 +287,10 @@ class Session:
         if self._ring is not None:
             lib.ring_buffer__free(self._ring)
             self._ring = None
+        if self._rows_view is not None:
+            self._rows_view.release()
+            self._rows_mmap.close()
+            self._rows_view = None
         if self._object is not None:
             lib.bpf_object__close(self._object)
             self._object = None
@@ -297,13 +326,67 @@ class Session:
         :meth:`set_python` stays marked as Python.
         """
         options = self.options
+        current = self._pid_config(pid)
         value = PidConfig(
             state=state,
             collect_user=options.collect_user if collect_user is None else collect_user,
             collect_kernel=options.collect_kernel if collect_kernel is None else collect_kernel,
             python=self._is_python(pid),
+            native=current is not None and current.native,
         )
         return self._update_pid(pid, value, _BPF_EXIST if tracked_only else _BPF_ANY)
+
+    def _pid_config(self, pid: int) -> PidConfig | None:
+        key, config = ctypes.c_uint32(pid), PidConfig()
+        found = self._lib.bpf_map_lookup_elem(
+            self._fds["pids"], ctypes.byref(key), ctypes.byref(config)
+        )
+        return config if found == 0 else None
+
+    def set_native(self, pid: int) -> bool:
+        """Walk ``pid``'s user stacks with the unwind tables from now on, while
+        the kernel tracks it; False when it does not (the process is gone)."""
+        if not self.options.native_unwinding:
+            raise BpfError("set_native", errno_codes.EINVAL, "the native walker is not loaded")
+        config = self._pid_config(pid)
+        if config is None:
+            return False
+        config.native = True
+        return self._update_pid(pid, config, _BPF_EXIST)
+
+    # --- unwind tables ----------------------------------------------------
+
+    def unwind_rows(self) -> memoryview:
+        """The kernel's unwind_rows array, mapped into this process for writing."""
+        if self._rows_view is None:
+            size = self._max_entries["unwind_rows"] * ctypes.sizeof(UnwindRow)
+            pages = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._rows_mmap = mmap.mmap(self._fds["unwind_rows"], pages)
+            self._rows_view = memoryview(self._rows_mmap)[:size]
+        return self._rows_view
+
+    def set_unwind_mapping(
+        self, pid: int, start: int, end: int, bias: int, table_start: int, table_rows: int
+    ) -> int:
+        """Point [start, end) of ``pid`` at a table (rows 0: frame pointers); return the
+        number of trie entries it took."""
+        value = UnwindMapping(bias=bias, table_start=table_start, table_rows=table_rows)
+        prefixes = _prefixes(start, end)
+        for address, bits in prefixes:
+            key = _mapping_key(pid, address, bits)
+            self._lib.bpf_map_update_elem(
+                self._fds["unwind_mappings"], ctypes.byref(key), ctypes.byref(value), 0
+            )
+        return len(prefixes)
+
+    def delete_unwind_mapping(self, pid: int, start: int, end: int) -> None:
+        for address, bits in _prefixes(start, end):
+            key = _mapping_key(pid, address, bits)
+            self._lib.bpf_map_delete_elem(self._fds["unwind_mappings"], ctypes.byref(key))
+
+    def read_unwind_stats(self) -> dict[str, int]:
+        """Sum the per-CPU native walk counters (names as in profile.h unwind_stat)."""
+        return {stat.name.lower(): self._sum_per_cpu("unwind_stats", stat) for stat in UnwindStat}
 
     def _update_pid(self, pid: int, value: PidConfig, flags: int) -> bool:
         key = ctypes.c_uint32(pid)
@@ -505,6 +588,23 @@ class Session:
         key = ctypes.c_uint32(index)
         self._lib.bpf_map_lookup_elem(self._fds[map_name], ctypes.byref(key), values)
         return sum(values)
+
+
+def _prefixes(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) as the fewest aligned blocks: (address, prefix bits) pairs."""
+    blocks = []
+    while start < end:
+        size = start & -start if start else 1 << 64
+        while size > end - start:
+            size >>= 1
+        blocks.append((start, 64 - size.bit_length() + 1))
+        start += size
+    return blocks
+
+
+def _mapping_key(pid: int, address: int, bits: int) -> UnwindMappingKey:
+    big_endian = int.from_bytes(address.to_bytes(8, "big"), "little")
+    return UnwindMappingKey(prefixlen=32 + bits, pid=pid, address=big_endian)
 
 
 def _addresses(trace: StackTrace) -> tuple[int, ...]:

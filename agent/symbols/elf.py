@@ -211,6 +211,14 @@ def read_build_id(stream: BinaryIO, path: str = "") -> str:
         return _build_id(elf, sections)
 
 
+def read_layout(stream: BinaryIO, path: str = "") -> tuple[str, tuple[LoadSegment, ...]]:
+    """The GNU build id (hex, or ``""``) and the PT_LOAD segments of ``stream``."""
+    path = path or str(getattr(stream, "name", "<stream>"))
+    with translated_errors(path):
+        elf, sections = open_elf(stream, path)
+        return _build_id(elf, sections), _load_segments(elf)
+
+
 @contextmanager
 def translated_errors(path: str) -> Iterator[None]:
     """Turn pyelftools' exceptions into SymbolError naming the file."""

@@ -2,15 +2,18 @@
 
 from agent.unwind.cache import CACHE_VERSION, TableCache
 from agent.unwind.cfi import UnwindError
+from agent.unwind.processes import NativeUnwinder, open_table_cache
 from agent.unwind.table import ROW_FORMAT, CfaType, UnwindTable, build_table, lookup
 
 __all__ = [
     "CACHE_VERSION",
     "CfaType",
+    "NativeUnwinder",
     "ROW_FORMAT",
     "TableCache",
     "UnwindError",
     "UnwindTable",
     "build_table",
     "lookup",
+    "open_table_cache",
 ]

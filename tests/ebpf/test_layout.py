@@ -26,6 +26,9 @@ STRUCTS = {
     "py_stack": layout.PyStack,
     "py_symbol_key": layout.PySymbolKey,
     "py_symbol": layout.PySymbol,
+    "unwind_row": layout.UnwindRow,
+    "unwind_mapping_key": layout.UnwindMappingKey,
+    "unwind_mapping": layout.UnwindMapping,
 }
 
 
@@ -66,6 +69,7 @@ def test_enums_match_the_header(c_layout):
         **{f"DROP_{m.name}": m.value for m in layout.DropReason},
         **{f"PID_EVENT_{m.name}": m.value for m in layout.PidEventType},
         **{f"PY_STAT_{m.name}": m.value for m in layout.PyStat},
+        **{f"UNWIND_{m.name}": m.value for m in layout.UnwindStat},
     }
     assert ours == enums
 
@@ -74,6 +78,7 @@ def test_enums_match_the_header(c_layout):
     "name",
     [
         "PERF_MAX_STACK_DEPTH",
+        "MAX_STACK_DEPTH",
         "MAX_PY_FRAMES",
         "PY_NAME_LEN",
         "PY_FILE_LEN",

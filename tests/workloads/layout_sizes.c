@@ -17,11 +17,13 @@ int main(void)
 	FIELD(profile_config, collect_user);
 	FIELD(profile_config, collect_kernel);
 	FIELD(profile_config, python_enabled);
+	FIELD(profile_config, native_enabled);
 	SIZE(pid_config);
 	FIELD(pid_config, state);
 	FIELD(pid_config, collect_user);
 	FIELD(pid_config, collect_kernel);
 	FIELD(pid_config, python);
+	FIELD(pid_config, native);
 	SIZE(sample_key);
 	FIELD(sample_key, pid);
 	FIELD(sample_key, user_stack);
@@ -69,15 +71,41 @@ int main(void)
 	FIELD(pid_event, type);
 	FIELD(pid_event, pid);
 	FIELD(pid_event, ppid);
+	FIELD(pid_event, cgroup_id);
+	FIELD(pid_event, comm);
+	FIELD(pid_event, cgroup_name);
+	SIZE(unwind_row);
+	FIELD(unwind_row, pc);
+	FIELD(unwind_row, cfa_type);
+	FIELD(unwind_row, rbp_offset);
+	FIELD(unwind_row, cfa_offset);
+	SIZE(unwind_mapping_key);
+	FIELD(unwind_mapping_key, prefixlen);
+	FIELD(unwind_mapping_key, pid);
+	FIELD(unwind_mapping_key, address);
+	SIZE(unwind_mapping);
+	FIELD(unwind_mapping, bias);
+	FIELD(unwind_mapping, table_start);
+	FIELD(unwind_mapping, table_rows);
 	SIZE(control);
 	FIELD(control, active_buffer);
 	printf("enum PID_STATE_PENDING %d\nenum PID_STATE_PROFILE %d\nenum PID_STATE_IGNORE %d\n",
 	       PID_STATE_PENDING, PID_STATE_PROFILE, PID_STATE_IGNORE);
 	printf("enum DROP_USER_STACK_MISSING %d\nenum DROP_STACKS_MAP_FULL %d\n"
 	       "enum DROP_COUNTS_MAP_FULL %d\nenum DROP_PID_MAP_FULL %d\nenum DROP_EVENTS_FULL %d\n"
-	       "enum DROP_PY_STACKS_MAP_FULL %d\nenum DROP_PY_READ_FAILED %d\n",
+	       "enum DROP_PY_STACKS_MAP_FULL %d\nenum DROP_PY_READ_FAILED %d\n"
+	       "enum DROP_UNWIND_FAILED %d\n",
 	       DROP_USER_STACK_MISSING, DROP_STACKS_MAP_FULL, DROP_COUNTS_MAP_FULL,
-	       DROP_PID_MAP_FULL, DROP_EVENTS_FULL, DROP_PY_STACKS_MAP_FULL, DROP_PY_READ_FAILED);
+	       DROP_PID_MAP_FULL, DROP_EVENTS_FULL, DROP_PY_STACKS_MAP_FULL, DROP_PY_READ_FAILED,
+	       DROP_UNWIND_FAILED);
+	printf("enum UNWIND_FRAMES_TABLE %d\nenum UNWIND_FRAMES_FP %d\n"
+	       "enum UNWIND_END_OUTERMOST %d\nenum UNWIND_END_FP_CHAIN %d\n"
+	       "enum UNWIND_END_NO_MAPPING %d\nenum UNWIND_END_NO_ROW %d\n"
+	       "enum UNWIND_END_UNSUPPORTED %d\nenum UNWIND_END_READ_FAULT %d\n"
+	       "enum UNWIND_END_DEPTH %d\n",
+	       UNWIND_FRAMES_TABLE, UNWIND_FRAMES_FP, UNWIND_END_OUTERMOST, UNWIND_END_FP_CHAIN,
+	       UNWIND_END_NO_MAPPING, UNWIND_END_NO_ROW, UNWIND_END_UNSUPPORTED,
+	       UNWIND_END_READ_FAULT, UNWIND_END_DEPTH);
 	printf("enum PY_STAT_SAMPLES %d\nenum PY_STAT_NO_THREAD_STATE %d\n"
 	       "enum PY_STAT_TRUNCATED %d\nenum PY_STAT_SYMBOLS_NEW %d\n",
 	       PY_STAT_SAMPLES, PY_STAT_NO_THREAD_STATE, PY_STAT_TRUNCATED, PY_STAT_SYMBOLS_NEW);
