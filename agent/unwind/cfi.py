@@ -28,7 +28,6 @@ __all__ = [
 # DWARF x86-64 register numbers.
 RBP = 6
 RSP = 7
-RETURN_ADDRESS = 16
 
 # Register rule kinds, the rules of DWARF's call frame table.
 RULE_NONE = 0  # never given a rule in this FDE or its CIE

@@ -271,13 +271,15 @@ def test_python_plt_is_classic():
     assert lookup(table, entries.stop - 1)[1:] == (CfaType.PLT, 11, 8)
 
 
-def test_debug_frame_fills_code_without_eh_frame(compile_c):
+@pytest.mark.parametrize("compression", ["-gz=none", "-gz=zlib"])
+def test_debug_frame_fills_code_without_eh_frame(compile_c, compression):
     binary = compile_c(
         "unwind_chain",
         "-O2",
         "-fomit-frame-pointer",
         "-fno-optimize-sibling-calls",
         "-g",
+        compression,
         "-fno-asynchronous-unwind-tables",
         "-fno-unwind-tables",
     )
