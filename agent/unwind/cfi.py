@@ -1,28 +1,22 @@
 """Call-frame information: CIEs, FDEs and their DW_CFA programs, read in bulk from
-.eh_frame, .eh_frame_hdr and .debug_frame (x86-64, little-endian)."""
+the bytes of .eh_frame, .eh_frame_hdr and .debug_frame (x86-64, little-endian)."""
 
 from __future__ import annotations
 
 import struct
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
-from agent.errors import EmberscopeError, SymbolError
-from agent.symbols.elf import open_elf, translated_errors
+from agent.errors import EmberscopeError
 
 __all__ = [
     "Cie",
-    "CfiSection",
     "EhFrameHeader",
     "Fde",
     "UnwindError",
     "execute",
     "parse_cfi",
     "parse_eh_frame_hdr",
-    "read_cfi_sections",
 ]
 
 # DWARF x86-64 register numbers.
@@ -64,9 +58,6 @@ _FIXED_FORMATS = {
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_CHDR = struct.Struct("<IIQQ")  # Elf64_Chdr of a SHF_COMPRESSED section
-_SHF_COMPRESSED = 0x800
-_ELFCOMPRESS_ZLIB = 1
 # Augmentation letters that carry no data: S (signal frame), B and G (other
 # architectures' markers, harmless here).
 _PLAIN_AUGMENTATION = frozenset("SBG")
@@ -119,15 +110,6 @@ class EhFrameHeader:
 
     eh_frame_address: int
     table: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CfiSection:
-    """The CFI bytes of a file: which section, its bytes and its virtual address."""
-
-    name: str  # ".eh_frame" or ".debug_frame"
-    data: bytes
-    address: int
 
 
 # --- the entries ---------------------------------------------------------------------------
@@ -247,20 +229,9 @@ def _parse_cie(data: bytes, start: int, pos: int, end: int, debug_frame: bool) -
         fde_encoding = 0
     if pos > end:
         raise UnwindError(f"CIE at {start:#x}: fields run past its length")
-    instructions = data[pos:end]
     cie = Cie(start, version, augmentation, code_align, data_align, ra_register, 0, signal, ())
-    _, initial, _ = _run(instructions, cie, _NO_RULES, 0, 0, keep_rows=False)
-    return Cie(
-        start,
-        version,
-        augmentation,
-        code_align,
-        data_align,
-        ra_register,
-        fde_encoding,
-        signal,
-        initial,
-    )
+    _, initial, _ = _run(data[pos:end], cie, _NO_RULES, 0, 0, keep_rows=False)
+    return replace(cie, fde_encoding=fde_encoding, initial=initial)
 
 
 def _parse_augmentation(
@@ -641,92 +612,3 @@ def _parse_hdr(data: bytes, address: int) -> EhFrameHeader:
         fde, pos = _read_encoded(data, pos, table_enc, address, address, 0)
         entries.append((pc, fde))
     return EhFrameHeader(eh_frame, tuple(entries))
-
-
-def read_cfi_sections(stream: BinaryIO, path: str = "") -> list[CfiSection]:
-    """The CFI sections of an x86-64 ELF file: .eh_frame (found through
-    PT_GNU_EH_FRAME when section headers are gone) and .debug_frame, each if present.
-
-    Malformed files raise UnwindError naming ``path``.
-    """
-    path = path or str(getattr(stream, "name", "<stream>"))
-    found = []
-    with _translated(path):
-        elf, sections = open_elf(stream, path)
-        if elf.elfclass != 64 or not elf.little_endian or elf["e_machine"] != "EM_X86_64":
-            raise UnwindError("not an x86-64 ELF file", path)
-        by_name = {section.name: section for section in sections}
-        for name in (".eh_frame", ".debug_frame"):
-            section = by_name.get(name)
-            if section is not None and section["sh_type"] != "SHT_NOBITS" and section["sh_size"]:
-                address = section["sh_addr"] if name == ".eh_frame" else 0
-                found.append(CfiSection(name, _section_bytes(stream, section, path), address))
-        if not sections:
-            eh_frame = _eh_frame_from_segments(stream, elf, path)
-            if eh_frame is not None:
-                found.append(eh_frame)
-    return found
-
-
-@contextmanager
-def _translated(path: str) -> Iterator[None]:
-    """ELF errors (already SymbolError) and our own become UnwindError naming the file."""
-    try:
-        with translated_errors(path):
-            yield
-    except SymbolError as exc:
-        raise UnwindError(exc.reason, path) from exc
-    except UnwindError as exc:
-        if exc.path:
-            raise
-        raise UnwindError(exc.reason, path) from exc
-
-
-def _section_bytes(stream: BinaryIO, section: Any, path: str) -> bytes:
-    stream.seek(section["sh_offset"])
-    data = stream.read(section["sh_size"])
-    if not section["sh_flags"] & _SHF_COMPRESSED:
-        return data
-    if len(data) < _CHDR.size:
-        raise UnwindError(f"{section.name}: compression header truncated", path)
-    kind, _, size, _ = _CHDR.unpack_from(data)
-    if kind != _ELFCOMPRESS_ZLIB:
-        raise UnwindError(f"{section.name}: compression type {kind} not supported", path)
-    try:
-        inflated = zlib.decompress(data[_CHDR.size :])
-    except zlib.error as exc:
-        raise UnwindError(f"{section.name}: {exc}", path) from exc
-    if len(inflated) != size:
-        raise UnwindError(f"{section.name}: inflates to {len(inflated)} bytes, not {size}", path)
-    return inflated
-
-
-def _eh_frame_from_segments(stream: BinaryIO, elf: Any, path: str) -> CfiSection | None:
-    """.eh_frame of a file without section headers: PT_GNU_EH_FRAME gives .eh_frame_hdr,
-    whose pointer gives .eh_frame; it runs to its terminator, within its PT_LOAD."""
-    segments = list(elf.iter_segments())
-    header = next((s for s in segments if s["p_type"] == "PT_GNU_EH_FRAME"), None)
-    if header is None:
-        return None
-    hdr = parse_eh_frame_hdr(
-        _segment_bytes(stream, header, header["p_vaddr"], path), header["p_vaddr"]
-    )
-    for segment in segments:
-        if segment["p_type"] != "PT_LOAD":
-            continue
-        start = segment["p_vaddr"]
-        if start <= hdr.eh_frame_address < start + segment["p_filesz"]:
-            data = _segment_bytes(stream, segment, hdr.eh_frame_address, path)
-            return CfiSection(".eh_frame", data, hdr.eh_frame_address)
-    raise UnwindError(f".eh_frame at {hdr.eh_frame_address:#x} lies in no PT_LOAD segment", path)
-
-
-def _segment_bytes(stream: BinaryIO, segment: Any, vaddr: int, path: str) -> bytes:
-    """The file bytes of ``segment`` from virtual address ``vaddr`` to its end."""
-    skip = vaddr - segment["p_vaddr"]
-    length = segment["p_filesz"] - skip
-    stream.seek(segment["p_offset"] + skip)
-    data = stream.read(length)
-    if len(data) != length:
-        raise UnwindError(f"segment at {segment['p_vaddr']:#x} runs past the end of the file", path)
-    return data

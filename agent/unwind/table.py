@@ -32,8 +32,8 @@ from agent.unwind.cfi import (
     UnwindError,
     execute,
     parse_cfi,
-    read_cfi_sections,
 )
+from agent.unwind.sections import read_cfi_sections
 
 __all__ = ["CfaType", "ROW_FORMAT", "UnwindTable", "build_table", "compile_table", "lookup"]
 

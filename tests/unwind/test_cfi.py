@@ -22,8 +22,8 @@ from agent.unwind.cfi import (
     execute,
     parse_cfi,
     parse_eh_frame_hdr,
-    read_cfi_sections,
 )
+from agent.unwind.sections import read_cfi_sections
 from agent.unwind.table import compile_table
 
 SECTION_ADDRESS = 0x2000

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.unwind import ROW_FORMAT, CfaType, UnwindError, build_table
-from agent.unwind.cfi import execute, parse_cfi, parse_eh_frame_hdr, read_cfi_sections
+from agent.unwind.cfi import execute, parse_cfi, parse_eh_frame_hdr
+from agent.unwind.sections import read_cfi_sections
 from agent.unwind.table import compile_table
 
 SMALL_FILE = "/usr/bin/gzip"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.symbols import read_elf
-from agent.unwind import ROW_FORMAT, CfaType, build_table, lookup
+from agent.unwind import ROW_FORMAT, CfaType, UnwindError, build_table, lookup
 
 pytestmark = pytest.mark.skipif(
     shutil.which("readelf") is None, reason="binutils readelf is the oracle"
@@ -323,3 +323,16 @@ def test_without_section_headers_eh_frame_is_found_through_its_header(path):
     headerless = build_table(io.BytesIO(bytes(data)))
     assert headerless == build_table(open(path, "rb"))
     assert headerless.row_count > 1000
+
+
+def test_a_headerless_file_with_a_huge_eh_frame_segment_is_refused():
+    data = bytearray(open("/usr/bin/gzip", "rb").read())
+    struct.pack_into("<Q", data, 0x28, 0)
+    struct.pack_into("<HH", data, 0x3C, 0, 0)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    (phnum,) = struct.unpack_from("<H", data, 0x38)
+    for at in range(phoff, phoff + 56 * phnum, 56):
+        if struct.unpack_from("<I", data, at)[0] == 0x6474E550:  # PT_GNU_EH_FRAME
+            struct.pack_into("<Q", data, at + 32, 1 << 60)  # p_filesz
+    with pytest.raises(UnwindError, match="past the end of the file"):
+        build_table(io.BytesIO(bytes(data)))
