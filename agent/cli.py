@@ -237,6 +237,8 @@ def _profile(args: argparse.Namespace) -> int:
 
         python = None if args.no_python else PythonProcesses(session, _PYTHON_SYMBOLS)
         unwinder = None if args.no_unwind_tables else NativeUnwinder(session)
+        if unwinder is not None:
+            symbolizer.set_function_starts(unwinder.function_start)
         profiler = Profiler(session, symbolizer, classify, python, unwinder)
         for pid in args.pid:
             profiler.add(pid, [destination])

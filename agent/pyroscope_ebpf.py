@@ -147,6 +147,7 @@ class Sampler:
             cache = open_table_cache(self.arguments.unwind_cache_directory)
             self._unwinder = NativeUnwinder(self._session, cache)
             self._profiler.set_unwinder(self._unwinder)
+            self._symbolizer.set_function_starts(self._unwinder.function_start)
         self._events_thread.start()
         if self._registry is not None:
             self._program_fd = find_program_fd(self._session.program_id)

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -118,6 +118,7 @@ class Symbolizer:
         self._by_build_id: LruCache[str, ElfInfo] = LruCache(build_id_cache_size)
         self._by_file: LruCache[_FileKey, ElfInfo] = LruCache(same_file_cache_size)
         self._demangler = Demangler(demangle)
+        self._function_start: Callable[[str, int], int | None] | None = None
         self.tables_parsed = 0
         self.errors: dict[str, int] = {}
 
@@ -264,9 +265,8 @@ class Symbolizer:
         elif not entry.path:
             name = self._jit_name(pid, process, lookup)
         if name is None:
-            # The offset of the address reported, so it matches Frame.address.
             module = os.path.basename(entry.path) or "[anon]"
-            name = f"{module}+0x{address - entry.start + entry.offset:x}"
+            name = f"{module}+0x{self._unnamed_offset(info, entry, address, lookup):x}"
         mapping = MappedFile(
             start=entry.start,
             limit=entry.end,
@@ -275,6 +275,26 @@ class Symbolizer:
             build_id=info.build_id if info else "",
         )
         return Frame(name=name, address=address, mapping=mapping)
+
+    def set_function_starts(self, function_start: Callable[[str, int], int | None]) -> None:
+        """Name code without a symbol by the start of its function, which
+        ``function_start(build_id, file address)`` knows (a file's FDEs)."""
+        self._function_start = function_start
+
+    def _unnamed_offset(
+        self, info: ElfInfo | None, entry: MapEntry, address: int, lookup: int
+    ) -> int:
+        """The file offset that names code without a symbol: its function's start
+        where the FDEs tell it (one name per function), else the address's own."""
+        offset = address - entry.start + entry.offset
+        if info is None or not info.build_id or self._function_start is None:
+            return offset
+        lookup_offset = lookup - entry.start + entry.offset
+        vaddr = info.file_offset_to_vaddr(lookup_offset)
+        start = self._function_start(info.build_id, vaddr) if vaddr is not None else None
+        if start is None:
+            return offset
+        return lookup_offset - (vaddr - start)
 
     def _jit_name(self, pid: int, process: _Process, address: int) -> str | None:
         """The perf map's name for anonymous code; the file is looked at once a second

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from array import array
+from bisect import bisect_right
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,12 +56,15 @@ class UnwindSession(Protocol):
 
 @dataclass
 class _File:
-    """A file's table as placed in the kernel: rows [start, start + rows)."""
+    """A file's table as placed in the kernel: rows [start, start + rows), and
+    the bounds of the functions its FDEs cover."""
 
     path: str
     start: int
     rows: int
     build_s: float
+    functions: array[int]
+    function_ends: array[int]
     users: set[int] = field(default_factory=set)
 
 
@@ -111,6 +116,17 @@ class NativeUnwinder:
             return
         for span in list(process.mappings):
             self._unmap(pid, process, span)
+
+    def function_start(self, build_id: str, address: int) -> int | None:
+        """The start of the function holding file address ``address`` of the file
+        with ``build_id``, from its FDEs: it names code that has no symbol."""
+        file = self._files.get(("build-id", build_id))
+        if file is None:
+            return None
+        index = bisect_right(file.functions, address) - 1
+        if index >= 0 and address < file.function_ends[index]:
+            return file.functions[index]
+        return None
 
     def stats(self) -> dict[str, int]:
         """Files and rows held against capacity, and the counters."""
@@ -191,7 +207,9 @@ class NativeUnwinder:
             self.counters["files_without_room"] += 1
             return None
         self._rows[start * ROW_SIZE : (start + table.row_count) * ROW_SIZE] = table.rows
-        file = self._files[key] = _File(path, start, table.row_count, round(elapsed, 4))
+        file = self._files[key] = _File(
+            path, start, table.row_count, round(elapsed, 4), table.functions, table.function_ends
+        )
         self.counters["files_built"] += 1
         return file
 
