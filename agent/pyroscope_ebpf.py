@@ -239,7 +239,16 @@ class Sampler:
                 },
                 python=self._python_counters(maps),
                 thread_restarts={self._events_thread.name: self._events_thread.crashes},
+                **self._unwind_readings(),
             )
+
+    def _unwind_readings(self) -> dict[str, dict[str, int]]:
+        if self._unwinder is None:
+            return {}
+        return {
+            "unwind": self._session.read_unwind_stats(),
+            "unwind_tables": self._unwinder.stats(),
+        }
 
     def _python_counters(self, maps: dict[str, tuple[int, int]]) -> dict[str, int]:
         if self._python is None:
@@ -251,10 +260,16 @@ class Sampler:
         with self._lock:
             info = _symbolizer_debug_info(self._symbolizer)
             python = self._python.debug_info() if self._python is not None else None
+            unwind = self._unwinder.debug_info() if self._unwinder is not None else None
         elf_cache = info.get("elf_cache") or {
             name: info[name] for name in ("build_id_cache", "same_file_cache") if name in info
         }
-        return {"pid_cache": info.get("pid_cache"), "elf_cache": elf_cache, "python": python}
+        return {
+            "pid_cache": info.get("pid_cache"),
+            "elf_cache": elf_cache,
+            "python": python,
+            "unwind_tables": unwind,
+        }
 
     def _poll(self, stop: threading.Event) -> None:
         """Handle pid events as they come: a new process is classified (and

@@ -561,6 +561,8 @@ class Session:
         maps = {"pids": "pids", "counts": f"counts_{active}", "stacks": f"stacks_{active}"}
         if self.options.python_enabled:
             maps.update(py_symbols="py_symbols", py_stacks=f"py_stacks_{active}")
+        if self.options.native_unwinding:
+            maps.update(unwind_mappings="unwind_mappings")
         return {
             label: (self._count_entries(self._fds[name]), self._max_entries[name])
             for label, name in maps.items()

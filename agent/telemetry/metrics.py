@@ -143,6 +143,10 @@ class SamplerReading:
     """Python walk counters (keys of _PYTHON_COUNTERS); empty when Python is disabled."""
     thread_restarts: Mapping[str, int] = field(default_factory=dict)
     """Restarts of the sampler's background threads after a crash, by thread name."""
+    unwind: Mapping[str, int] = field(default_factory=dict)
+    """The kernel's native walk counters (profile.h unwind_stat, lower case)."""
+    unwind_tables: Mapping[str, int] = field(default_factory=dict)
+    """NativeUnwinder.stats(): tables held against capacity, files built, failed, evicted."""
 
 
 def find_program_fd(program_id: int, proc_root: str = "/proc") -> int | None:
@@ -201,6 +205,7 @@ class SamplerCollector:
         yield from _sampling_metrics(reading)
         yield from _symbol_metrics(reading)
         yield from _python_metrics(reading)
+        yield from _unwind_metrics(reading)
 
 
 def _program_metrics(stats: ProgramStats | None) -> Iterator[Metric]:
@@ -301,3 +306,57 @@ def _symbol_metrics(reading: SamplerReading) -> Iterator[Metric]:
 def _python_metrics(reading: SamplerReading) -> Iterator[Metric]:
     for name, value in sorted(reading.python.items()):
         yield CounterMetricFamily(f"emberscope_python_{name}", _PYTHON_COUNTERS[name], value=value)
+
+
+_UNWIND_FILE_COUNTERS = {
+    "files_built": "Files whose unwind table was built or read from the disk cache.",
+    "files_failed": "Files whose unwind table could not be had (their code is walked by frame "
+    "pointers).",
+    "files_evicted": "Unwind tables evicted from the kernel for room (unused files first).",
+    "files_without_room": "Files left without a table: unwind_table_size was full.",
+}
+
+
+def _unwind_metrics(reading: SamplerReading) -> Iterator[Metric]:
+    if not reading.unwind:
+        return
+    frames = CounterMetricFamily(
+        "emberscope_unwind_frames",
+        "User frames the native walker unwound, by method (table or frame_pointer).",
+        labels=["method"],
+    )
+    frames.add_metric(["table"], reading.unwind.get("frames_table", 0))
+    frames.add_metric(["frame_pointer"], reading.unwind.get("frames_fp", 0))
+    yield frames
+    ended = CounterMetricFamily(
+        "emberscope_unwind_stacks_ended",
+        "Native walks by why they ended: outermost and fp_chain are whole stacks.",
+        labels=["reason"],
+    )
+    for stat, count in sorted(reading.unwind.items()):
+        if stat.startswith("end_"):
+            ended.add_metric([stat.removeprefix("end_")], count)
+    yield ended
+    tables = reading.unwind_tables
+    yield GaugeMetricFamily(
+        "emberscope_unwind_table_rows",
+        "Rows of unwind tables the kernel holds (8 bytes each).",
+        value=tables.get("rows", 0),
+    )
+    yield GaugeMetricFamily(
+        "emberscope_unwind_table_max_rows",
+        "Rows the kernel's unwind table array can hold (unwind_table_size).",
+        value=tables.get("capacity_rows", 0),
+    )
+    yield GaugeMetricFamily(
+        "emberscope_unwind_table_files",
+        "Files whose unwind table the kernel holds.",
+        value=tables.get("files", 0),
+    )
+    yield CounterMetricFamily(
+        "emberscope_unwind_build_seconds",
+        "Time spent building or loading unwind tables.",
+        value=tables.get("build_ms", 0) / 1000,
+    )
+    for name, help_text in _UNWIND_FILE_COUNTERS.items():
+        yield CounterMetricFamily(f"emberscope_unwind_{name}", help_text, value=tables.get(name, 0))

@@ -199,6 +199,7 @@ class NativeUnwinder:
             self.counters["files_failed"] += 1
             return None
         elapsed = time.perf_counter() - started
+        self.counters["build_ms"] += round(elapsed * 1000)
         if table.row_count == 0 or table.row_count > _MAX_FILE_ROWS:
             self._failed[key] = f"{table.row_count} rows"
             return None

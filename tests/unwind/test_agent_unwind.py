@@ -1,0 +1,103 @@
+"""The agent walks a binary without frame pointers with its unwind tables:
+whole stacks in the profile, the walk's counters on /metrics, the tables in
+debug info and in the disk cache, which a restart reads instead of building."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.agent import profiles_in, run_agent
+
+pytestmark = pytest.mark.usefixtures("bpf_ready")
+
+NO_FRAME_POINTERS = ("-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls")
+CONFIG = """
+discovery.process "local" {{
+}}
+
+discovery.relabel "workloads" {{
+  targets = discovery.process.local.targets
+  rule {{
+    source_labels = ["__meta_process_exe"]
+    regex         = "{folder}/.*"
+    action        = "keep"
+  }}
+  rule {{
+    target_label = "service_name"
+    replacement  = "chains"
+  }}
+}}
+
+pyroscope.ebpf "default" {{
+  targets                = discovery.relabel.workloads.output
+  forward_to             = [pyroscope.file.out.receiver]
+  collect_interval       = "1s"
+  unwind_cache_directory = "{cache}"
+}}
+
+pyroscope.file "out" {{
+  directory = "{output}"
+}}
+"""
+
+
+def whole_chain_share(output) -> float:
+    """The share of samples in leaf_a whose stack holds mid_a, drive_a and main."""
+    whole = total = 0
+    for _, profile in profiles_in(output, "chains"):
+        names = {f.id: profile.string_table[f.name] for f in profile.function}
+        lines = {loc.id: [names[line.function_id] for line in loc.line] for loc in profile.location}
+        for sample in profile.sample:
+            stack = [name for location in sample.location_id for name in lines[location]]
+            if stack and stack[0] == "leaf_a":
+                total += sample.value[0]
+                if {"mid_a", "drive_a", "main"} <= set(stack):
+                    whole += sample.value[0]
+    return whole / total if total else 0.0
+
+
+def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
+    binary = build_workload("two_chains", *NO_FRAME_POINTERS)
+    cache = tmp_path / "cache"
+    runs = []
+    for run in range(2):
+        output = tmp_path / f"out{run}"
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        config = CONFIG.format(folder=binary.parent, cache=cache, output=output)
+        with run_agent(config, folder) as agent:
+            agent.wait_for_metrics()
+            workload = subprocess.Popen([str(binary), "4"])
+            workload.wait()
+            time.sleep(2)
+            runs.append(
+                {
+                    "table_frames": agent.metric("emberscope_unwind_frames_total", method="table"),
+                    "outermost": agent.metric(
+                        "emberscope_unwind_stacks_ended_total", reason="outermost"
+                    ),
+                    "rows": agent.metric("emberscope_unwind_table_rows"),
+                    "capacity": agent.metric("emberscope_unwind_table_max_rows"),
+                    "built": agent.metric("emberscope_unwind_files_built_total"),
+                    "files": agent.component("pyroscope.ebpf.default")["debugInfo"][
+                        "unwind_tables"
+                    ]["files"],
+                    "share": whole_chain_share(output),
+                }
+            )
+        assert "Traceback" not in agent.log
+    first, second = runs
+    assert first["share"] >= 0.9
+    assert first["table_frames"] > 100 and first["outermost"] > 50
+    assert 0 < first["rows"] < first["capacity"] == 1 << 20
+    assert any(f["path"] == str(binary) and f["rows"] > 0 for f in first["files"])
+    assert len(list(cache.glob("*.unwind"))) >= 2  # the binary and libc at least
+    # the second agent reads the cached tables instead of building them again
+    assert second["share"] >= 0.9
+    build_s = {f["path"]: f["build_s"] for f in first["files"]}
+    libc = next(path for path in build_s if "libc.so" in path)
+    cached = next(f["build_s"] for f in second["files"] if f["path"] == libc)
+    assert cached < build_s[libc] / 5, (cached, build_s[libc])
