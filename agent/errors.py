@@ -6,6 +6,7 @@
      ├── SymbolError      a file could not be read for symbols (carries the path)
      ├── ProcessError     a process could not be inspected through /proc (carries the pid)
      ├── PythonError      a CPython process cannot be unwound (unknown version, musl, ...)
+     ├── UnwindError      a file's call-frame information cannot become an unwind table
      ├── DiscoveryError   a discovery source (Docker, the Kubernetes API) could not be read
      └── OutputError      a profile could not be written
           └── PushError   one push to a Pyroscope endpoint failed (carries status, retryable)
@@ -29,6 +30,7 @@ __all__ = [
     "PushError",
     "PythonError",
     "SymbolError",
+    "UnwindError",
 ]
 
 
@@ -106,3 +108,15 @@ class PushError(OutputError):
         self.retryable = retryable
         self.status = status
         super().__init__(reason)
+
+
+class UnwindError(EmberscopeError):
+    """Call-frame information could not be read or turned into an unwind table.
+
+    ``path`` names the file when known.
+    """
+
+    def __init__(self, reason: str, path: str = "") -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path else reason)

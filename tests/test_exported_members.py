@@ -15,6 +15,7 @@ ROOMS = [
     "agent.python",
     "agent.symbols",
     "agent.telemetry",
+    "agent.unwind",
     "agent.write",
 ]
 

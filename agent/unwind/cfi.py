@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from agent.errors import EmberscopeError
+from agent.errors import UnwindError
 
 __all__ = [
     "Cie",
@@ -63,18 +63,6 @@ _U64 = struct.Struct("<Q")
 _PLAIN_AUGMENTATION = frozenset("SBG")
 # What bulk decoding raises when a count or offset points past the data.
 _DECODE_ERRORS = (IndexError, struct.error)
-
-
-class UnwindError(EmberscopeError):
-    """Call-frame information could not be read or turned into an unwind table.
-
-    ``path`` names the file when known.
-    """
-
-    def __init__(self, reason: str, path: str = "") -> None:
-        self.reason = reason
-        self.path = path
-        super().__init__(f"{path}: {reason}" if path else reason)
 
 
 @dataclass(frozen=True, slots=True)
