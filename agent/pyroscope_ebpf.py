@@ -22,7 +22,7 @@ from agent.config.component import ArgumentError, Capsule, ComponentOptions, Dur
 from agent.discovery import ContainerIdCache, Target, TargetSet, build_targets
 from agent.discovery.containers import parse_container_id
 from agent.ebpf import PidEvent, Session, SessionOptions
-from agent.errors import EmberscopeError
+from agent.errors import ConfigError, EmberscopeError
 from agent.pprof import ProfileBuilder
 from agent.profiler import Profiler
 from agent.python import PythonProcesses
@@ -44,6 +44,24 @@ __all__ = ["EbpfComponent", "Sampler"]
 log = logging.getLogger(__name__)
 
 _SHARED_KEY = "pyroscope.ebpf.sampler"
+_SETTINGS_KEY = "pyroscope.ebpf.settings"  # component id -> its sampler settings
+# The arguments the one sampler of an agent is built from: every pyroscope.ebpf
+# of the agent must give them the same values. collect_interval, targets,
+# forward_to and collect_*_profile are each component's own.
+SAMPLER_ARGUMENTS = (
+    "sample_rate",
+    "pid_map_size",
+    "pid_cache_size",
+    "build_id_cache_size",
+    "same_file_cache_size",
+    "container_id_cache_size",
+    "demangle",
+    "python_enabled",
+    "symbols_map_size",
+    "unwind_tables",
+    "unwind_table_size",
+    "unwind_cache_directory",
+)
 _METRICS_KEY = "pyroscope.ebpf.metrics"
 _POLL_MS = 200
 # How late past two intervals a collection may be before health says it stalled.
@@ -327,6 +345,7 @@ class EbpfComponent:
 
     def __init__(self, options: ComponentOptions, arguments: EbpfArguments) -> None:
         self._options = options
+        _claim_sampler_settings(options, arguments)
         self.arguments = arguments
         self._targets: TargetSet = build_targets(arguments.targets)
         self._routes: dict[Target, _TargetProfile] = {}
@@ -364,6 +383,7 @@ class EbpfComponent:
         return sampler.problem() if sampler is not None else ""
 
     def update(self, arguments: EbpfArguments) -> None:
+        _claim_sampler_settings(self._options, arguments)
         self.arguments = arguments
         self._targets = build_targets(arguments.targets)
         self._metrics.active_targets.set(len(self._targets))
@@ -434,6 +454,7 @@ class EbpfComponent:
 
     def _leave_sampler(self, sampler: Sampler) -> None:
         with self._options.shared_lock:
+            self._options.shared.get(_SETTINGS_KEY, {}).pop(self._options.id, None)
             if sampler.unregister(self) == 0:
                 sampler.close()
                 del self._options.shared[_SHARED_KEY]
@@ -476,6 +497,27 @@ class EbpfComponent:
             samples,
             len(builders),
         )
+
+
+def _claim_sampler_settings(options: ComponentOptions, arguments: EbpfArguments) -> None:
+    """Record this component's sampler settings; ConfigError if they differ from
+    another pyroscope.ebpf's, since all of them share one sampler."""
+    settings = {name: getattr(arguments, name) for name in SAMPLER_ARGUMENTS}
+    with options.shared_lock:
+        claimed = options.shared.setdefault(_SETTINGS_KEY, {})
+        for other, theirs in claimed.items():
+            if other == options.id:
+                continue
+            differ = [name for name in SAMPLER_ARGUMENTS if settings[name] != theirs[name]]
+            if differ:
+                shown = ", ".join(f"{n} = {settings[n]!r}" for n in differ)
+                theirs_shown = ", ".join(f"{n} = {theirs[n]!r}" for n in differ)
+                raise ConfigError(
+                    f"{options.id} has {shown} but {other} has {theirs_shown}: every "
+                    "pyroscope.ebpf of an agent shares one BPF program and symbolizer, "
+                    "so these arguments must be the same in all of them"
+                )
+        claimed[options.id] = settings
 
 
 def _metrics_of(options: ComponentOptions) -> BoundEbpfMetrics:

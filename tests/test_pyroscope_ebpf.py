@@ -1,0 +1,54 @@
+"""pyroscope.ebpf components of one agent share one sampler: settings that
+cannot differ between them are refused at load, naming what differs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agent.config.component import ComponentOptions
+from agent.errors import ConfigError
+from agent.pyroscope_ebpf import EbpfComponent
+
+TWO_RATES = """
+pyroscope.ebpf "fast" {
+  targets     = [{"service_name" = "a", "__process_pid__" = "1"}]
+  forward_to  = []
+  sample_rate = 199
+}
+
+pyroscope.ebpf "slow" {
+  targets     = [{"service_name" = "b", "__process_pid__" = "1"}]
+  forward_to  = []
+  sample_rate = 49
+}
+"""
+
+
+def test_two_components_with_different_sample_rates_are_refused_at_load(emberscope, tmp_path):
+    config = tmp_path / "two.alloy"
+    config.write_text(TWO_RATES)
+    result = emberscope("run", "--server.http.listen-addr=127.0.0.1:0", str(config))
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "pyroscope.ebpf.slow has sample_rate = 49" in message, result.stderr
+    assert "pyroscope.ebpf.fast has sample_rate = 199" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_components_may_differ_in_their_own_arguments_and_a_change_is_checked():
+    options = {"shared": {}, "shared_lock": threading.Lock()}
+    arguments = EbpfComponent.Arguments(targets=[], forward_to=[])
+    first = EbpfComponent(ComponentOptions("pyroscope.ebpf.a", print, **options), arguments)
+    second = EbpfComponent(
+        ComponentOptions("pyroscope.ebpf.b", print, **options),
+        EbpfComponent.Arguments(targets=[], forward_to=[], collect_interval=5.0),
+    )
+    with pytest.raises(ConfigError, match="pyroscope.ebpf.b has pid_map_size = 64"):
+        second.update(EbpfComponent.Arguments(targets=[], forward_to=[], pid_map_size=64))
+    with pytest.raises(ConfigError, match="pyroscope.ebpf.a has demangle = 'full'"):
+        first.update(EbpfComponent.Arguments(targets=[], forward_to=[], demangle="full"))
+    assert first.arguments.demangle == "none"  # the refused change left it as it was
+    first.update(EbpfComponent.Arguments(targets=[], forward_to=[], collect_interval=30.0))
+    assert first.arguments.collect_interval == 30.0
