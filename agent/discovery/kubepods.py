@@ -7,6 +7,8 @@ Targets follow ``prometheus/prometheus:discovery/kubernetes/pod.go``
 container without ports, regular containers first and then init containers, no targets while
 the pod has no IP. The group-level pod labels are merged into every target, as Alloy does.
 Pods are the API's JSON (plain dicts): the client's models would cost time and memory.
+The client is imported by the functions that call it, so loading this module does not load it
+(see ``agent/discovery/kubernetes.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-import urllib3
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-
 if TYPE_CHECKING:
+    from kubernetes import client
+
     from agent.discovery.kubernetes import SelectorConfig
 
 __all__ = [
@@ -154,6 +154,8 @@ class PodWatcher:
 
     def _watch(self) -> None:
         """Until the server ends the watch (``timeout_seconds``) or the stop is set."""
+        from kubernetes import watch
+
         timeout = (self._timings.connect_timeout, self._timings.watch_read_timeout)
         with _translated():
             self._response = self._call(
@@ -225,6 +227,9 @@ def _checked(response: Any) -> Any:
 @contextmanager
 def _translated() -> Iterator[None]:
     """The one place where the client's exceptions become ``KubernetesError``."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
     try:
         yield
     except ApiException as exc:
