@@ -1,6 +1,7 @@
 """Configuration: the Alloy syntax, the component contract and the component graph."""
 
 from agent.config.component import (
+    URL,
     ArgumentError,
     Capsule,
     Component,
@@ -22,6 +23,7 @@ __all__ = [
     "Graph",
     "Health",
     "Secret",
+    "URL",
     "block",
     "check_config",
     "parse_duration",

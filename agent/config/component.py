@@ -22,7 +22,7 @@ Declaring arguments::
                 raise ArgumentError("collect_interval", "must be greater than 0")
 
 Field names are the Alloy attribute and block names. Accepted field types:
-``str``, ``Secret``, ``int``, ``float``, ``bool``, ``Duration``, ``list[X]``,
+``str``, ``Secret``, ``URL``, ``int``, ``float``, ``bool``, ``Duration``, ``list[X]``,
 ``dict[str, X]``, ``X | None``, ``Capsule``, and nested dataclasses for blocks.
 
 A kind may also declare an ``Exports`` dataclass whose field names are the
@@ -49,8 +49,11 @@ __all__ = [
     "Duration",
     "Health",
     "Secret",
+    "URL",
     "block",
 ]
+
+_REDACTED = "(redacted)"
 
 
 class Duration(float):
@@ -62,6 +65,64 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "Secret('(redacted)')"
+
+
+class URL(str):
+    """A URL whose password is never shown.
+
+    The string itself is the URL with the password of its ``user:password@``
+    replaced, so logs, errors, debug info and the component API cannot show
+    it; ``reveal()`` gives the URL as written, for the HTTP client alone. Two
+    URLs are equal when the URLs as written are.
+
+    >>> url = URL("http://user:pass@pyroscope:4040")
+    >>> str(url), url.reveal()
+    ('http://user:(redacted)@pyroscope:4040', 'http://user:pass@pyroscope:4040')
+    """
+
+    _written: Secret
+
+    def __new__(cls, written: str = "") -> URL:
+        url = super().__new__(cls, _without_password(written))
+        url._written = Secret(written)
+        return url
+
+    def reveal(self) -> str:
+        return str.__str__(self._written)
+
+    def __repr__(self) -> str:
+        return f"URL({str.__repr__(self)})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, URL):
+            return self.reveal() == other.reveal()
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.reveal())
+
+    def __reduce__(self) -> tuple[type[URL], tuple[str]]:
+        return URL, (self.reveal(),)
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its authority replaced; written without a parser,
+    so that no URL, however malformed, is shown as it is."""
+    scheme_end = url.find("://")
+    start = scheme_end + 3 if scheme_end >= 0 else 0
+    end = len(url)
+    for stop in "/?#":
+        found = url.find(stop, start)
+        if found >= 0:
+            end = min(end, found)
+    userinfo, at, _ = url[start:end].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    return f"{url[:start]}{user}:{_REDACTED}@{url[start + len(userinfo) + 1 :]}"
 
 
 class Capsule:

@@ -16,7 +16,7 @@ import typing
 from collections import defaultdict
 from typing import Any, TypeVar
 
-from agent.config.component import ArgumentError, Capsule, Duration, Secret
+from agent.config.component import URL, ArgumentError, Capsule, Duration, Secret
 from agent.config.duration import parse_duration
 from agent.config.evaluate import UNKNOWN, Scope, evaluate
 from agent.config.lexer import Position, error_at
@@ -166,6 +166,10 @@ def _to_string(value: Any, pos: Position) -> str:
     return str(_expect(value, str, "string", pos))
 
 
+def _to_url(value: Any, pos: Position) -> URL:
+    return URL(_to_string(value, pos))
+
+
 def _to_secret(value: Any, pos: Position) -> Secret:
     if not isinstance(value, str):
         raise error_at(pos, f"expected secret, got {type_name(value)}")
@@ -214,6 +218,7 @@ def _to_capsule(value: Any, pos: Position) -> Any:
 _SCALARS = {
     str: _to_string,
     Secret: _to_secret,
+    URL: _to_url,
     int: _to_int,
     float: _to_float,
     bool: _to_bool,
@@ -229,7 +234,7 @@ def _placeholder(hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin in (list, dict):
         return origin()
-    if hint in (str, Secret, int, float, bool, Duration):
+    if hint in (str, Secret, URL, int, float, bool, Duration):
         return hint()
     return UNKNOWN  # a capsule: the placeholder object itself
 

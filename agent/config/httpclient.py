@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.config.component import ArgumentError, Secret, block
+from agent.config.component import URL, ArgumentError, Secret, block
 
 __all__ = [
     "Authorization",
@@ -92,12 +92,15 @@ class Authorization:
 class ProxyArguments:
     """The proxy options, shared by the client itself and its ``oauth2`` token requests."""
 
-    proxy_url: str = ""
+    proxy_url: URL = URL()
     no_proxy: str = ""
     proxy_from_environment: bool = False
     proxy_connect_header: dict[str, list[Secret]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # A proxy URL may carry its credentials: only the URL type hides them.
+        if not isinstance(self.proxy_url, URL):
+            object.__setattr__(self, "proxy_url", URL(self.proxy_url))
         if self.no_proxy and not self.proxy_url:
             raise ArgumentError("no_proxy", "requires proxy_url")
         if self.proxy_from_environment and (self.proxy_url or self.no_proxy):

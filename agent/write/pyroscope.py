@@ -27,13 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from agent import __version__
 from agent.config.component import (
+    URL,
     ArgumentError,
     Capsule,
     ComponentOptions,
@@ -43,7 +44,7 @@ from agent.config.component import (
 )
 from agent.config.httpclient import HTTPClientArguments, TLSConfig
 from agent.errors import ConfigError, PushError
-from agent.write.profile import LabeledProfile
+from agent.write.profile import LabeledProfile, shortened
 from agent.write.push import push_pb2, types_pb2
 from agent.write.sender import Backoff, EndpointSender, WriteMetrics
 
@@ -73,6 +74,8 @@ _RETRYABLE_CODES = (
     "data_loss",
     "aborted",
 )
+# What Pyroscope's answer says of a profile over its max_profile_size_bytes limit.
+_SIZE_LIMIT_NAME = "max_profile_size_byte"
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -97,9 +100,13 @@ def _unsupported(options: HTTPClientArguments) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class EndpointOptions(HTTPClientArguments):
-    """One ``endpoint`` block: where to push, with retries (§8.3) and the HTTP client options."""
+    """One ``endpoint`` block: where to push, with retries (§8.3) and the HTTP client options.
 
-    url: str
+    A password in ``url`` (``http://user:password@host``) is sent as basic
+    auth and shown nowhere: ``url`` is a :class:`URL`.
+    """
+
+    url: URL
     name: str = ""
     remote_timeout: Duration = Duration(10)
     headers: dict[str, str] = field(default_factory=dict)
@@ -111,6 +118,8 @@ class EndpointOptions(HTTPClientArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.url, URL):
+            object.__setattr__(self, "url", URL(self.url))
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ArgumentError("url", "must be an http:// or https:// URL with a host")
@@ -183,6 +192,29 @@ def _display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def _scrubbed(*urls: URL) -> list[tuple[str, str]]:
+    """(secret, what to show instead) for each URL with a password, and the password
+    itself, raw and decoded, where it is long enough not to be any word."""
+    pairs = []
+    for url in urls:
+        credentials = _url_credentials(url)
+        if credentials is None or not credentials[1]:
+            continue
+        pairs.append((url.reveal(), str(url)))
+        raw = urlsplit(url.reveal()).netloc.rpartition("@")[0].partition(":")[2]
+        pairs.extend((secret, "(redacted)") for secret in {raw, credentials[1]} if len(secret) > 3)
+    return pairs
+
+
+def _url_credentials(url: URL) -> tuple[str, str] | None:
+    """The (user, password) written in ``url``, percent-decoded, or None."""
+    userinfo, at, _ = urlsplit(url.reveal()).netloc.rpartition("@")
+    if not at:
+        return None
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
+
+
 def _ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
     """The client's TLS settings; a given CA replaces the system's, as in Go."""
     tls = tls or TLSConfig()
@@ -209,7 +241,10 @@ class _HttpPusher:
 
     def __init__(self, options: EndpointOptions, transport: httpx.BaseTransport | None) -> None:
         self._options = options
-        self.url = options.url.rstrip("/") + PUSH_PATH
+        # httpx never sees the URL's credentials: they would be in its log lines.
+        self.url = _display_url(options.url).rstrip("/") + PUSH_PATH
+        self._url_credentials = _url_credentials(options.url)
+        self._scrubbed = _scrubbed(options.url, options.proxy_url)
         try:
             verify = _ssl_context(options.tls_config)
         except OSError as exc:
@@ -219,7 +254,7 @@ class _HttpPusher:
             verify=verify,
             timeout=float(options.remote_timeout),
             follow_redirects=options.follow_redirects,
-            proxy=options.proxy_url or None,
+            proxy=options.proxy_url.reveal() or None,
             trust_env=options.proxy_from_environment,
             transport=transport,
         )
@@ -240,9 +275,10 @@ class _HttpPusher:
             timeout = float(self._options.remote_timeout)
             raise PushError(f"no answer within {timeout:g}s", retryable=True) from exc
         except httpx.TransportError as exc:
-            raise PushError(f"cannot connect: {exc}", retryable=True) from exc
+            raise PushError(self._scrub(f"cannot connect: {exc}"), retryable=True) from exc
         except httpx.HTTPError as exc:
-            raise PushError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+            message = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise PushError(message, retryable=False) from exc
         if not response.is_success:
             raise self._answer_error(response)
 
@@ -282,7 +318,16 @@ class _HttpPusher:
             return f"Bearer {options.bearer_token}"
         if options.bearer_token_file:
             return "Bearer " + _read_secret(options.bearer_token_file, "bearer_token_file")
+        if self._url_credentials is not None:
+            pair = "{}:{}".format(*self._url_credentials).encode()
+            return "Basic " + base64.b64encode(pair).decode()
         return ""
+
+    def _scrub(self, message: str) -> str:
+        """An httpx message may quote a URL (a proxy's, say): never with its password."""
+        for secret, shown in self._scrubbed:
+            message = message.replace(secret, shown)
+        return message
 
     def _answer_error(self, response: httpx.Response) -> PushError:
         """Whether to retry comes from the Connect error code when the body has one,
@@ -304,15 +349,23 @@ class _HttpPusher:
 
 
 def _connect_error(response: httpx.Response) -> tuple[str, str]:
-    """The Connect ``{"code", "message"}`` of an error answer, or ("", start of the body)."""
-    text = response.text[:200].strip()
+    """The Connect ``{"code", "message"}`` of an error answer, or ("", the body), each
+    shortened: Pyroscope quotes the whole label set before saying what is wrong."""
+    text = shortened(response.text.strip(), 200)
     try:
         error = json.loads(response.text)
     except ValueError:
         return "", text
     if isinstance(error, dict) and isinstance(error.get("code"), str):
-        return error["code"], str(error.get("message", ""))[:200]
+        return error["code"], shortened(str(error.get("message", "")), 200)
     return "", text
+
+
+def _drop_reason(exc: PushError) -> str:
+    """Why a push not worth retrying is dropped (see WriteMetrics.DROP_REASONS)."""
+    if exc.status == 413 or _SIZE_LIMIT_NAME in exc.reason:
+        return "too_large"
+    return "rejected"
 
 
 _Endpoint = tuple[EndpointSender, _HttpPusher]
@@ -358,10 +411,11 @@ class PyroscopeWrite:
         try:
             labels = series_labels(profile.labels, external_labels)
         except ValueError as exc:
-            service = profile.labels.get("service_name", "")
-            log.warning("%s: dropped a profile of %r: %s", self._options.id, service, exc)
+            service = shortened(repr(profile.labels.get("service_name", "")), 80)
+            reason = shortened(str(exc))
+            log.warning("%s: dropped a profile of %s: %s", self._options.id, service, reason)
             for sender, _ in endpoints:
-                self._metrics.count_dropped(sender.endpoint, size)
+                self._metrics.count_dropped(sender.endpoint, size, "invalid_labels")
             return
         body = encode_push_request(labels, profile.data)
         for sender, _ in endpoints:
@@ -418,6 +472,7 @@ class PyroscopeWrite:
                 backoff,
                 self._metrics,
                 queue_size=self._queue_size,
+                drop_reason=_drop_reason,
             )
             endpoints.append((sender, pusher))
         return endpoints

@@ -3,15 +3,20 @@ configuration text: defaults, nested blocks and each check, positioned at its ar
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import pickle
+
 import pytest
 
-from agent.config import Secret
+from agent.config import URL, Secret
 from agent.config.decode import decode
 from agent.config.evaluate import Scope
 from agent.config.parser import parse
 from agent.discovery.docker import DockerArguments, DockerFilter
 from agent.discovery.kubernetes import KubernetesArguments, NamespaceDiscovery
 from agent.errors import ConfigError
+from agent.telemetry.server import to_json
 from agent.write.pyroscope import PyroscopeWriteArguments, TracingOptions
 
 
@@ -209,3 +214,42 @@ def test_docker_defaults_and_repeatable_filters():
 )
 def test_docker_checks(body, message):
     assert error_of(docker, body).startswith(f"t.alloy:{message}")
+
+
+def test_a_password_in_a_url_is_shown_nowhere_but_kept_for_the_client():
+    args = decode_text(
+        'pyroscope.write "w" {\n  endpoint {\n'
+        '    url = "http://user:p%40ss-w0rd@pyroscope:4040/prefix"\n'
+        '    proxy_url = "http://proxy-user:pr0xy-pw@proxy:3128"\n  }\n}',
+        PyroscopeWriteArguments,
+    )
+    (endpoint,) = args.endpoint
+    assert endpoint.url == "http://user:(redacted)@pyroscope:4040/prefix"
+    assert endpoint.url.reveal() == "http://user:p%40ss-w0rd@pyroscope:4040/prefix"
+    assert endpoint.proxy_url.reveal() == "http://proxy-user:pr0xy-pw@proxy:3128"
+    # What the component API, logs and errors would show of the arguments.
+    shown = json.dumps(to_json(args)) + repr(args) + str(args) + f"{endpoint.url}"
+    assert "p%40ss" not in shown and "pr0xy-pw" not in shown
+    assert "http://user:(redacted)@pyroscope:4040/prefix" in shown
+    assert "http://proxy-user:(redacted)@proxy:3128" in shown
+    # A new password is a change of arguments (the endpoint is reopened), the same one is not.
+    assert endpoint == dataclasses.replace(endpoint, url=URL(endpoint.url.reveal()))
+    assert endpoint != dataclasses.replace(
+        endpoint, url=URL("http://user:new@pyroscope:4040/prefix")
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("http://pyroscope:4040", "http://pyroscope:4040"),
+        ("http://user@pyroscope:4040", "http://user@pyroscope:4040"),
+        ("https://u:p@ss@host/a?b=c@d", "https://u:(redacted)@host/a?b=c@d"),
+        ("http://:pw@[::1]:80/", "http://:(redacted)@[::1]:80/"),
+        ("u:pw@host", "u:(redacted)@host"),
+    ],
+)
+def test_url_shows_everything_but_the_password(written, shown):
+    url = URL(written)
+    assert (str(url), repr(url), url.reveal()) == (shown, f"URL({shown!r})", written)
+    assert pickle.loads(pickle.dumps(url)).reveal() == written
