@@ -24,11 +24,22 @@ log = logging.getLogger(__name__)
 
 
 class WriteMetrics:
-    """The metrics of ``pyroscope.write``, with Alloy's names, labelled by endpoint URL."""
+    """The metrics of ``pyroscope.write``, with Alloy's names, labelled by endpoint URL;
+    drops also by ``reason``, one of DROP_REASONS."""
+
+    DROP_REASONS = (
+        "queue_full",  # the oldest queued profile, to make room for a new one
+        "invalid_labels",  # labels Pyroscope would refuse: never sent
+        "too_large",  # refused for its size (HTTP 413, or Pyroscope's max_profile_size)
+        "rejected",  # any other answer that is not worth retrying (400, 401, ...)
+        "retries_exhausted",  # retryable failures (no answer, 5xx) past max_backoff_retries
+        "stopped",  # still queued, or waiting to retry, when the endpoint was closed
+    )
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, documentation: str) -> Counter:
-            return Counter(name, documentation, ["endpoint"], registry=registry)
+        def counter(name: str, documentation: str, by_reason: bool = False) -> Counter:
+            labels = ["endpoint", "reason"] if by_reason else ["endpoint"]
+            return Counter(name, documentation, labels, registry=registry)
 
         self.sent_bytes = counter(
             "pyroscope_write_sent_bytes_total", "Compressed pprof bytes sent to Pyroscope."
@@ -38,11 +49,14 @@ class WriteMetrics:
         )
         self.dropped_bytes = counter(
             "pyroscope_write_dropped_bytes_total",
-            "Compressed pprof bytes dropped: queue full, invalid labels or failed pushes.",
+            "Compressed pprof bytes dropped, by reason.",
+            by_reason=True,
         )
         self.dropped_profiles = counter(
             "pyroscope_write_dropped_profiles_total",
-            "Profiles dropped: queue full, invalid labels or failed pushes.",
+            "Profiles dropped, by reason: queue_full, invalid_labels, too_large, rejected, "
+            "retries_exhausted, stopped.",
+            by_reason=True,
         )
         self.retries = counter(
             "pyroscope_write_retries_total", "Push attempts repeated after a retryable failure."
@@ -54,9 +68,9 @@ class WriteMetrics:
             registry=registry,
         )
 
-    def count_dropped(self, endpoint: str, size: int) -> None:
-        self.dropped_profiles.labels(endpoint).inc()
-        self.dropped_bytes.labels(endpoint).inc(size)
+    def count_dropped(self, endpoint: str, size: int, reason: str) -> None:
+        self.dropped_profiles.labels(endpoint, reason).inc()
+        self.dropped_bytes.labels(endpoint, reason).inc(size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,9 @@ class _Queued:
 class EndpointSender:
     """Queues push bodies for one endpoint and sends them, oldest first, on its own thread.
 
+    A push that fails without a retry is dropped with the reason ``drop_reason``
+    gives for its error (``rejected`` when none is given).
+
     >>> sender = EndpointSender("http://pyroscope:4040", push, backoff, metrics, queue_size=256)
     >>> sender.start()
     >>> sender.enqueue(body, size)    # never blocks; drops the oldest when full
@@ -101,9 +118,11 @@ class EndpointSender:
         metrics: WriteMetrics,
         *,
         queue_size: int,
+        drop_reason: Callable[[PushError], str] = lambda _: "rejected",
     ) -> None:
         self.endpoint = endpoint
         self._push = push
+        self._drop_reason = drop_reason
         self._backoff = backoff
         self._metrics = metrics
         self._queue: collections.deque[_Queued] = collections.deque()
@@ -132,13 +151,13 @@ class EndpointSender:
         with self._ready:
             left, self._queue = list(self._queue), collections.deque()
         for item in left:
-            self._metrics.count_dropped(self.endpoint, item.size)
+            self._metrics.count_dropped(self.endpoint, item.size, "stopped")
 
     def enqueue(self, body: bytes, size: int) -> None:
         with self._ready:
             if len(self._queue) >= self._queue_size:
                 oldest = self._queue.popleft()
-                self._metrics.count_dropped(self.endpoint, oldest.size)
+                self._metrics.count_dropped(self.endpoint, oldest.size, "queue_full")
                 log.debug("queue for %s is full: dropped its oldest profile", self.endpoint)
             self._queue.append(_Queued(body, size))
             self._ready.notify()
@@ -164,10 +183,10 @@ class EndpointSender:
                 self._push(item.body)
             except PushError as exc:
                 self._note_failure(exc)
-                delay = next(delays, None) if exc.retryable else None
-                if delay is None or self._closing.wait(delay):
-                    self._metrics.count_dropped(self.endpoint, item.size)
-                    log.debug("dropped a profile for %s: %s", self.endpoint, exc)
+                reason = self._give_up(exc, delays)
+                if reason:
+                    self._metrics.count_dropped(self.endpoint, item.size, reason)
+                    log.debug("dropped a profile for %s (%s): %s", self.endpoint, reason, exc)
                     return
                 self._metrics.retries.labels(self.endpoint).inc()
                 continue
@@ -179,6 +198,17 @@ class EndpointSender:
         if self.failure:
             log.info("pushes to %s succeed again", self.endpoint)
             self.failure = ""
+
+    def _give_up(self, exc: PushError, delays: Iterator[float]) -> str:
+        """The reason to drop after ``exc``, or "" once the backoff has been waited."""
+        if not exc.retryable:
+            return self._drop_reason(exc)
+        delay = next(delays, None)
+        if delay is None:
+            return "retries_exhausted"
+        if self._closing.wait(delay):
+            return "stopped"
+        return ""
 
     def _note_failure(self, exc: PushError) -> None:
         """Warn once when an endpoint starts failing; repeats only update the health text."""

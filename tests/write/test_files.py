@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration
 from agent.write import Fanout, FileReceiver, LabeledProfile
@@ -15,8 +16,21 @@ from agent.write.files import service_directory
 
 
 def receiver(tmp_path, **arguments) -> FileReceiver:
-    options = ComponentOptions("pyroscope.file.test", lambda _: None, {}, threading.Lock())
+    options = ComponentOptions(
+        "pyroscope.file.test", lambda _: None, {}, threading.Lock(), CollectorRegistry()
+    )
     return FileReceiver(options, FileReceiver.Arguments(directory=str(tmp_path), **arguments))
+
+
+def counted(component: FileReceiver) -> dict[str, float]:
+    """The component's metrics as the agent's registry has them: written, and drops by reason."""
+    found = {}
+    for family in component.metrics.written.collect() + component.metrics.dropped.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                assert sample.labels["component_id"] == "pyroscope.file.test"
+                found[sample.labels.get("reason", "written")] = sample.value
+    return found
 
 
 def run_until_written(component: FileReceiver, count: int) -> None:
@@ -41,6 +55,7 @@ def test_profiles_are_written_under_the_service_name_with_their_labels(tmp_path)
     assert (folder / "1700000000-1.pb.gz").read_bytes() == b"\x1f\x8bsecond"
     assert json.loads((folder / "1700000000.labels.json").read_text()) == labels
     assert component.exports() == {"receiver": component}
+    assert counted(component) == {"written": 2}
 
 
 @pytest.mark.parametrize(
@@ -58,8 +73,37 @@ def test_an_unwritable_directory_makes_it_unhealthy_and_counts_the_drop(tmp_path
     component.append(LabeledProfile({"service_name": "x"}, b"data", 0))
     run_until_written(component, 1)
     assert component.dropped == 1
+    assert counted(component) == {"write_failed": 1}
     assert component.health().state == "unhealthy"
     assert "cannot write profiles" in component.health().message
+
+
+def test_write_failures_are_counted_and_logged_with_the_path_cut(tmp_path, caplog):
+    if os.geteuid() == 0:
+        # root writes anywhere: a file where the service's folder should be refuses it
+        (tmp_path / ("d" * 200)).write_text("")
+    else:
+        tmp_path.chmod(0o500)
+    component = receiver(tmp_path)
+    for number in range(3):
+        component.append(LabeledProfile({"service_name": "d" * 200}, b"data", number))
+    run_until_written(component, 3)
+    assert counted(component) == {"write_failed": 3}
+    lines = [r.getMessage() for r in caplog.records if "dropped a profile" in r.getMessage()]
+    assert len(lines) == 3 and all(len(line) < 250 for line in lines), lines
+    assert lines[0].endswith((": File exists", ": Permission denied")), lines[0]
+
+
+def test_a_5000_character_service_name_is_dropped_counted_and_cut_in_the_log(tmp_path, caplog):
+    component = receiver(tmp_path)
+    component.append(LabeledProfile({"service_name": "s" * 5000}, b"data", 0))
+    component.append(LabeledProfile({"service_name": "ok"}, b"data", 0))
+    run_until_written(component, 2)
+    assert counted(component) == {"invalid_service_name": 1, "written": 1}
+    assert list(tmp_path.iterdir()) == [tmp_path / "ok"]  # nothing else lost
+    (line,) = [r.getMessage() for r in caplog.records if "dropped a profile" in r.getMessage()]
+    assert len(line) < 200 and "(4920 characters)" in line, line
+    assert component.health().state == "healthy"  # the file system is fine
 
 
 def test_retention_removes_old_profiles(tmp_path):
@@ -94,6 +138,7 @@ def test_a_full_queue_drops_the_oldest_and_counts(tmp_path):
             LabeledProfile({"service_name": "q"}, str(number).encode(), number * 10**9)
         )
     assert component.dropped == 300 - 256
+    assert counted(component) == {"queue_full": 300 - 256}
 
 
 def test_fanout_survives_a_failing_receiver(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import gzip
 import http.server
+import json
+import logging
 import socket
 import ssl
 import subprocess
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from agent.config import ComponentOptions, Duration, Graph, Secret
 from agent.config.httpclient import BasicAuth, TLSConfig
@@ -142,8 +145,28 @@ def profile(number: int = 0, **labels: str) -> LabeledProfile:
     return LabeledProfile({**base, **labels}, pprof(), 1_700_000_000_000_000_000)
 
 
-def metric(component: PyroscopeWrite, name: str, url: str) -> float:
-    return component.registry.get_sample_value(name, {"endpoint": url}) or 0.0
+def metric(component: PyroscopeWrite, name: str, url: str, reason: str | None = None) -> float:
+    """One endpoint's value of a metric; summed over the drop reasons unless one is given."""
+    total = 0.0
+    for family in component.registry.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name != name or labels.get("endpoint") != url:
+                continue
+            if reason is None or labels.get("reason") == reason:
+                total += sample.value
+    return total
+
+
+def drops(component: PyroscopeWrite, url: str) -> dict[str, float]:
+    """Profiles dropped for ``url``, by reason (those never counted left out)."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in component.registry.collect()
+        for sample in family.samples
+        if sample.name == "pyroscope_write_dropped_profiles_total"
+        and sample.labels["endpoint"] == url
+    }
 
 
 def wait_until(condition, timeout: float = 5.0) -> None:
@@ -222,7 +245,16 @@ def test_invalid_labels_drop_the_profile_with_a_logged_reason(pyroscope, start, 
     (received,) = pyroscope.wait_for(1)
     assert series(received)["n"] == "1"
     assert "invalid label name 'bad-name'" in caplog.text
-    assert metric(component, "pyroscope_write_dropped_profiles_total", pyroscope.url) == 1
+    assert drops(component, pyroscope.url) == {"invalid_labels": 1}
+
+
+def test_a_huge_invalid_label_is_cut_in_the_log_and_counted(pyroscope, start, caplog):
+    component = start(write_to(pyroscope.url))
+    component.append(profile(service_name="s" * 5000, **{"b" * 5000 + "-": "x"}))
+    wait_until(lambda: drops(component, pyroscope.url) == {"invalid_labels": 1})
+    (line,) = [r.getMessage() for r in caplog.records if "dropped a profile" in r.getMessage()]
+    assert len(line) < 400 and "characters)" in line, line
+    assert metric(component, "pyroscope_write_dropped_bytes_total", pyroscope.url) == len(pprof())
 
 
 @pytest.mark.parametrize(
@@ -261,12 +293,56 @@ def test_400_is_not_retried_and_counted_dropped(pyroscope, start):
     sent = profile()
     component.append(sent)
     url = pyroscope.url
-    wait_until(lambda: metric(component, "pyroscope_write_dropped_profiles_total", url) == 1)
-    assert metric(component, "pyroscope_write_dropped_bytes_total", url) == len(sent.data)
+    wait_until(lambda: drops(component, url) == {"rejected": 1})
+    assert metric(component, "pyroscope_write_dropped_bytes_total", url, "rejected") == len(
+        sent.data
+    )
     assert metric(component, "pyroscope_write_retries_total", url) == 0
     health = component.health()
     assert health.state == "unhealthy"
     assert "HTTP 400 invalid_argument: max_label_names_per_series" in health.message
+
+
+# Pyroscope's answer to a profile over its max_profile_size_bytes: the whole label
+# set first, then what is wrong.
+TOO_BIG = (
+    "the profile with labels '{service_name=\"%s\"}' exceeds the size limit "
+    "(max_profile_size_byte, actual: 5000000, limit: 4194304)" % ("s" * 5000)
+)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(413, b"request entity too large"),
+        Answer(400, json.dumps({"code": "invalid_argument", "message": TOO_BIG}).encode()),
+    ],
+)
+def test_a_profile_too_large_for_the_push_api_is_counted_as_such(pyroscope, start, answer):
+    pyroscope.answers = [answer]
+    component = start(write_to(pyroscope.url))
+    component.append(profile())
+    wait_until(lambda: drops(component, pyroscope.url) == {"too_large": 1})
+    message = component.health().message
+    assert len(message) < 400, message  # the 5000 characters of labels are cut out
+
+
+def test_what_is_queued_or_waiting_to_retry_when_stopped_is_counted_stopped(pyroscope):
+    pyroscope.answers = [Answer(503)] * 10
+    options = ComponentOptions("pyroscope.write.s", lambda _: None, {}, threading.Lock())
+    arguments = write_to(
+        pyroscope.url, min_backoff_period=Duration(30), max_backoff_period=Duration(30)
+    )
+    component = PyroscopeWrite(options, arguments)
+    stop = threading.Event()
+    thread = threading.Thread(target=component.run, args=(stop,))
+    thread.start()
+    for number in range(3):
+        component.append(profile(number))
+    wait_until(lambda: "HTTP 503" in component.health().message)  # the first one waits
+    stop.set()
+    thread.join(5)
+    assert drops(component, pyroscope.url) == {"stopped": 3}
 
 
 def test_a_server_stalling_past_remote_timeout_is_retried(pyroscope, start):
@@ -288,7 +364,7 @@ def test_connection_refused_is_retried_then_dropped_and_unhealthy(start, caplog)
     url = closed_port_url()
     component = start(write_to(url, max_backoff_retries=3))
     component.append(profile())
-    wait_until(lambda: metric(component, "pyroscope_write_dropped_profiles_total", url) == 1)
+    wait_until(lambda: drops(component, url) == {"retries_exhausted": 1})
     assert metric(component, "pyroscope_write_retries_total", url) == 2
     assert component.health().state == "unhealthy"
     assert "cannot connect" in component.health().message
@@ -315,7 +391,7 @@ def test_a_full_queue_drops_the_oldest_and_counts(pyroscope):
     component = PyroscopeWrite(options, write_to(pyroscope.url), queue_size=3)
     for number in range(5):
         component.append(profile(number))  # not running yet: nothing leaves the queue
-    assert metric(component, "pyroscope_write_dropped_profiles_total", pyroscope.url) == 2
+    assert drops(component, pyroscope.url) == {"queue_full": 2}
     stop = threading.Event()
     thread = threading.Thread(target=component.run, args=(stop,))
     thread.start()
@@ -426,3 +502,31 @@ def test_secrets_never_reach_logs_or_health(start, caplog):
     component.append(profile())
     wait_until(lambda: metric(component, "pyroscope_write_dropped_profiles_total", url) == 1)
     assert "hunter2" not in caplog.text + component.health().message
+
+
+def test_a_password_in_the_url_is_sent_as_basic_auth_and_shown_nowhere(pyroscope, start, caplog):
+    caplog.set_level(logging.DEBUG)  # httpx logs each request's URL at INFO
+    url = pyroscope.url.replace("http://", "http://user:p%40ss-w0rd@")
+    component = start(write_to(url))
+    component.append(profile())
+    (received,) = pyroscope.wait_for(1)
+    assert (
+        received.headers["Authorization"] == "Basic " + base64.b64encode(b"user:p@ss-w0rd").decode()
+    )
+    wait_until(lambda: metric(component, "pyroscope_write_sent_profiles_total", pyroscope.url))
+    exposed = generate_latest(component.registry).decode()
+    assert "POST " + pyroscope.url + "/push.v1" in caplog.text  # httpx did log its request
+    for text in (caplog.text, exposed, component.health().message):
+        assert "w0rd" not in text
+
+
+def test_a_failing_proxy_with_a_password_is_reported_without_it(start, caplog):
+    url = closed_port_url().replace("http://", "http://user:s3cr3t-pw@")
+    proxy = closed_port_url().replace("http://", "http://proxy:pr0xy-pw@")
+    component = start(write_to(url, proxy_url=proxy, max_backoff_retries=2))
+    component.append(profile())
+    endpoint = url.replace("user:s3cr3t-pw@", "")
+    wait_until(lambda: drops(component, endpoint) == {"retries_exhausted": 1})
+    shown = caplog.text + component.health().message + generate_latest(component.registry).decode()
+    assert "cannot connect" in shown
+    assert "s3cr3t-pw" not in shown and "pr0xy-pw" not in shown
