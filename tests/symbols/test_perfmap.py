@@ -301,6 +301,16 @@ def test_a_fifo_perf_map_costs_one_counted_error_and_nothing_else(jit_workload):
     assert elapsed < 1
 
 
+def test_a_perf_map_over_the_symbolizers_cap_is_counted_once(jit_workload, caplog):
+    workload, _ = jit_workload
+    with Symbolizer(perf_map_max_bytes=32) as symbolizer:
+        for _ in range(3):
+            (frame,) = symbolizer.resolve_user(workload.pid, [workload.addresses["first"]])
+        assert symbolizer.errors == {"perf_map_too_large": 1}
+    assert frame.name.startswith("[anon]+0x")
+    assert "more than the 32 read (perf_map_max_bytes)" in caplog.text
+
+
 # Memory, measured as the RSS of a child process that reads one perf map.
 
 MEASURE = """
