@@ -21,6 +21,7 @@ from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
 from agent.symbols import Frame, Symbolizer
 from agent.symbols.cache import LruCache
+from agent.symbols.procmaps import read_process_entry
 from agent.unwind.processes import NativeUnwinder
 
 __all__ = [
@@ -71,9 +72,8 @@ Classifier = Callable[[PidEvent], Sequence[Destination]]
 def read_ppid(pid: int, proc_root: str = "/proc") -> int:
     """The parent of ``pid`` from ``/proc/<pid>/stat``; 0 when it is gone."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as stream:
-            stat = stream.read()
-    except OSError:
+        stat = read_process_entry(pid, "stat", proc_root)
+    except ProcessError:
         return 0
     # The command name may hold spaces and parentheses: fields follow the last ')'.
     fields = stat[stat.rfind(b")") + 2 :].split()
@@ -82,9 +82,8 @@ def read_ppid(pid: int, proc_root: str = "/proc") -> int:
 
 def read_comm(pid: int, proc_root: str = "/proc") -> str:
     try:
-        with open(f"{proc_root}/{pid}/comm") as stream:
-            return stream.read().strip()
-    except OSError:
+        return read_process_entry(pid, "comm", proc_root).decode(errors="replace").strip()
+    except ProcessError:
         return ""
 
 

@@ -10,9 +10,11 @@
  * BPF_MAP_TYPE_STACK_TRACE: that map's buckets collide long before it is full
  * (about 1 stack in 30 is lost with 1,000 stacks in 16,384 buckets).
  *
- * For Python processes (py_procs) do_sample tail-calls walk_python, which
- * follows the sampled thread's interpreter frames MAX_PY_FRAMES deep at most,
- * PY_FRAMES_PER_PROG per program run, and counts the sample when done.
+ * The walkers are reached by tail call, each in its own header: for a
+ * process marked native, walk_native (native.bpf.h) unwinds the user stack
+ * with its files' unwind tables; for a Python process, walk_python
+ * (python.bpf.h) follows the interpreter's frames. The last one to run
+ * counts the sample (finish_sample).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -21,15 +23,9 @@
 #include "profile.h"
 
 #define PF_EXITING	0x00000004	/* include/linux/sched.h */
-#define PY_FRAMES_PER_PROG	32
-#define PY_MAX_PROGS		5	/* room for MAX_PY_FRAMES plus shim frames */
-#define PY_FRAME_WINDOW		128	/* most bytes read at once from a frame */
-#define PY_CODE_WINDOW		144	/* ... and from a code object */
-#define PY_STR_HEADER		40	/* PyASCIIObject up to and including state */
 #define PROG_WALK_PYTHON	0
 #define PROG_WALK_NATIVE	1
 
-_Static_assert(PY_NAME_LEN < 256 && PY_FILE_LEN < 256, "read_str masks sizes with 0xff");
 #define PF_KTHREAD	0x00200000
 #define E2BIG		7
 #define EEXIST		17
@@ -67,67 +63,12 @@ struct {
 		__type(value, struct stack_trace);		\
 	} name SEC(".maps")
 
-/* Resized by userspace to pid_map_size, or to 1 when Python is disabled. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2048);
-	__type(key, __u32);
-	__type(value, struct py_proc);
-} py_procs SEC(".maps");
-
-/* Names of code objects, copied once; resized to symbols_map_size. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct py_symbol_key);
-	__type(value, struct py_symbol);
-} py_symbols SEC(".maps");
-
-#define PY_STACKS_MAP(name)					\
-	struct {						\
-		__uint(type, BPF_MAP_TYPE_HASH);		\
-		__uint(max_entries, 4096);			\
-		__type(key, __u64);				\
-		__type(value, struct py_stack);			\
-	} name SEC(".maps")
-
-PY_STACKS_MAP(py_stacks_0);
-PY_STACKS_MAP(py_stacks_1);
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } programs SEC(".maps");
-
-/* A sample being walked, carried from do_sample across tail calls. */
-struct py_walk {
-	struct sample_key key;
-	__u64 frame;		/* next frame to read; 0 when the walk is over */
-	__u32 buffer;		/* the count/stack buffer the sample goes to */
-	__u32 runs;		/* walk_python runs so far */
-	struct py_proc proc;
-	struct py_stack stack;
-	struct py_symbol symbol;
-	__u8 frame_window[PY_FRAME_WINDOW];
-	__u8 code_window[PY_CODE_WINDOW];
-	__u8 str_header[PY_STR_HEADER];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct py_walk);
-} py_walks SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PY_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} py_stats SEC(".maps");
 
 /* Per-CPU room to capture the user (key 0) and kernel (key 1) stack. */
 struct {
@@ -194,16 +135,6 @@ static __always_inline void count_drop(enum drop_reason reason)
 		*value += 1;	/* per-CPU slot: no atomics needed */
 }
 
-static __always_inline void count_py_stat(enum py_stat stat)
-{
-	__u32 key = stat;
-	__u64 *value;
-
-	value = bpf_map_lookup_elem(&py_stats, &key);
-	if (value)
-		*value += 1;
-}
-
 static __always_inline void send_event(__u32 type, __u32 pid)
 {
 	struct pid_event event = { .type = type, .pid = pid };
@@ -258,13 +189,21 @@ static __always_inline struct pid_config *track_new_pid(struct task_struct *task
 	return bpf_map_lookup_elem(&pids, &tgid);
 }
 
-/* FNV-1a over whole addresses; 0 is kept for "no stack". */
+/* FNV-1a a 64-bit word at a time: the hash every stack is stored by. */
+#define FNV_OFFSET_BASIS	0xcbf29ce484222325ULL
+
+static __always_inline __u64 fnv_mix(__u64 hash, __u64 word)
+{
+	return (hash ^ word) * 0x100000001b3ULL;
+}
+
+/* 0 is kept for "no stack". */
 static __always_inline __u64 hash_stack(const struct stack_trace *trace, __u32 depth)
 {
-	__u64 hash = 0xcbf29ce484222325ULL;
+	__u64 hash = FNV_OFFSET_BASIS;
 
 	for (__u32 i = 0; i < MAX_STACK_DEPTH && i < depth; i++)
-		hash = (hash ^ trace->ips[i]) * 0x100000001b3ULL;
+		hash = fnv_mix(hash, trace->ips[i]);
 	return hash ? hash : 1;
 }
 
@@ -342,228 +281,10 @@ static __always_inline void count_sample(void *counts, struct sample_key *key)
 	}
 }
 
-/* --- Python ------------------------------------------------------------ */
+/* --- walkers ------------------------------------------------------------ */
 
-static __always_inline __u64 thread_pointer(struct task_struct *task)
-{
-#if defined(__TARGET_ARCH_x86)
-	return BPF_CORE_READ(task, thread.fsbase);
-#else
-	return 0;	/* userspace enables Python only on x86_64 */
-#endif
-}
-
-/* A field of a window read at once; the offset comes from userspace. */
-static __always_inline __u64 window_u64(const __u8 *window, __u32 size, __u16 offset)
-{
-	if (offset > size - sizeof(__u64))
-		return 0;
-	return *(const __u64 *)(window + offset);
-}
-
-static __always_inline __u32 window_u32(const __u8 *window, __u32 size, __u16 offset)
-{
-	if (offset > size - sizeof(__u32))
-		return 0;
-	return *(const __u32 *)(window + offset);
-}
-
-static __always_inline __u8 window_u8(const __u8 *window, __u32 size, __u16 offset)
-{
-	if (offset > size - 1)
-		return 0;
-	return window[offset];
-}
-
-/*
- * The first frame of the sampled thread: its PyThreadState is the value of
- * the interpreter's pthread key, read the way glibc's pthread_getspecific()
- * does for keys below 32.
- */
-static __always_inline __u64 top_frame(struct task_struct *task, const struct py_proc *proc)
-{
-	const struct py_offsets *off = &proc->offsets;
-	__u64 tp = thread_pointer(task), tstate = 0, frame = 0;
-
-	if (!tp)
-		return 0;
-	if (bpf_probe_read_user(&tstate, sizeof(tstate),
-				(void *)(tp + proc->tsd_base + proc->tss_key * proc->tsd_stride +
-					 proc->tsd_data)) || !tstate)
-		return 0;
-	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)(tstate + off->tstate_frame)))
-		return 0;
-	if (frame && off->cframe_frame != PY_NO_OFFSET &&
-	    bpf_probe_read_user(&frame, sizeof(frame), (void *)(frame + off->cframe_frame)))
-		return 0;
-	return frame;
-}
-
-/* Copy a str's bytes (the tail if keep_tail and it is too long). */
-static __always_inline void read_str(struct py_walk *walk, __u64 str, char *out, __u32 cap,
-				     __u16 *len, __u8 *kind, __u8 *truncated, bool keep_tail)
-{
-	const struct py_offsets *off = &walk->proc.offsets;
-	__u32 state, size;
-	__u64 length, data;
-
-	*len = 0;
-	if (!str || bpf_probe_read_user(walk->str_header, sizeof(walk->str_header), (void *)str))
-		return;
-	length = *(__u64 *)(walk->str_header + 16);	/* PyASCIIObject.length */
-	state = *(__u32 *)(walk->str_header + 32);	/* interned:2 kind:3 compact:1 ascii:1 */
-	*kind = (state >> 2) & 7;
-	if (!(state & (1 << 5)) || !*kind)
-		return;	/* not compact: never the case for code object names */
-	data = str + ((state & (1 << 6)) ? off->unicode_ascii_data : off->unicode_compact_data);
-	size = length * *kind;
-	*truncated = size > cap;
-	if (size > cap) {
-		if (keep_tail)
-			data += size - cap;
-		size = cap;
-	}
-	/* size <= cap already: the mask, which clang must keep after the
-	 * barrier, shows the verifier a bound */
-	barrier_var(size);
-	if (!bpf_probe_read_user(out, size & 0xff, (void *)data))
-		*len = size;
-}
-
-/* Copy the names of a code object into py_symbols, once per (pid, code). */
-static __always_inline void intern_symbol(struct py_walk *walk, __u64 code, __u32 first_line)
-{
-	const struct py_offsets *off = &walk->proc.offsets;
-	struct py_symbol_key key = { .pid = walk->key.pid, .first_line = first_line, .code = code };
-	struct py_symbol *symbol = &walk->symbol;
-	__u64 name, file;
-
-	if (bpf_map_lookup_elem(&py_symbols, &key))
-		return;
-	name = window_u64(walk->code_window, PY_CODE_WINDOW, off->code_name);
-	file = window_u64(walk->code_window, PY_CODE_WINDOW, off->code_filename);
-	read_str(walk, name, symbol->name, PY_NAME_LEN, &symbol->name_len, &symbol->name_kind,
-		 &symbol->name_truncated, false);
-	read_str(walk, file, symbol->file, PY_FILE_LEN, &symbol->file_len, &symbol->file_kind,
-		 &symbol->file_truncated, true);
-	if (!bpf_map_update_elem(&py_symbols, &key, symbol, BPF_NOEXIST))
-		count_py_stat(PY_STAT_SYMBOLS_NEW);
-}
-
-/*
- * Read one frame and move to its caller. Shim frames and frames whose code
- * is not a code object are not pushed; a shim marks the frame before it as
- * the end of an eval loop run. Returns false when memory was unreadable.
- */
-static __always_inline bool walk_frame(struct py_walk *walk)
-{
-	const struct py_offsets *off = &walk->proc.offsets;
-	struct py_stack *stack = &walk->stack;
-	__u32 depth = stack->depth, window = off->frame_window;
-	__u64 frame = walk->frame, code, instr;
-	__u32 first_line;
-	__u8 flags = 0;
-	__s64 lasti;
-
-	if (window > PY_FRAME_WINDOW)
-		return false;
-	if (bpf_probe_read_user(walk->frame_window, window, (void *)frame))
-		return false;
-	walk->frame = window_u64(walk->frame_window, PY_FRAME_WINDOW, off->frame_previous);
-	if (off->frame_owner != PY_NO_OFFSET && off->owner_cstack &&
-	    window_u8(walk->frame_window, PY_FRAME_WINDOW, off->frame_owner) == off->owner_cstack) {
-		if (depth > 0 && depth <= MAX_PY_FRAMES)
-			stack->frame_flags[depth - 1] |= PY_FRAME_ENTRY;
-		return true;
-	}
-	code = window_u64(walk->frame_window, PY_FRAME_WINDOW, off->frame_code);
-	if (!code || off->code_window > PY_CODE_WINDOW ||
-	    bpf_probe_read_user(walk->code_window, off->code_window, (void *)code))
-		return false;
-	if (window_u64(walk->code_window, PY_CODE_WINDOW, 8) != walk->proc.code_type)
-		return true;	/* ob_type: a 3.13 shim's Py_None, or not Python code */
-	first_line = window_u32(walk->code_window, PY_CODE_WINDOW, off->code_first_line);
-	if (off->code_adaptive != PY_NO_OFFSET) {
-		instr = window_u64(walk->frame_window, PY_FRAME_WINDOW, off->frame_instr);
-		lasti = (__s64)(instr - code - off->code_adaptive);
-	} else {
-		lasti = (__s32)window_u32(walk->frame_window, PY_FRAME_WINDOW, off->frame_instr);
-	}
-	if (off->entry_every_frame ||
-	    (off->frame_is_entry != PY_NO_OFFSET &&
-	     window_u8(walk->frame_window, PY_FRAME_WINDOW, off->frame_is_entry)))
-		flags |= PY_FRAME_ENTRY;
-	if (depth >= MAX_PY_FRAMES) {
-		/* a real frame past the limit: shims below the last one do not count */
-		stack->flags |= PY_STACK_TRUNCATED;
-		walk->frame = 0;
-		return true;
-	}
-	stack->frames[depth].code = code;
-	stack->frames[depth].first_line = first_line;
-	stack->frames[depth].lasti = lasti < -2 || lasti > 0x7fffffff ? -1 : (__s32)lasti;
-	stack->frame_flags[depth] = flags;
-	stack->depth = depth + 1;
-	intern_symbol(walk, code, first_line);
-	return true;
-}
-
-static __always_inline __u64 hash_py_stack(const struct py_stack *stack)
-{
-	__u64 hash = 0xcbf29ce484222325ULL;
-
-	for (__u32 i = 0; i < MAX_PY_FRAMES && i < stack->depth; i++) {
-		hash = (hash ^ stack->frames[i].code) * 0x100000001b3ULL;
-		hash = (hash ^ (((__u64)stack->frames[i].first_line << 32) |
-				(__u32)stack->frames[i].lasti)) * 0x100000001b3ULL;
-		hash = (hash ^ stack->frame_flags[i]) * 0x100000001b3ULL;
-	}
-	hash ^= stack->flags;
-	return hash ? hash : 1;
-}
-
-static __always_inline __u64 store_py_stack(struct py_walk *walk, void *stacks)
-{
-	__u64 hash;
-
-	if (!walk->stack.depth)
-		return 0;
-	hash = hash_py_stack(&walk->stack);
-	if (bpf_map_lookup_elem(stacks, &hash))
-		return hash;
-	if (bpf_map_update_elem(stacks, &hash, &walk->stack, BPF_NOEXIST) == -E2BIG) {
-		count_drop(DROP_PY_STACKS_MAP_FULL);
-		return 0;
-	}
-	return hash;
-}
-
-/* Start walking; false when the thread runs no Python code just now. */
-static __always_inline bool begin_py_walk(struct task_struct *task, struct sample_key *key,
-					  __u32 buffer)
-{
-	struct py_proc *proc;
-	struct py_walk *walk;
-	__u32 zero = 0;
-
-	proc = bpf_map_lookup_elem(&py_procs, &key->pid);
-	walk = bpf_map_lookup_elem(&py_walks, &zero);
-	if (!proc || !walk)
-		return false;
-	count_py_stat(PY_STAT_SAMPLES);
-	walk->proc = *proc;
-	walk->frame = top_frame(task, proc);
-	if (!walk->frame) {
-		count_py_stat(PY_STAT_NO_THREAD_STATE);
-		return false;
-	}
-	walk->key = *key;
-	walk->buffer = buffer;
-	walk->runs = 0;
-	walk->stack.depth = 0;
-	walk->stack.flags = 0;
-	return true;
-}
+#include "python.bpf.h"
+#include "native.bpf.h"
 
 SEC("perf_event")
 int walk_python(struct bpf_perf_event_data *ctx)
@@ -596,10 +317,6 @@ int walk_python(struct bpf_perf_event_data *ctx)
 	}
 	return 0;
 }
-
-/* --- native stacks ---------------------------------------------------- */
-
-#include "native.bpf.h"
 
 /* Count a sample whose stacks are known, after its Python walk if it has one. */
 static __always_inline void finish_sample(void *ctx, struct sample_key *key, __u32 buffer)

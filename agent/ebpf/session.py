@@ -415,16 +415,19 @@ class Session:
         key = ctypes.c_uint32(pid)
         # py_procs first, then the pid's flag, only while the kernel tracks
         # it: an exit in between removes both, or leaves the flag update
-        # failing, and then the py_procs entry is removed here.
+        # failing, and then the py_procs entry is removed here. A pid not
+        # tracked yet is about to be added (set_pid marks it Python then),
+        # unless it has exited already: its exit no longer removes anything.
         self._lib.bpf_map_update_elem(
             self._fds["py_procs"], ctypes.byref(key), ctypes.byref(proc), 0
         )
-        config = PidConfig()
-        found = self._lib.bpf_map_lookup_elem(
-            self._fds["pids"], ctypes.byref(key), ctypes.byref(config)
-        )
-        config.python = True
-        if found != 0 or not self._update_pid(pid, config, _BPF_EXIST):
+        config = self._pid_config(pid)
+        if config is None:
+            gone = _has_exited(pid)
+        else:
+            config.python = True
+            gone = not self._update_pid(pid, config, _BPF_EXIST)
+        if gone:
             self._lib.bpf_map_delete_elem(self._fds["py_procs"], ctypes.byref(key))
 
     def _is_python(self, pid: int) -> bool:
@@ -590,6 +593,17 @@ class Session:
         key = ctypes.c_uint32(index)
         self._lib.bpf_map_lookup_elem(self._fds[map_name], ctypes.byref(key), values)
         return sum(values)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether ``pid`` has run its exit already: gone, or a zombie (state Z or X)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            stat = stream.read(4096)
+    except OSError:
+        return True
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state in (b"Z", b"X")
 
 
 def _prefixes(start: int, end: int) -> list[tuple[int, int]]:

@@ -13,7 +13,9 @@ import ast
 import os
 import warnings
 
+from agent.errors import SymbolError
 from agent.symbols.cache import LruCache
+from agent.symbols.procmaps import open_in_root
 
 __all__ = ["SourceQualnames", "index_qualnames"]
 
@@ -105,13 +107,20 @@ class SourceQualnames:
         if not filename or filename.startswith("<"):
             return name  # <string>, <frozen importlib._bootstrap>: no file to read
         base = "root" if os.path.isabs(filename) else "cwd"
-        path = f"{self._proc_root}/{pid}/{base}/{filename.lstrip('/')}"
-        index = self._index(path)
+        index = self._index(f"{self._proc_root}/{pid}/{base}", filename)
         return index.get((first_line, name), name)
 
-    def _index(self, path: str) -> QualnameIndex:
+    def _index(self, root: str, filename: str) -> QualnameIndex:
+        """The file's index; it is opened as the process sees it, a regular file
+        only (a FIFO at a source path must not block the agent)."""
         try:
-            with open(path, "rb") as stream:
+            stream = open_in_root(root, filename)
+        except SymbolError:
+            return {}
+        if stream is None:
+            return {}
+        try:
+            with stream:
                 stat = os.fstat(stream.fileno())
                 key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 index = self._indexes.get(key)

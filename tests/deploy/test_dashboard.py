@@ -38,7 +38,7 @@ def exposed() -> dict[str, set[str]]:
     endpoint = "http://pyroscope:4040"
     for counter in (write.sent_bytes, write.sent_profiles, write.retries):
         counter.labels(endpoint).inc()
-    write.count_dropped(endpoint, 10)
+    write.count_dropped(endpoint, 10, "queue_full")
     write.latency.labels(endpoint, "push_endpoint").observe(0.1)
     reading = SamplerReading(
         program=ProgramStats(run_time_ns=1000, run_count=10),

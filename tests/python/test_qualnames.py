@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import threading
 import types
 
 from agent.python.qualnames import SourceQualnames, index_qualnames
@@ -84,3 +85,17 @@ def test_files_that_cannot_be_read_or_parsed_keep_the_bare_name(tmp_path):
     assert qualnames.qualname(pid, str(tmp_path / "missing.py"), 1, "f") == "f"
     assert qualnames.qualname(pid, "<string>", 1, "f") == "f"
     assert index_qualnames(b"\xff\xfe not python") == {}
+
+
+def test_a_fifo_at_a_source_path_is_refused_without_blocking(tmp_path):
+    root = tmp_path / "proc" / "7" / "root"
+    (root / "app").mkdir(parents=True)
+    os.mkfifo(root / "app" / "work.py")
+    names = SourceQualnames(proc_root=str(tmp_path / "proc"))
+    answer = []
+    reader = threading.Thread(
+        target=lambda: answer.append(names.qualname(7, "/app/work.py", 3, "step"))
+    )
+    reader.start()
+    reader.join(5)
+    assert answer == ["step"], "the lookup blocked on the FIFO"
