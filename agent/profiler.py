@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -168,6 +169,7 @@ class Profiler:
         self._routes: dict[int, tuple[Destination, ...]] = {}  # empty tuple: ignored
         self._pending: dict[int, float] = {}  # pid -> when it was first seen, undecided
         self._held: dict[int, list[RawSample]] = {}  # drained samples of pending pids
+        self.unattributed: Counter[str] = Counter()  # samples routed nowhere, by reason
         self._exited: set[int] = set()
         self._facts: dict[int, PidEvent] = {}  # what the kernel saw at first sight
         self._settling: dict[int, float] = {}  # pid -> when it was first seen
@@ -219,7 +221,7 @@ class Profiler:
         deadline = time.monotonic() - _PENDING_S
         for pid in [pid for pid, seen in self._pending.items() if seen < deadline]:
             if not self._decide(pid, wait=False):
-                self._held.pop(pid, None)
+                self._count_unattributed(self._held.pop(pid, []))
 
     def _handle(self, event: PidEvent) -> None:
         pid = event.pid
@@ -337,6 +339,8 @@ class Profiler:
             if not destinations:
                 if sample.pid in self._pending:
                     self._held.setdefault(sample.pid, []).append(sample)
+                else:
+                    self._count_unattributed([sample])
                 continue
             user_key = (sample.pid, sample.user_stack, sample.python_stack)
             if user_key not in user_frames:
@@ -377,6 +381,10 @@ class Profiler:
         if sample.pid not in self._settling:  # its libraries may still be loading
             self._user_stacks.put(key, frames)
         return frames
+
+    def _count_unattributed(self, samples: list[RawSample]) -> None:
+        """Samples of processes that match no target: counted, never silently gone."""
+        self.unattributed["no_target"] += sum(sample.count for sample in samples)
 
     def _take_samples(self) -> list[RawSample]:
         """The drained samples, and the held ones of processes decided since."""

@@ -257,6 +257,7 @@ class Sampler:
                 },
                 python=self._python_counters(maps),
                 thread_restarts={self._events_thread.name: self._events_thread.crashes},
+                unattributed={"no_target": self._profiler.unattributed["no_target"]},
                 **self._unwind_readings(),
             )
 

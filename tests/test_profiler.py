@@ -103,6 +103,11 @@ def test_a_process_that_matches_nothing_is_ignored_after_the_grace_period(clock)
     profiler.poll()
     assert session.states[7] is PidState.IGNORE
     assert profiler._held == {}
+    assert profiler.unattributed["no_target"] == 3
+    # a sample drained after the decision is counted too
+    session.counts = [RawSample(7, (0x1,), (), 2)]
+    profiler.collect()
+    assert profiler.unattributed["no_target"] == 5
 
 
 def test_an_exited_process_is_forgotten_after_its_last_samples(clock):

@@ -143,6 +143,8 @@ class SamplerReading:
     """Python walk counters (keys of _PYTHON_COUNTERS); empty when Python is disabled."""
     thread_restarts: Mapping[str, int] = field(default_factory=dict)
     """Restarts of the sampler's background threads after a crash, by thread name."""
+    unattributed: Mapping[str, int] = field(default_factory=dict)
+    """Samples drained but routed to no profile, by reason (no_target)."""
     unwind: Mapping[str, int] = field(default_factory=dict)
     """The kernel's native walk counters (profile.h unwind_stat, lower case)."""
     unwind_tables: Mapping[str, int] = field(default_factory=dict)
@@ -237,6 +239,15 @@ def _sampling_metrics(reading: SamplerReading) -> Iterator[Metric]:
     for reason, count in sorted(reading.drops.items()):
         drops.add_metric([reason], count)
     yield drops
+    unattributed = CounterMetricFamily(
+        "emberscope_samples_unattributed",
+        "Samples recorded but routed to no profile, by reason: no_target for processes "
+        "that matched no target within the discovery grace period.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(reading.unattributed.items()):
+        unattributed.add_metric([reason], count)
+    yield unattributed
     restarts = CounterMetricFamily(
         "emberscope_thread_restarts",
         "Times a background thread of the sampler crashed and was restarted, by thread.",
