@@ -3,6 +3,7 @@
 from agent.telemetry.metrics import (
     BoundEbpfMetrics,
     EbpfMetrics,
+    HttpMetrics,
     ProgramStats,
     SamplerCollector,
     SamplerReading,
@@ -16,6 +17,7 @@ __all__ = [
     "BoundEbpfMetrics",
     "ComponentGraph",
     "EbpfMetrics",
+    "HttpMetrics",
     "ProgramStats",
     "SamplerCollector",
     "SamplerReading",

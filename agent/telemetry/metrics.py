@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 __all__ = [
     "BoundEbpfMetrics",
     "EbpfMetrics",
+    "HttpMetrics",
     "ProgramStats",
     "SamplerCollector",
     "SamplerReading",
@@ -118,6 +119,37 @@ class EbpfMetrics:
             self.fanout_latency.labels(component_id),
             self.pprofs,
         )
+
+
+class HttpMetrics:
+    """The telemetry server's connections: open now, and those it dropped, by reason."""
+
+    DROP_REASONS = (
+        "read_timeout",  # the request not sent within the client timeout
+        "write_timeout",  # the answer not taken within the client timeout
+        "incomplete",  # the client closed before the end of its request
+        "too_large",  # a request line and headers over 16 KiB
+        "reset",  # reset by the client
+        "broken_pipe",  # the client went away while the answer was written
+        "error",  # another socket error
+        "evicted",  # still no request when room was needed for a new connection
+        "busy",  # answered 503: every open connection had sent its request
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open_connections = Gauge(
+            "emberscope_http_open_connections",
+            "Connections the telemetry server holds open.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "emberscope_http_connections_dropped_total",
+            "Connections the telemetry server closed before answering, or turned away, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in self.DROP_REASONS:
+            self.dropped.labels(reason)
 
 
 @dataclass(frozen=True, slots=True)
