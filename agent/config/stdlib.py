@@ -1,6 +1,6 @@
 """The Alloy standard-library functions and constants that Emberscope supports.
 
-Only the simple members listed in ``alloy-syntax.md`` §5.3 are here, under
+Only the simple members of Alloy's standard library are here, under
 their namespaced names (``string.format``) and their deprecated top-level
 spellings (``format``). Semantics follow Go's ``strings`` and ``fmt``.
 """

@@ -1,6 +1,6 @@
 """The container of a process, from the text of ``/proc/<pid>/cgroup``.
 
-Rules from kubernetes-and-containers.md §6: the innermost 64-hex ID of a path, the ``0::``
+Rules: the innermost 64-hex ID of a path, the ``0::``
 line before v1 lines, conmon monitors never credited to their container, and a cache keyed
 by (pid, start time) because PIDs are reused.
 """

@@ -1,6 +1,6 @@
 """The ``discovery.docker`` component: targets from a Docker-compatible Engine API.
 
-Labels and targets as Alloy's (``relabel-and-discovery.md`` §10), except that a container
+Labels and targets as Alloy's, except that a container
 without a network still yields one target. Container events trigger a re-list, so targets
 follow starts and stops within a second, besides the full refresh every ``refresh_interval``::
 

@@ -1,9 +1,8 @@
 """The pod watch of ``discovery.kubernetes`` and the targets of each pod.
 
-``PodWatcher`` is the list+watch loop of ``kubernetes-and-containers.md`` §9.3 on the
-``kubernetes`` client; every client exception is translated here into ``KubernetesError``.
-Targets follow ``prometheus/prometheus:discovery/kubernetes/pod.go``
-(``relabel-and-discovery.md`` §9): one target per container and declared port, one per
+``PodWatcher`` is the list+watch loop on the ``kubernetes`` client; every client
+exception is translated here into ``KubernetesError``. Targets are those of
+Prometheus's pod discovery: one target per container and declared port, one per
 container without ports, regular containers first and then init containers, no targets while
 the pod has no IP. The group-level pod labels are merged into every target, as Alloy does.
 Pods are the API's JSON (plain dicts): the client's models would cost time and memory.

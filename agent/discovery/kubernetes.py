@@ -1,6 +1,6 @@
 """The ``discovery.kubernetes`` component: targets from the Kubernetes API.
 
-Arguments with Alloy's names, defaults and checks (``relabel-and-discovery.md`` §9.4–9.5)::
+Arguments with Alloy's names, defaults and checks::
 
     discovery.kubernetes "all_pods" {
       role = "pod"
@@ -11,7 +11,7 @@ Arguments with Alloy's names, defaults and checks (``relabel-and-discovery.md`` 
     }
 
 Every role Alloy knows is accepted here; only ``pod`` is discovered at run time, through the
-``kubernetes`` client's list+watch (``kubernetes-and-containers.md`` §9.3) rather than kopf:
+``kubernetes`` client's list+watch rather than kopf:
 kopf's ``on.event`` handlers never learn that a relist ended, so a pod deleted while the watch
 was away would keep its targets, and kopf retries API outages internally, leaving no way to
 report them as unhealthy. The selectors are sent with every list and watch request.

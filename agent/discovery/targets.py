@@ -1,6 +1,6 @@
 """The target registry: final label sets indexed by the pid or container they profile.
 
-Rules from relabel-and-discovery.md §7–§8 (Alloy ``pyroscope/ebpf/discovery/target.go`` and
+Rules as in Alloy (``pyroscope/ebpf/discovery/target.go`` and
 the legacy ``ebpf/sd/target.go``): the first usable key wins, a pid target is matched before
 any container target, and a repeated key is won by the last target.
 """

@@ -1,6 +1,6 @@
 """Find the CPython runtime of a process: which mapped file holds it, where that
 file is loaded, and the pthread key under which each thread keeps its
-``PyThreadState`` (see cpython-unwinding.md §2–§4)."""
+``PyThreadState``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What one ELF file says about the CPython runtime it holds: where ``_PyRuntime`` and
-``PyCode_Type`` are, which version it is and its offsets (see cpython-unwinding.md §2–§3),
+``PyCode_Type`` are, which version it is and its offsets,
 parsed once per file."""
 
 from __future__ import annotations

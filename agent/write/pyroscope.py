@@ -1,6 +1,6 @@
 """The ``pyroscope.write`` component: each profile pushed to every endpoint of Pyroscope.
 
-Arguments have Alloy's names, defaults and checks (``pyroscope-push-and-pprof.md`` §8)::
+Arguments have Alloy's names, defaults and checks::
 
     pyroscope.write "staging" {
       endpoint {
