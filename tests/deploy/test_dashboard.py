@@ -56,6 +56,8 @@ def exposed() -> dict[str, set[str]]:
             "symbols_evicted": 0,
             "unnamed_frames": 0,
         },
+        unwind={"frames_table": 5, "frames_fp": 1, "end_outermost": 2, "end_no_row": 1},
+        unwind_tables={"rows": 10, "capacity_rows": 100, "files": 1, "files_failed": 0},
     )
     SamplerCollector(lambda: reading, registry=registry)
     names: dict[str, set[str]] = {}
@@ -127,6 +129,9 @@ def test_dashboard_covers_the_required_metrics() -> None:
         "emberscope_bpf_program_run_time_seconds_total",
         "emberscope_bpf_program_runs_total",
         "emberscope_python_samples_total",
+        "emberscope_unwind_frames_total",
+        "emberscope_unwind_stacks_ended_total",
+        "emberscope_unwind_table_rows",
         "emberscope_python_symbols_evicted_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
