@@ -113,6 +113,16 @@ def test_ready_once_the_graph_started(client, graph):
     assert client.get("/-/ready").status_code == 200
 
 
+def test_ready_only_while_every_component_reports_itself_healthy(client, graph):
+    graph.started = True
+    graph.parts["pyroscope.write.cloud"].state = Health("unhealthy", "no collection for 60s")
+    answer = client.get("/-/ready")
+    assert answer.status_code == 503
+    assert "pyroscope.write.cloud: unhealthy: no collection for 60s" in answer.text
+    graph.parts["pyroscope.write.cloud"].state = Health("healthy")
+    assert client.get("/-/ready").status_code == 200
+
+
 def test_components_are_listed_in_the_shape_of_alloys_api(client):
     listed = client.get("/api/v0/web/components").json()
     assert [c["localID"] for c in listed] == ["pyroscope.write.cloud", "discovery.process.local"]
