@@ -191,6 +191,18 @@ def test_a_real_graph_is_ready_after_start_and_passes_the_registry(tmp_path):
         server.stop()
 
 
+def test_an_ipv6_loopback_address_is_served(graph):
+    try:
+        server = TelemetryServer(("::1", 0), CollectorRegistry(), graph)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    server.start()
+    try:
+        assert httpx.get(f"http://[::1]:{server.address[1]}/-/healthy").status_code == 200
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("text", "address"),
     [("127.0.0.1:12345", ("127.0.0.1", 12345)), ("[::1]:0", ("::1", 0)), (":80", ("", 80))],
