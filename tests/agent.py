@@ -1,5 +1,5 @@
 """Run the real agent (``emberscope run``) in tests: a config in, its HTTP
-server, metrics, log and profiles out.
+server, metrics, log and profiles out; read profiles back as samples of frames.
 
     with run_agent(config_text, tmp_path) as agent:
         agent.wait_for_metrics()
@@ -17,14 +17,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.pprof import read_profile
+from agent.python.symbols import TRUNCATED_FRAME
 
 REPO = Path(__file__).resolve().parents[1]
+KERNEL_BASE = 0xFFFF800000000000  # x86-64: kernel addresses are above, user ones below
 
 
 def free_port() -> int:
@@ -50,6 +53,77 @@ def profiles_in(output: Path, service: str) -> list[tuple[dict, object]]:
         labels = json.loads(path.with_name(path.name.replace(".pb.gz", ".labels.json")).read_text())
         found.append((labels, read_profile(path.read_bytes())))
     return found
+
+
+@dataclass(frozen=True)
+class Site:
+    """One frame of a sample read back from pprof."""
+
+    name: str
+    filename: str
+    line: int
+    mapping: str  # the file of a native user frame, else ""
+    address: int
+
+    @property
+    def is_python(self) -> bool:
+        # Python frames are interpreted: no address (bpf → merge → builder).
+        return self.address == 0 and self.name != TRUNCATED_FRAME.name
+
+    @property
+    def is_kernel(self) -> bool:
+        return self.address >= KERNEL_BASE
+
+
+@dataclass(frozen=True)
+class Sample:
+    sites: tuple[Site, ...]  # leaf first
+    count: int
+    pid: int
+    comm: str
+
+    @property
+    def python(self) -> list[Site]:
+        return [site for site in self.sites if site.is_python]
+
+    def names(self) -> list[str]:
+        return [site.name for site in self.sites]
+
+
+def read_samples(path: Path) -> list[Sample]:
+    """The samples of a pprof file written by emberscope, each with its frames."""
+    profile = read_profile(path.read_bytes())
+    strings = profile.string_table
+    functions = {f.id: (strings[f.name], strings[f.filename]) for f in profile.function}
+    mappings = {m.id: strings[m.filename] for m in profile.mapping}
+    sites = {}
+    for location in profile.location:
+        name, filename = functions[location.line[0].function_id]
+        sites[location.id] = Site(
+            name,
+            filename,
+            location.line[0].line,
+            mappings.get(location.mapping_id, ""),
+            location.address,
+        )
+    samples = []
+    for sample in profile.sample:
+        labels = {strings[label.key]: strings[label.str] for label in sample.label}
+        samples.append(
+            Sample(
+                tuple(sites[i] for i in sample.location_id),
+                sample.value[0] // profile.period,
+                int(labels["pid"]),
+                labels["comm"],
+            )
+        )
+    return samples
+
+
+def share(samples: list[Sample], has: Callable[[Sample], bool]) -> float:
+    """The share of the samples (by count) for which ``has`` is true; 0 when none."""
+    total = sum(s.count for s in samples)
+    return sum(s.count for s in samples if has(s)) / total if total else 0.0
 
 
 class RunningAgent:

@@ -25,13 +25,13 @@ from agent.profiler import ProcessProfile, Profiler
 from agent.python import PythonProcesses
 from agent.python.symbols import TRUNCATED_FRAME, UNKNOWN_FUNCTION
 from agent.symbols import Symbolizer
+from tests.agent import Sample, Site, read_samples, share
 from tests.test_agent import loaded_programs, programs_held_by
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 REPO = Path(__file__).resolve().parents[2]
 WORKLOADS = REPO / "tests" / "python" / "workloads"
-KERNEL_BASE = 0xFFFF800000000000
 RATE = 97  # the CLI's default sample rate
 # Shares are compared at a higher rate: py-spy samples at random times, so at
 # 97 Hz for 4 s (about 390 samples) one standard deviation of a 70 % share is
@@ -45,77 +45,8 @@ LIBZ_FUNCTION = re.compile(r"^(deflate|longest_match|compress|fill_window|_tr_)"
 # --- reading profiles back ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Site:
-    """One frame of a sample read back from pprof."""
-
-    name: str
-    filename: str
-    line: int
-    mapping: str  # the file of a native user frame, else ""
-    address: int
-
-    @property
-    def is_python(self) -> bool:
-        # Python frames are interpreted: no address (bpf → merge → builder).
-        return self.address == 0 and self.name != TRUNCATED_FRAME.name
-
-    @property
-    def is_kernel(self) -> bool:
-        return self.address >= KERNEL_BASE
-
-    @property
-    def in_libz(self) -> bool:
-        return "libz.so" in self.mapping or bool(self.mapping and LIBZ_FUNCTION.match(self.name))
-
-
-@dataclass(frozen=True)
-class Sample:
-    sites: tuple[Site, ...]  # leaf first
-    count: int
-    pid: int
-    comm: str
-
-    @property
-    def python(self) -> list[Site]:
-        return [site for site in self.sites if site.is_python]
-
-    def names(self) -> list[str]:
-        return [site.name for site in self.sites]
-
-
-def read_samples(path: Path) -> list[Sample]:
-    profile = read_profile(path.read_bytes())
-    strings = profile.string_table
-    functions = {f.id: (strings[f.name], strings[f.filename]) for f in profile.function}
-    mappings = {m.id: strings[m.filename] for m in profile.mapping}
-    sites = {}
-    for location in profile.location:
-        name, filename = functions[location.line[0].function_id]
-        sites[location.id] = Site(
-            name,
-            filename,
-            location.line[0].line,
-            mappings.get(location.mapping_id, ""),
-            location.address,
-        )
-    samples = []
-    for sample in profile.sample:
-        labels = {strings[label.key]: strings[label.str] for label in sample.label}
-        samples.append(
-            Sample(
-                tuple(sites[i] for i in sample.location_id),
-                sample.value[0] // profile.period,
-                int(labels["pid"]),
-                labels["comm"],
-            )
-        )
-    return samples
-
-
-def share(samples: list[Sample], has: Callable[[Sample], bool]) -> float:
-    total = sum(s.count for s in samples)
-    return sum(s.count for s in samples if has(s)) / total if total else 0.0
+def is_in_libz(site: Site) -> bool:
+    return "libz.so" in site.mapping or bool(site.mapping and LIBZ_FUNCTION.match(site.name))
 
 
 def hot_line(path: Path, marker: str) -> int:
@@ -430,7 +361,7 @@ def test_the_hottest_line_of_each_function_is_its_loop_body(ratio_run):
 
 def test_time_in_libz_sits_under_the_calling_python_function(mixed_run):
     samples = mixed_run.samples["compress"]
-    in_libz = [s for s in samples if s.sites and s.sites[0].in_libz]
+    in_libz = [s for s in samples if s.sites and is_in_libz(s.sites[0])]
     leaves = Counter(s.sites[0].name for s in samples if s.sites)
     assert share(samples, lambda s: s in in_libz) > 0.3, leaves
     # The first samples of a process lack Python frames (a bug): see
@@ -439,7 +370,7 @@ def test_time_in_libz_sits_under_the_calling_python_function(mixed_run):
     assert share(in_libz, lambda s: s in under_work) >= 0.9, leaves
     for sample in under_work:
         names = sample.names()
-        libz = [i for i, site in enumerate(sample.sites) if site.in_libz]
+        libz = [i for i, site in enumerate(sample.sites) if is_in_libz(site)]
         assert max(libz) < names.index("compress_work"), names
         assert [site.name for site in sample.python][-3:] == [
             "compress_work",
