@@ -205,9 +205,8 @@ def test_metrics_answer_within_a_second_while_1000_clients_hold_half_a_request(
                 assert "emberscope_http_open_connections" in answer.text
                 latencies.append(latency)
             threads_during, rss_during = threading.active_count(), rss_kib()
-            assert (
-                len(server_threads()) == 5
-            )  # the event loop, a probe worker, three answer workers
+            # The event loop, a probe worker and three answer workers, however many clients.
+            assert len(server_threads()) == 5
         deadline = time.monotonic() + CLIENT_TIMEOUT + 3
         closed = sum(closed_by_server(sock, deadline) for sock in sockets)
     finally:
