@@ -20,7 +20,7 @@ from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.python import PythonProcesses
 from agent.symbols import DEMANGLE_MODES, Symbolizer
-from agent.unwind import NativeUnwinder
+from agent.unwind import DEFAULT_CACHE_DIRECTORY, NativeUnwinder, open_table_cache
 
 __all__ = ["main"]
 
@@ -236,7 +236,11 @@ def _profile(args: argparse.Namespace) -> int:
             return [destination] if matches else []
 
         python = None if args.no_python else PythonProcesses(session, _PYTHON_SYMBOLS)
-        unwinder = None if args.no_unwind_tables else NativeUnwinder(session)
+        unwinder = (
+            None
+            if args.no_unwind_tables
+            else NativeUnwinder(session, open_table_cache(DEFAULT_CACHE_DIRECTORY))
+        )
         if unwinder is not None:
             symbolizer.set_function_starts(unwinder.function_start)
         profiler = Profiler(session, symbolizer, classify, python, unwinder)

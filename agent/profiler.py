@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.ebpf import PidEvent, PidEventType, PidState, PythonStack, RawSample, Session
+from agent.ebpf import NativeMode, PidEvent, PidEventType, PidState, PythonStack, RawSample, Session
 from agent.errors import ProcessError
 from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
@@ -50,8 +50,13 @@ _STACK_CACHE_SIZE = 4096
 # and its samples are held meanwhile, so none are lost while the agent learns.
 _PENDING_S = 5.0
 # How often the mappings of a sampled process are read again for its unwind
-# tables: a library loaded with dlopen() is walked with tables from then on.
-_UNWIND_REFRESH_S = 10.0
+# tables in any case, and the longest wait between two reads the kernel asks
+# for (its walk met an address in no known mapping: a library loaded with
+# dlopen(), or a walk gone astray; the wait doubles from _MAPPINGS_WAIT_S
+# each time a read finds nothing new).
+_UNWIND_REFRESH_S = 60.0
+_MAPPINGS_WAIT_S = 0.25
+_UNKNOWN = "[unknown]"  # the name of a frame in no mapping the symbolizer knows
 
 
 class Destination(Protocol):
@@ -162,7 +167,8 @@ class Profiler:
     ) -> None:
         self._session = session
         self._unwinder = unwinder
-        self._unwind_refreshed: dict[int, float] = {}  # pid -> when its mappings were read
+        # pid -> when its mappings were last read, and how long to wait before the next
+        self._unwind_refreshed: dict[int, tuple[float, float]] = {}
         self._symbolizer = symbolizer
         self._classify = classify
         self._python = python
@@ -243,6 +249,8 @@ class Profiler:
                 self._start_native(pid)
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
+        elif event.type is PidEventType.MAPPINGS and self._routes.get(pid):
+            self._refresh_native([pid], now=True)
 
     def facts(self, pid: int) -> PidEvent:
         """What the kernel reported of ``pid`` at its first sample, or its pid alone."""
@@ -278,20 +286,31 @@ class Profiler:
             self._unwinder.add(pid)
         except ProcessError as exc:
             log.debug("no native unwinding for pid %d: %s", pid, exc.reason)
-        self._unwind_refreshed[pid] = time.monotonic()
+            self._session.set_native(pid, NativeMode.FRAME_POINTERS)
+        self._unwind_refreshed[pid] = (time.monotonic(), 0.0)
 
-    def _refresh_native(self, pids: Collection[int]) -> None:
-        """Follow libraries mapped since (dlopen), once per _UNWIND_REFRESH_S a process."""
+    def _refresh_native(self, pids: Collection[int], *, now: bool = False) -> None:
+        """Follow the mappings of processes walked with tables: when the kernel's
+        walk met an unknown address (``now``: a library loaded with dlopen()),
+        waiting longer each time that found nothing new; and every
+        _UNWIND_REFRESH_S for the processes sampled (a library replaced in place)."""
         if self._unwinder is None:
             return
-        now = time.monotonic()
+        at = time.monotonic()
         for pid in pids:
-            if now - self._unwind_refreshed.get(pid, now) > _UNWIND_REFRESH_S:
-                self._unwind_refreshed[pid] = now
-                try:
-                    self._unwinder.refresh(pid)
-                except ProcessError:
-                    pass  # gone: its exit event forgets it
+            last, wait = self._unwind_refreshed.get(pid, (at, 0.0))
+            if pid not in self._unwind_refreshed or at - last < (
+                wait if now else _UNWIND_REFRESH_S
+            ):
+                continue
+            try:
+                changed = self._unwinder.refresh(pid)
+                if changed:  # open the new files now: the process may exit before collection
+                    self._symbolizer.add_process(pid)
+            except ProcessError:
+                continue  # gone: its exit event forgets it
+            wait = _MAPPINGS_WAIT_S if changed else min(2 * wait, _UNWIND_REFRESH_S)
+            self._unwind_refreshed[pid] = (at, wait)
 
     def _route(
         self, pid: int, destinations: tuple[Destination, ...], *, tracked_only: bool = True
@@ -378,7 +397,11 @@ class Profiler:
             frames = native_frames[native_key] = self._symbolizer.resolve_user(*native_key)
         if sample.python_stack is not None and self._python is not None:
             frames = self._python.merge(sample.pid, frames, sample.python_stack)
-        if sample.pid not in self._settling:  # its libraries may still be loading
+        # Not kept while its libraries may still be loading, nor with a frame
+        # that named no file: a library mapped since (dlopen) is named later.
+        if sample.pid not in self._settling and not any(
+            f.name.startswith(_UNKNOWN) for f in frames
+        ):
             self._user_stacks.put(key, frames)
         return frames
 

@@ -36,7 +36,7 @@ from agent.telemetry import (
     find_program_fd,
     read_program_stats,
 )
-from agent.unwind import NativeUnwinder, open_table_cache
+from agent.unwind import DEFAULT_CACHE_DIRECTORY, NativeUnwinder, open_table_cache
 from agent.write import Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
@@ -89,7 +89,7 @@ class EbpfArguments:
     # ours, not Alloy's: native stacks without frame pointers (.eh_frame tables)
     unwind_tables: bool = True
     unwind_table_size: int = 1 << 20  # rows of 8 bytes the kernel holds: 8 MiB
-    unwind_cache_directory: str = "/var/cache/emberscope/unwind"  # "" keeps no disk cache
+    unwind_cache_directory: str = DEFAULT_CACHE_DIRECTORY  # "" keeps no disk cache
 
     def __post_init__(self) -> None:
         if self.collect_interval <= 0:

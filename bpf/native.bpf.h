@@ -55,6 +55,7 @@ struct native_walk {
 	__u32 depth;
 	__u64 ip, sp, bp;
 	__u8 exact_ip;		/* ip is not a return address: no -1 for the lookup */
+	__u8 waiting;		/* no tables yet: record the leaf and stop */
 	struct stack_trace trace;
 };
 
@@ -77,7 +78,8 @@ static __always_inline void count_unwind(enum unwind_stat stat)
 
 /* The user registers of the sampled task, also when the tick hit the kernel. */
 static __always_inline bool begin_native_walk(struct bpf_perf_event_data *ctx,
-					      struct sample_key *key, __u32 buffer, bool user_mode)
+					      struct sample_key *key, __u32 buffer, bool user_mode,
+					      __u8 mode)
 {
 	struct native_walk *walk;
 	struct pt_regs *regs;
@@ -105,9 +107,25 @@ static __always_inline bool begin_native_walk(struct bpf_perf_event_data *ctx,
 	walk->runs = 0;
 	walk->depth = 0;
 	walk->exact_ip = 1;
+	walk->waiting = mode == NATIVE_WAITING;
 	/* equal stacks must be equal values in the stacks map: zero past the depth */
 	__builtin_memset(&walk->trace, 0, sizeof(walk->trace));
 	return true;
+}
+
+/*
+ * An address in no known mapping may be a library mapped since userspace
+ * last looked (dlopen): ask it to look again, once a second at most.
+ */
+static __always_inline void ask_for_mappings(__u32 pid)
+{
+	struct pid_config *pc = bpf_map_lookup_elem(&pids, &pid);
+	__u32 now = bpf_ktime_get_ns() >> 30;
+
+	if (!pc || pc->mappings_asked == now)
+		return;
+	pc->mappings_asked = now;
+	send_event(PID_EVENT_MAPPINGS, pid);
 }
 
 /* The last row whose pc is at or below pc, among count rows from start. */
@@ -216,6 +234,12 @@ static __always_inline enum unwind_stat step_native(struct native_walk *walk)
 
 	if (!walk->ip)
 		return UNWIND_END_FP_CHAIN;
+	if (walk->waiting) {
+		/* the tick struck here: the one frame known for sure without tables */
+		walk->trace.ips[0] = walk->ip;
+		walk->depth = 1;
+		return UNWIND_END_WAITING;
+	}
 	if (depth >= MAX_STACK_DEPTH - 1) {
 		walk->trace.ips[MAX_STACK_DEPTH - 1] = STACK_TRUNCATED_IP;
 		walk->depth = MAX_STACK_DEPTH;
@@ -225,8 +249,10 @@ static __always_inline enum unwind_stat step_native(struct native_walk *walk)
 	lookup = walk->exact_ip ? walk->ip : walk->ip - 1;
 	key.address = bpf_cpu_to_be64(lookup);
 	mapping = bpf_map_lookup_elem(&unwind_mappings, &key);
-	if (!mapping)
+	if (!mapping) {
+		ask_for_mappings(walk->key.pid);
 		return UNWIND_END_NO_MAPPING;	/* junk is never recorded as a frame */
+	}
 	walk->trace.ips[depth & (MAX_STACK_DEPTH - 1)] = walk->ip;
 	walk->depth = depth + 1;
 	if (!mapping->table_rows)

@@ -375,8 +375,9 @@ static __always_inline void record(struct bpf_perf_event_data *ctx, struct pid_c
 
 	if (pc->collect_kernel && !user_mode)
 		key.kernel_stack = capture_stack(ctx, stacks, 1, 0);
-	if (pc->collect_user && pc->native && profile_config.native_enabled) {
-		if (begin_native_walk(ctx, &key, buffer, user_mode))
+	if (pc->collect_user && profile_config.native_enabled &&
+	    pc->native != NATIVE_FRAME_POINTERS) {
+		if (begin_native_walk(ctx, &key, buffer, user_mode, pc->native))
 			bpf_tail_call(ctx, &programs, PROG_WALK_NATIVE);
 		count_drop(DROP_UNWIND_FAILED);
 	}
@@ -421,11 +422,17 @@ SEC("tp/sched/sched_process_exec")
 int handle_exec(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pid_config *pc;
 
 	/* the new image may not be Python, or another version of it */
 	bpf_map_delete_elem(&py_procs, &tgid);
-	if (bpf_map_lookup_elem(&pids, &tgid))
-		send_event(PID_EVENT_EXEC, tgid);
+	pc = bpf_map_lookup_elem(&pids, &tgid);
+	if (!pc)
+		return 0;
+	/* its mappings are the old image's until userspace loads the new tables */
+	if (pc->native == NATIVE_TABLES)
+		pc->native = NATIVE_WAITING;
+	send_event(PID_EVENT_EXEC, tgid);
 	return 0;
 }
 

@@ -43,6 +43,7 @@ enum pid_event_type {
 	PID_EVENT_NEW = 1,	/* first sample of an unknown process */
 	PID_EVENT_EXEC = 2,	/* a tracked process called exec */
 	PID_EVENT_EXIT = 3,	/* a tracked process exited */
+	PID_EVENT_MAPPINGS = 4,	/* its walk met an address in no known mapping (dlopen?) */
 };
 
 /* What happens to Python stacks, counted per CPU in the py_stats map. */
@@ -65,6 +66,7 @@ enum unwind_stat {
 	UNWIND_END_UNSUPPORTED,		/* a rule the table cannot express */
 	UNWIND_END_READ_FAULT,		/* the user stack could not be read */
 	UNWIND_END_DEPTH,		/* deeper than MAX_STACK_DEPTH - 1: truncated */
+	UNWIND_END_WAITING,		/* its tables were not loaded yet: the leaf alone */
 	UNWIND_STAT_MAX,
 };
 
@@ -110,13 +112,21 @@ struct profile_config {
 	__u8 native_enabled;	/* walk user stacks with unwind tables where marked */
 };
 
+/* How a process's user stacks are walked while native unwinding is on (pid_config.native). */
+enum native_mode {
+	NATIVE_WAITING = 0,		/* tables not loaded yet (new, or just exec'd): the leaf only */
+	NATIVE_TABLES = 1,		/* walk_native with its files' tables */
+	NATIVE_FRAME_POINTERS = 2,	/* no tables could be had: bpf_get_stack */
+};
+
 struct pid_config {
 	__u8 state;
 	__u8 collect_user;
 	__u8 collect_kernel;
 	__u8 python;		/* has an entry in py_procs */
-	__u8 native;		/* walk user stacks with unwind tables */
+	__u8 native;		/* enum native_mode */
 	__u8 _pad[3];
+	__u32 mappings_asked;	/* when a mappings event was last sent, in ~1 s units */
 };
 
 /* Stacks are stored by a 64-bit hash of their contents; 0 means none. */

@@ -1,6 +1,14 @@
 """The kernel side of sampling: libbpf bindings, perf events and the session."""
 
-from agent.ebpf.layout import DropReason, PidEventType, PidState, PyOffsets, PyProc, PyStat
+from agent.ebpf.layout import (
+    DropReason,
+    NativeMode,
+    PidEventType,
+    PidState,
+    PyOffsets,
+    PyProc,
+    PyStat,
+)
 from agent.ebpf.session import (
     DEFAULT_OBJECT_PATH,
     PidEvent,
@@ -14,6 +22,7 @@ from agent.ebpf.session import (
 __all__ = [
     "DEFAULT_OBJECT_PATH",
     "DropReason",
+    "NativeMode",
     "PidEvent",
     "PidEventType",
     "PidState",

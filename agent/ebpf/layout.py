@@ -8,6 +8,7 @@ import enum
 __all__ = [
     "MAX_PY_FRAMES",
     "MAX_STACK_DEPTH",
+    "NativeMode",
     "PERF_MAX_STACK_DEPTH",
     "PY_FILE_LEN",
     "PY_FRAME_ENTRY",
@@ -77,6 +78,7 @@ class UnwindStat(enum.IntEnum):
     END_UNSUPPORTED = 6
     END_READ_FAULT = 7
     END_DEPTH = 8
+    END_WAITING = 9
 
 
 class PyStat(enum.IntEnum):
@@ -90,6 +92,13 @@ class PidEventType(enum.IntEnum):
     NEW = 1
     EXEC = 2
     EXIT = 3
+    MAPPINGS = 4
+
+
+class NativeMode(enum.IntEnum):
+    WAITING = 0
+    TABLES = 1
+    FRAME_POINTERS = 2
 
 
 class ProfileConfig(ctypes.Structure):
@@ -110,6 +119,7 @@ class PidConfig(ctypes.Structure):
         ("python", ctypes.c_uint8),
         ("native", ctypes.c_uint8),
         ("_pad", ctypes.c_uint8 * 3),
+        ("mappings_asked", ctypes.c_uint32),
     ]
 
 

@@ -30,6 +30,7 @@ from agent.ebpf.layout import (
     PY_STACK_TRUNCATED,
     Control,
     DropReason,
+    NativeMode,
     PidConfig,
     PidEventRecord,
     PidEventType,
@@ -332,7 +333,7 @@ class Session:
             collect_user=options.collect_user if collect_user is None else collect_user,
             collect_kernel=options.collect_kernel if collect_kernel is None else collect_kernel,
             python=self._is_python(pid),
-            native=current is not None and current.native,
+            native=current.native if current is not None else NativeMode.WAITING,
         )
         return self._update_pid(pid, value, _BPF_EXIST if tracked_only else _BPF_ANY)
 
@@ -343,15 +344,16 @@ class Session:
         )
         return config if found == 0 else None
 
-    def set_native(self, pid: int) -> bool:
-        """Walk ``pid``'s user stacks with the unwind tables from now on, while
-        the kernel tracks it; False when it does not (the process is gone)."""
+    def set_native(self, pid: int, mode: NativeMode = NativeMode.TABLES) -> bool:
+        """Walk ``pid``'s user stacks with its unwind tables from now on (or by
+        frame pointers, when it can have none), while the kernel tracks it;
+        False when it does not (the process is gone)."""
         if not self.options.native_unwinding:
             raise BpfError("set_native", errno_codes.EINVAL, "the native walker is not loaded")
         config = self._pid_config(pid)
         if config is None:
             return False
-        config.native = True
+        config.native = mode
         return self._update_pid(pid, config, _BPF_EXIST)
 
     # --- unwind tables ----------------------------------------------------

@@ -31,7 +31,9 @@ from agent.symbols.procmaps import MapEntry, open_mapped_file, read_maps
 from agent.unwind.cache import TableCache
 from agent.unwind.table import ROW_SIZE, UnwindTable, build_table
 
-__all__ = ["NativeUnwinder", "open_table_cache"]
+__all__ = ["DEFAULT_CACHE_DIRECTORY", "NativeUnwinder", "open_table_cache"]
+
+DEFAULT_CACHE_DIRECTORY = "/var/cache/emberscope/unwind"
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +98,21 @@ class NativeUnwinder:
             return False
         return True
 
-    def refresh(self, pid: int) -> None:
-        """Follow ``pid``'s mappings: tables for new ones, removal of unmapped ones."""
+    def refresh(self, pid: int) -> bool:
+        """Follow ``pid``'s mappings: tables for new ones, removal of unmapped
+        ones; whether anything changed."""
         process = self._processes.get(pid)
         if process is None:
-            return
+            return False
         entries = [e for e in read_maps(pid) if e.is_exec]
         current = {(e.start, e.end) for e in entries}
-        for span in [span for span in process.mappings if span not in current]:
+        gone = [span for span in process.mappings if span not in current]
+        for span in gone:
             self._unmap(pid, process, span)
-        for entry in entries:
-            if (entry.start, entry.end) not in process.mappings:
-                self._map(pid, process, entry)
+        new = [e for e in entries if (e.start, e.end) not in process.mappings]
+        for entry in new:
+            self._map(pid, process, entry)
+        return bool(gone or new)
 
     def forget(self, pid: int) -> None:
         """Remove ``pid``'s mappings from the kernel (exit, exec)."""

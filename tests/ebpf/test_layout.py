@@ -70,6 +70,7 @@ def test_enums_match_the_header(c_layout):
         **{f"PID_EVENT_{m.name}": m.value for m in layout.PidEventType},
         **{f"PY_STAT_{m.name}": m.value for m in layout.PyStat},
         **{f"UNWIND_{m.name}": m.value for m in layout.UnwindStat},
+        **{f"NATIVE_{m.name}": m.value for m in layout.NativeMode},
     }
     assert ours == enums
 

@@ -201,15 +201,19 @@ def test_the_leaf_shares_agree_with_perf_dwarf(two_chains_runs):
     assert share(two_chains_runs["ours"], leaf_is("leaf_a")) > 0.6
 
 
-def test_a_short_process_is_walked_whole_from_its_first_sample(two_chains, emberscope, tmp_path):
-    """Its first samples wait for its tables to load (issue 13: held, nothing
-    lost). A sample taken before, walked with frame pointers, is the leaf
-    alone (or junk past it); in a run of 0.6 s each is a visible part."""
+def test_a_short_process_is_whole_once_its_tables_load_and_never_junk_before(
+    two_chains, emberscope, tmp_path
+):
+    """Samples taken before its tables are in the kernel (milliseconds) keep
+    the leaf alone, where a frame-pointer walk would go astray; in a run of
+    0.6 s each is a visible part. They are not held (see the README)."""
     samples = profile(emberscope, tmp_path / "short.pb.gz", [two_chains, 0.6])
     leaves = [s for s in samples if native_names(s)[:1] in (["leaf_a"], ["leaf_b"])]
     whole = share(leaves, lambda s: native_names(s)[:4] == CHAINS[native_names(s)[0]])
+    leaf_alone = share(leaves, lambda s: len(native_names(s)) == 1)
     print(f"a run of 0.6 s: {sum(s.count for s in leaves)} samples, whole {whole:.1%}")
-    assert whole >= 0.99, show(leaves, 8)
+    assert whole >= 0.95, show(leaves, 8)
+    assert whole + leaf_alone == pytest.approx(1.0), show(leaves, 8)
 
 
 def test_without_unwind_tables_the_chains_are_broken(two_chains, emberscope, tmp_path):

@@ -24,6 +24,7 @@ int main(void)
 	FIELD(pid_config, collect_kernel);
 	FIELD(pid_config, python);
 	FIELD(pid_config, native);
+	FIELD(pid_config, mappings_asked);
 	SIZE(sample_key);
 	FIELD(sample_key, pid);
 	FIELD(sample_key, user_stack);
@@ -102,14 +103,17 @@ int main(void)
 	       "enum UNWIND_END_OUTERMOST %d\nenum UNWIND_END_FP_CHAIN %d\n"
 	       "enum UNWIND_END_NO_MAPPING %d\nenum UNWIND_END_NO_ROW %d\n"
 	       "enum UNWIND_END_UNSUPPORTED %d\nenum UNWIND_END_READ_FAULT %d\n"
-	       "enum UNWIND_END_DEPTH %d\n",
+	       "enum UNWIND_END_DEPTH %d\nenum UNWIND_END_WAITING %d\n",
 	       UNWIND_FRAMES_TABLE, UNWIND_FRAMES_FP, UNWIND_END_OUTERMOST, UNWIND_END_FP_CHAIN,
 	       UNWIND_END_NO_MAPPING, UNWIND_END_NO_ROW, UNWIND_END_UNSUPPORTED,
-	       UNWIND_END_READ_FAULT, UNWIND_END_DEPTH);
+	       UNWIND_END_READ_FAULT, UNWIND_END_DEPTH, UNWIND_END_WAITING);
+	printf("enum NATIVE_WAITING %d\nenum NATIVE_TABLES %d\nenum NATIVE_FRAME_POINTERS %d\n",
+	       NATIVE_WAITING, NATIVE_TABLES, NATIVE_FRAME_POINTERS);
 	printf("enum PY_STAT_SAMPLES %d\nenum PY_STAT_NO_THREAD_STATE %d\n"
 	       "enum PY_STAT_TRUNCATED %d\nenum PY_STAT_SYMBOLS_NEW %d\n",
 	       PY_STAT_SAMPLES, PY_STAT_NO_THREAD_STATE, PY_STAT_TRUNCATED, PY_STAT_SYMBOLS_NEW);
-	printf("enum PID_EVENT_NEW %d\nenum PID_EVENT_EXEC %d\nenum PID_EVENT_EXIT %d\n",
-	       PID_EVENT_NEW, PID_EVENT_EXEC, PID_EVENT_EXIT);
+	printf("enum PID_EVENT_NEW %d\nenum PID_EVENT_EXEC %d\nenum PID_EVENT_EXIT %d\n"
+	       "enum PID_EVENT_MAPPINGS %d\n",
+	       PID_EVENT_NEW, PID_EVENT_EXEC, PID_EVENT_EXIT, PID_EVENT_MAPPINGS);
 	return 0;
 }
