@@ -5,6 +5,7 @@ only when a ``discovery.kubernetes`` component starts, never for a host configur
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def run_python(script: str, *args: str, cwd: Path = REPO, timeout: float = 90) -
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=cwd,
+        env=os.environ | {"PYTHONPATH": str(REPO)},  # this tree's agent, whatever the cwd
         capture_output=True,
         text=True,
         timeout=timeout,
