@@ -14,13 +14,12 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import parse_duration
-from agent.ebpf import DEFAULT_OBJECT_PATH, PidEvent, Session, SessionOptions
+from agent.ebpf import DEFAULT_OBJECT_PATH, PidEvent, Session
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
 from agent.pprof import ProfileBuilder, format_table, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
-from agent.python import PythonProcesses
-from agent.symbols import DEMANGLE_MODES, Symbolizer
-from agent.unwind import DEFAULT_CACHE_DIRECTORY, NativeUnwinder, open_table_cache
+from agent.sampling import CoreOptions, SamplingCore
+from agent.symbols import DEMANGLE_MODES
 
 __all__ = ["main"]
 
@@ -31,7 +30,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy
 DEFAULT_LISTEN_ADDR = "127.0.0.1:12345"  # as Alloy
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _COLLECT_EVERY_S = 5.0
-_PYTHON_SYMBOLS = 16384  # pyroscope.ebpf's symbols_map_size default
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -217,33 +215,26 @@ def _profile(args: argparse.Namespace) -> int:
         if not os.path.exists(f"/proc/{pid}"):
             raise ProcessError(pid, "no such process")
 
-    options = SessionOptions(
+    options = CoreOptions(
         sample_rate=args.sample_rate,
         collect_user=not args.no_user,
         collect_kernel=not args.no_kernel,
         discover_new=not args.pid,
         python_enabled=not args.no_python,
-        native_unwinding=not args.no_unwind_tables,
+        demangle=args.demangle,
+        unwind_tables=not args.no_unwind_tables,
     )
     selection = ProcessSelection(all_processes=args.all, pids=frozenset(args.pid))
     builder = ProfileBuilder(args.sample_rate, time_nanos=time.time_ns())
     destination = ProcessProfile(builder, not args.no_user, not args.no_kernel)
     stop = _stop_on_signals()
-    with Session(options) as session, Symbolizer(demangle=args.demangle) as symbolizer:
 
-        def classify(process: PidEvent) -> list[ProcessProfile]:
-            matches = selection.matches(process.pid, process.ppid, profiler.profiled)
-            return [destination] if matches else []
+    def classify(process: PidEvent) -> list[ProcessProfile]:
+        matches = selection.matches(process.pid, process.ppid, core.profiler.profiled)
+        return [destination] if matches else []
 
-        python = None if args.no_python else PythonProcesses(session, _PYTHON_SYMBOLS)
-        unwinder = (
-            None
-            if args.no_unwind_tables
-            else NativeUnwinder(session, open_table_cache(DEFAULT_CACHE_DIRECTORY))
-        )
-        if unwinder is not None:
-            symbolizer.set_function_starts(unwinder.function_start)
-        profiler = Profiler(session, symbolizer, classify, python, unwinder)
+    with SamplingCore(options, classify) as core:
+        session, profiler = core.session, core.profiler
         for pid in args.pid:
             profiler.add(pid, [destination])
         child = _spawn(command, selection, profiler, destination) if command else None

@@ -21,13 +21,12 @@ from prometheus_client import CollectorRegistry
 from agent.config.component import ArgumentError, Capsule, ComponentOptions, Duration, Health
 from agent.discovery import ContainerIdCache, Target, TargetSet, build_targets
 from agent.discovery.containers import parse_container_id
-from agent.ebpf import PidEvent, Session, SessionOptions
+from agent.ebpf import PidEvent
 from agent.errors import ConfigError, EmberscopeError
 from agent.pprof import ProfileBuilder
-from agent.profiler import Profiler
-from agent.python import PythonProcesses
+from agent.sampling import CoreOptions, SamplingCore
 from agent.supervise import SupervisedThread
-from agent.symbols import DEMANGLE_MODES, Frame, Symbolizer
+from agent.symbols import DEMANGLE_MODES, Frame
 from agent.telemetry import (
     BoundEbpfMetrics,
     EbpfMetrics,
@@ -36,7 +35,7 @@ from agent.telemetry import (
     find_program_fd,
     read_program_stats,
 )
-from agent.unwind import DEFAULT_CACHE_DIRECTORY, NativeUnwinder, open_table_cache
+from agent.unwind import DEFAULT_CACHE_DIRECTORY
 from agent.write import Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
@@ -64,6 +63,7 @@ SAMPLER_ARGUMENTS = (
 )
 _METRICS_KEY = "pyroscope.ebpf.metrics"
 _POLL_MS = 200
+_ELF_CACHES = ("build_id_cache", "same_file_cache")
 # How late past two intervals a collection may be before health says it stalled.
 _STALL_GRACE_S = 10.0
 
@@ -113,11 +113,33 @@ class EbpfArguments:
             )
 
 
+def core_options(arguments: EbpfArguments) -> CoreOptions:
+    """The sampling core of pyroscope.ebpf's arguments (SAMPLER_ARGUMENTS, and the
+    first component's collect_*_profile as the default of processes not decided yet)."""
+    return CoreOptions(
+        sample_rate=arguments.sample_rate,
+        pid_map_size=arguments.pid_map_size,
+        collect_user=arguments.collect_user_profile,
+        collect_kernel=arguments.collect_kernel_profile,
+        discover_new=True,
+        python_enabled=arguments.python_enabled,
+        symbols_map_size=arguments.symbols_map_size,
+        pid_cache_size=arguments.pid_cache_size,
+        build_id_cache_size=arguments.build_id_cache_size,
+        same_file_cache_size=arguments.same_file_cache_size,
+        demangle=arguments.demangle,
+        unwind_tables=arguments.unwind_tables,
+        unwind_table_size=arguments.unwind_table_size,
+        unwind_cache_directory=arguments.unwind_cache_directory,
+    )
+
+
 class Sampler:
     """The one BPF session, symbolizer and container-ID cache of an agent.
 
     Its own thread reads pid events; components call :meth:`collect`. All
-    access to the profiler goes through one lock.
+    access to the sampling core goes through one lock, which telemetry never
+    takes: it reads the kernel's counters and a copy of userspace's.
     """
 
     def __init__(self, arguments: EbpfArguments, registry: CollectorRegistry | None = None) -> None:
@@ -128,44 +150,21 @@ class Sampler:
         self._components: list[EbpfComponent] = []
         self._lock = threading.Lock()
         self._containers = ContainerIdCache(arguments.container_id_cache_size)
-        self._session = Session(
-            SessionOptions(
-                sample_rate=arguments.sample_rate,
-                pid_map_size=arguments.pid_map_size,
-                collect_user=arguments.collect_user_profile,
-                collect_kernel=arguments.collect_kernel_profile,
-                discover_new=True,
-                python_enabled=arguments.python_enabled,
-                symbols_map_size=arguments.symbols_map_size,
-                native_unwinding=arguments.unwind_tables,
-                unwind_table_rows=arguments.unwind_table_size,
-            )
-        )
-        self._symbolizer = Symbolizer(
-            pid_cache_size=arguments.pid_cache_size,
-            build_id_cache_size=arguments.build_id_cache_size,
-            same_file_cache_size=arguments.same_file_cache_size,
-            demangle=arguments.demangle,
-        )
-        self._python = (
-            PythonProcesses(self._session, arguments.symbols_map_size)
-            if arguments.python_enabled
-            else None
-        )
-        self._unwinder: NativeUnwinder | None = None
-        self._profiler = Profiler(self._session, self._symbolizer, self._classify, self._python)
+        self._core = SamplingCore(core_options(arguments), self._classify)
+        self._session = self._core.session
+        self._symbolizer = self._core.symbolizer
+        self._python = self._core.python
+        self._profiler = self._core.profiler
         self._events_thread = SupervisedThread("ebpf-events", self._poll)
         self._closed = False
         self._pid_map_full = 0  # the kernel's count when last collected
         self.pid_map_full_recently = False
+        self._userspace: dict[str, Any] = {}  # see _take_snapshot
 
     def open(self) -> None:
-        self._session.open()
-        if self.arguments.unwind_tables:
-            cache = open_table_cache(self.arguments.unwind_cache_directory)
-            self._unwinder = NativeUnwinder(self._session, cache)
-            self._profiler.set_unwinder(self._unwinder)
-            self._symbolizer.set_function_starts(self._unwinder.function_start)
+        self._core.open()
+        with self._lock:
+            self._take_snapshot()
         self._events_thread.start()
         if self._registry is not None:
             self._program_fd = find_program_fd(self._session.program_id)
@@ -177,8 +176,7 @@ class Sampler:
         self._closed = True
         self._events_thread.stop()
         with self._lock:
-            self._symbolizer.close()
-            self._session.close()
+            self._core.close()
 
     def register(self, component: EbpfComponent) -> None:
         with self._lock:
@@ -201,6 +199,7 @@ class Sampler:
         with self._lock:
             self._profiler.collect()
             self._check_pid_map()
+            self._take_snapshot()
             return component.take_profiles()
 
     def _check_pid_map(self) -> None:
@@ -229,65 +228,64 @@ class Sampler:
 
     @property
     def processes(self) -> int:
-        with self._lock:
-            return len(self._profiler.profiled)
+        return self._userspace.get("profiled_processes", 0)
 
     def reading(self) -> SamplerReading | None:
-        """The BPF program's and the symbolizer's counters, for a scrape; None once closed."""
-        with self._lock:
-            if self._closed:
-                return None
-            program = None if self._program_fd is None else read_program_stats(self._program_fd)
-            maps = self._session.read_map_fill()
-            caches = _symbolizer_debug_info(self._symbolizer)
-            return SamplerReading(
-                program=program,
-                samples=self._session.read_sample_total(),
-                drops=self._session.read_drops(),
-                profiled_processes=len(self._profiler.profiled),
-                maps=maps,
-                symbolization_errors=dict(getattr(self._symbolizer, "errors", {})),
-                caches={
-                    **{
-                        name: {key: value for key, value in info.items() if isinstance(value, int)}
-                        for name, info in caches.items()
-                        if isinstance(info, dict)
-                    },
-                    "user_stack_cache": self._profiler.user_stack_cache_stats(),
-                },
-                python=self._python_counters(maps),
-                thread_restarts={self._events_thread.name: self._events_thread.crashes},
-                unattributed={"no_target": self._profiler.unattributed["no_target"]},
-                **self._unwind_readings(),
-            )
+        """The counters for a scrape; None once closed.
 
-    def _unwind_readings(self) -> dict[str, dict[str, int]]:
-        if self._unwinder is None:
-            return {}
-        return {
-            "unwind": self._session.read_unwind_stats(),
-            "unwind_tables": self._unwinder.stats(),
-        }
-
-    def _python_counters(self, maps: dict[str, tuple[int, int]]) -> dict[str, int]:
-        if self._python is None:
-            return {}
-        return self._python.counters(symbols_in_map=maps["py_symbols"][0])
+        It never waits for the sampling lock, so a scrape is not held up by a
+        collection: the kernel's counters are read now, userspace's as they
+        were at the end of the last collection.
+        """
+        if self._closed:
+            return None
+        program = None if self._program_fd is None else read_program_stats(self._program_fd)
+        maps = self._session.read_map_fill()
+        python = self._python
+        unwind = self._session.read_unwind_stats() if self._core.unwinder is not None else {}
+        userspace = self._userspace
+        return SamplerReading(
+            program=program,
+            samples=self._session.read_sample_total(),
+            drops=self._session.read_drops(),
+            profiled_processes=userspace.get("profiled_processes", 0),
+            maps=maps,
+            symbolization_errors=userspace.get("symbolization_errors", {}),
+            caches=userspace.get("caches", {}),
+            python=python.counters(symbols_in_map=maps["py_symbols"][0]) if python else {},
+            thread_restarts={self._events_thread.name: self._events_thread.crashes},
+            unattributed=userspace.get("unattributed", {}),
+            unwind=unwind,
+            unwind_tables=userspace.get("unwind_tables", {}),
+        )
 
     def debug_info(self) -> dict[str, Any]:
-        """The symbolizer's caches: ``pid_cache``, and ``elf_cache`` by build ID and by file."""
-        with self._lock:
-            info = _symbolizer_debug_info(self._symbolizer)
-            python = self._python.debug_info() if self._python is not None else None
-            unwind = self._unwinder.debug_info() if self._unwinder is not None else None
-        elf_cache = info.get("elf_cache") or {
-            name: info[name] for name in ("build_id_cache", "same_file_cache") if name in info
+        """The symbolizer's caches (``pid_cache``, ``elf_cache`` by build ID and by
+        file), the Python processes and the unwind tables, as of the last collection."""
+        return self._userspace.get("debug_info", {})
+
+    def _take_snapshot(self) -> None:
+        """Copy what telemetry reads of userspace; called under the sampling lock."""
+        symbols = self._symbolizer.debug_info()
+        caches = {
+            name: {key: value for key, value in info.items() if isinstance(value, int)}
+            for name, info in symbols.items()
         }
-        return {
-            "pid_cache": info.get("pid_cache"),
-            "elf_cache": elf_cache,
-            "python": python,
-            "unwind_tables": unwind,
+        caches["user_stack_cache"] = self._profiler.user_stack_cache_stats()
+        unwinder = self._core.unwinder
+        self._userspace = {
+            "profiled_processes": len(self._profiler.profiled),
+            "symbolization_errors": dict(self._symbolizer.errors),
+            "caches": caches,
+            "unattributed": dict(self._profiler.unattributed),
+            "unwind_tables": unwinder.stats() if unwinder is not None else {},
+            "debug_info": {
+                "pid_cache": symbols["pid_cache"],
+                "elf_cache": {
+                    name: symbols[name] for name in ("build_id_cache", "same_file_cache")
+                },
+                **self._core.debug_info(),
+            },
         }
 
     def _poll(self, stop: threading.Event) -> None:
@@ -311,13 +309,6 @@ class Sampler:
             if route is not None:
                 routes.append(route)
         return routes
-
-
-def _symbolizer_debug_info(symbolizer: Symbolizer) -> dict[str, Any]:
-    """``Symbolizer.debug_info()`` where the symbolizer has one (it is being reworked)."""
-    debug_info = getattr(symbolizer, "debug_info", None)
-    info = debug_info() if callable(debug_info) else None
-    return info if isinstance(info, dict) else {}
 
 
 class _TargetProfile:

@@ -4,12 +4,14 @@ cannot differ between them are refused at load, naming what differs."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from agent.config.component import ComponentOptions
 from agent.errors import ConfigError
-from agent.pyroscope_ebpf import EbpfComponent
+from agent.pyroscope_ebpf import EbpfComponent, Sampler
 
 TWO_RATES = """
 pyroscope.ebpf "fast" {
@@ -52,3 +54,38 @@ def test_components_may_differ_in_their_own_arguments_and_a_change_is_checked():
     assert first.arguments.demangle == "none"  # the refused change left it as it was
     first.update(EbpfComponent.Arguments(targets=[], forward_to=[], collect_interval=30.0))
     assert first.arguments.collect_interval == 30.0
+
+
+@pytest.mark.usefixtures("bpf_ready")
+def test_a_scrape_does_not_wait_for_a_collection(monkeypatch):
+    """A collection symbolizing a large binary holds the sampling lock for a
+    while; /metrics is answered meanwhile from the kernel's counters and the
+    copy of userspace's taken after the last collection."""
+    registry = CollectorRegistry()
+    options = ComponentOptions("pyroscope.ebpf.scrape", print, {}, threading.Lock(), registry)
+    component = EbpfComponent(
+        options, EbpfComponent.Arguments(targets=[], forward_to=[], python_enabled=False)
+    )
+    sampler = Sampler(component.arguments, registry)
+    sampler.open()
+    try:
+        collecting = threading.Event()
+
+        def slow_collect():
+            collecting.set()
+            time.sleep(2)  # as long as symbolizing a large binary for the first time
+            return 0
+
+        monkeypatch.setattr(sampler._profiler, "collect", slow_collect)
+        collector = threading.Thread(target=sampler.collect, args=(component,))
+        collector.start()
+        assert collecting.wait(5)
+        started = time.monotonic()
+        text = generate_latest(registry).decode()
+        elapsed = time.monotonic() - started
+        collector.join()
+    finally:
+        sampler.close()
+    assert "emberscope_ebpf_samples_total" in text
+    assert "emberscope_symbol_cache_entries" in text  # userspace's copy is there too
+    assert elapsed < 0.1, f"the scrape took {elapsed * 1000:.0f} ms"
