@@ -250,6 +250,7 @@ class Sampler:
             drops=self._session.read_drops(),
             profiled_processes=userspace.get("profiled_processes", 0),
             maps=maps,
+            map_memory=self._session.read_map_memory(),
             symbolization_errors=userspace.get("symbolization_errors", {}),
             caches=userspace.get("caches", {}),
             python=python.counters(symbols_in_map=maps["py_symbols"][0]) if python else {},

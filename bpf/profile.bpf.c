@@ -58,6 +58,7 @@ struct {
 #define STACKS_MAP(name)					\
 	struct {						\
 		__uint(type, BPF_MAP_TYPE_HASH);		\
+		__uint(map_flags, BPF_F_NO_PREALLOC);	\
 		__uint(max_entries, 16384);			\
 		__type(key, __u64);				\
 		__type(value, struct stack_trace);		\

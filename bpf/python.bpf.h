@@ -38,6 +38,7 @@ struct {
 #define PY_STACKS_MAP(name)					\
 	struct {						\
 		__uint(type, BPF_MAP_TYPE_HASH);		\
+		__uint(map_flags, BPF_F_NO_PREALLOC);	\
 		__uint(max_entries, 4096);			\
 		__type(key, __u64);				\
 		__type(value, struct py_stack);			\

@@ -72,6 +72,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__fd": (_c_int, [BpfMap]),
     "bpf_map__set_max_entries": (_c_int, [BpfMap, ctypes.c_uint32]),
     "bpf_map__max_entries": (ctypes.c_uint32, [BpfMap]),
+    "bpf_map__set_map_flags": (_c_int, [BpfMap, ctypes.c_uint32]),
+    "bpf_map__map_flags": (ctypes.c_uint32, [BpfMap]),
     "bpf_map__set_initial_value": (_c_int, [BpfMap, _c_void_p, _c_size_t]),
     "bpf_program__fd": (_c_int, [BpfProgram]),
     "bpf_program__set_autoload": (_c_int, [BpfProgram, ctypes.c_bool]),

@@ -76,6 +76,10 @@ _PY_STACKS_SIZE = 4096  # unique Python stacks per buffer (2 KiB each)
 _PY_FRAME = struct.Struct("<QIi")  # struct py_frame: code, first_line, lasti
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
 _BPF_ANY, _BPF_EXIST = 0, 2  # bpf_map_update_elem flags
+_BPF_F_NO_PREALLOC = 1
+# Stack maps the object allocates entry by entry: mostly empty, 1 KiB a value.
+# Before Linux 6.1 a perf_event program may use preallocated hash maps only.
+_ON_DEMAND_MAPS = ("stacks_0", "stacks_1", "py_stacks_0", "py_stacks_1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,11 @@ class Session:
         }
         for name, size in sizes.items():
             lib.bpf_map__set_max_entries(self._find_map(name), size)
+        if not _allocates_on_demand_in_perf_events():
+            for name in _ON_DEMAND_MAPS:
+                bpf_map = self._find_map(name)
+                flags = lib.bpf_map__map_flags(bpf_map) & ~_BPF_F_NO_PREALLOC
+                lib.bpf_map__set_map_flags(bpf_map, flags)
         lib.bpf_program__set_autoload(self._find_program("walk_python"), python)
         lib.bpf_program__set_autoload(self._find_program("walk_native"), native)
         config = ProfileConfig(
@@ -573,6 +582,20 @@ class Session:
             for label, name in maps.items()
         }
 
+    def read_map_memory(self) -> dict[str, int]:
+        """The kernel memory each map uses now, in bytes (its fdinfo's ``memlock``:
+        what the maps charge to the agent's memory cgroup)."""
+        used = {}
+        for name, fd in self._fds.items():
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as stream:
+                    for line in stream:
+                        if line.startswith("memlock:"):
+                            used[name] = int(line.split()[1])
+            except OSError:
+                continue
+        return used
+
     def _count_entries(self, fd: int) -> int:
         keys = (ctypes.c_uint8 * 64)(), (ctypes.c_uint8 * 64)()  # room for any key of ours
         count = 0
@@ -595,6 +618,17 @@ class Session:
         key = ctypes.c_uint32(index)
         self._lib.bpf_map_lookup_elem(self._fds[map_name], ctypes.byref(key), values)
         return sum(values)
+
+
+def _allocates_on_demand_in_perf_events(release: str | None = None) -> bool:
+    """Whether the running kernel (6.1+) lets perf_event programs use hash maps
+    that allocate entries on demand."""
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        major, minor = int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (6, 1)
 
 
 def _has_exited(pid: int) -> bool:

@@ -177,6 +177,8 @@ class SamplerReading:
     """Restarts of the sampler's background threads after a crash, by thread name."""
     unattributed: Mapping[str, int] = field(default_factory=dict)
     """Samples drained but routed to no profile, by reason (no_target)."""
+    map_memory: Mapping[str, int] = field(default_factory=dict)
+    """Kernel memory of each BPF map, in bytes."""
     unwind: Mapping[str, int] = field(default_factory=dict)
     """The kernel's native walk counters (profile.h unwind_stat, lower case)."""
     unwind_tables: Mapping[str, int] = field(default_factory=dict)
@@ -308,6 +310,14 @@ def _sampling_metrics(reading: SamplerReading) -> Iterator[Metric]:
         capacity.add_metric([name], size)
     yield entries
     yield capacity
+    memory = GaugeMetricFamily(
+        "emberscope_ebpf_map_memory_bytes",
+        "Kernel memory a BPF map uses, charged to the agent's memory cgroup beside its RSS.",
+        labels=["map"],
+    )
+    for name, used in sorted(reading.map_memory.items()):
+        memory.add_metric([name], used)
+    yield memory
 
 
 def _symbol_metrics(reading: SamplerReading) -> Iterator[Metric]:

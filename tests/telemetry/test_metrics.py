@@ -136,6 +136,11 @@ def reading(**changes: object) -> SamplerReading:
         "maps": {"pids": (7, 2048), "counts": (100, 16384)},
         "symbolization_errors": {"file_unopened": 2},
         "caches": {"pid_cache": {"size": 32, "len": 5, "hits": 7, "misses": 5, "evictions": 1}},
+        "map_memory": {"stacks_0": 263040},
+        "unattributed": {"no_target": 4},
+        "thread_restarts": {"ebpf-events": 2},
+        "unwind": {"frames_table": 30, "frames_fp": 2, "end_outermost": 5, "end_depth": 1},
+        "unwind_tables": {"rows": 100, "capacity_rows": 1000, "files": 2, "build_ms": 1500},
     }
     return SamplerReading(**(fields | changes))
 
@@ -155,6 +160,17 @@ def test_the_sampler_collector_reads_at_each_scrape(registry):
     assert get("emberscope_ebpf_map_entries", {"map": "pids"}) == 7
     assert get("emberscope_ebpf_map_max_entries", {"map": "pids"}) == 2048
     assert get("emberscope_ebpf_map_entries", {"map": "counts"}) == 100
+    assert get("emberscope_ebpf_map_memory_bytes", {"map": "stacks_0"}) == 263040
+    assert get("emberscope_samples_unattributed_total", {"reason": "no_target"}) == 4
+    assert get("emberscope_thread_restarts_total", {"thread": "ebpf-events"}) == 2
+    assert get("emberscope_unwind_frames_total", {"method": "table"}) == 30
+    assert get("emberscope_unwind_frames_total", {"method": "frame_pointer"}) == 2
+    assert get("emberscope_unwind_stacks_ended_total", {"reason": "outermost"}) == 5
+    assert get("emberscope_unwind_stacks_ended_total", {"reason": "depth"}) == 1
+    assert get("emberscope_unwind_table_rows") == 100
+    assert get("emberscope_unwind_table_max_rows") == 1000
+    assert get("emberscope_unwind_table_files") == 2
+    assert get("emberscope_unwind_build_seconds_total") == 1.5
     assert get("emberscope_symbolization_errors_total", {"reason": "file_unopened"}) == 2
     cache = {"cache": "pid_cache"}
     assert get("emberscope_symbol_cache_entries", cache) == 5
