@@ -61,7 +61,7 @@ test: install-test
 	$(VENV)/bin/ruff check agent tests bench
 	$(PYTHON) -m pytest
 
-proto:
+proto: $(TEST_STAMP)
 	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. agent/pprof/profile.proto
 	$(PYTHON) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
 		agent/write/push/types.proto agent/write/push/push.proto

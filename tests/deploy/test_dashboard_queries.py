@@ -195,7 +195,7 @@ def pyroscope() -> Iterator[Receiver]:
 def running(build_workload, tmp_path, bpf_stats, pyroscope) -> Iterator[str]:
     """The agent profiling a workload and pushing; Prometheus scraping it every second."""
     if shutil.which("prometheus") is None:
-        pytest.skip("Debian's prometheus package is not installed: run 'make install'")
+        pytest.skip("Debian's prometheus package is not installed: run 'make install-test'")
     folder = tmp_path / "bin"
     folder.mkdir()
     workload = shutil.copy(build_workload("three_leaves"), folder / "three_leaves")

@@ -86,7 +86,7 @@ def stop(process: subprocess.Popen) -> None:
 def running(build_workload, tmp_path_factory) -> Iterator[dict]:
     """The agent profiling a workload, and Prometheus scraping the agent every second."""
     if shutil.which("prometheus") is None:
-        pytest.skip("Debian's prometheus package is not installed: run 'make install'")
+        pytest.skip("Debian's prometheus package is not installed: run 'make install-test'")
     workload = build_workload("three_leaves")
     tmp = tmp_path_factory.mktemp("telemetry")
     config = tmp / "agent.alloy"
