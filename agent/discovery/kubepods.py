@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from agent.supervise import SupervisedThread
+
 if TYPE_CHECKING:
     from kubernetes import client
 
@@ -95,7 +97,7 @@ class PodWatcher:
         self.listed = False
         self.error: str | None = None
         name = f"discovery.kubernetes/{namespace or '*'}"
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = SupervisedThread(name, self._run, on_crash=self._crashed, stop=self._stop)
 
     def start(self) -> None:
         self._thread.start()
@@ -119,7 +121,13 @@ class PodWatcher:
         with self._lock:
             return len(self._pods)
 
-    def _run(self) -> None:
+    def _crashed(self, exc: BaseException) -> None:
+        """A bug or an answer of a shape not handled: unhealthy until the restart relists."""
+        self.error = f"pod watch failed: {exc}"
+        self._version = None
+        self._on_change()
+
+    def _run(self, _stop: threading.Event) -> None:
         backoff = self._timings.backoff_initial
         while not self._stop.is_set():
             try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agent.errors import PushError
+from agent.supervise import SupervisedThread
 
 __all__ = ["Backoff", "EndpointSender", "PushError", "WriteMetrics"]
 
@@ -129,7 +130,9 @@ class EndpointSender:
         self._queue_size = queue_size
         self._ready = threading.Condition()
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"push {endpoint}", daemon=True)
+        self._thread = SupervisedThread(
+            f"push {endpoint}", self._run, on_crash=self._crashed, stop=self._closing
+        )
         self.failure = ""  # the last error while pushes keep failing, else ""
         self.failure_since = 0.0
 
@@ -146,8 +149,7 @@ class EndpointSender:
         """Stop, wait up to ``timeout`` for the thread; what is still queued is dropped
         and counted."""
         self.stop()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._thread.join(timeout)
         with self._ready:
             left, self._queue = list(self._queue), collections.deque()
         for item in left:
@@ -162,9 +164,14 @@ class EndpointSender:
             self._queue.append(_Queued(body, size))
             self._ready.notify()
 
-    def _run(self) -> None:
+    def _run(self, _stop: threading.Event) -> None:
         while (item := self._next()) is not None:
             self._deliver(item)
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A bug while sending: shown as the endpoint's failure until the restart."""
+        self.failure = f"sender failed: {exc}"
+        self.failure_since = self.failure_since or time.time()
 
     def _next(self) -> _Queued | None:
         with self._ready:

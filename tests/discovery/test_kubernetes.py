@@ -239,3 +239,28 @@ def test_other_roles_are_unhealthy(server):
     assert component.health().message == "role node is not supported yet"
     assert component.exports() == {"targets": []}
     assert server.requests == []
+
+
+def test_a_list_answer_of_an_unexpected_shape_is_shown_and_the_watch_goes_on(
+    tmp_path, server, monkeypatch
+):
+    """A PodList without metadata (a proxy's answer, a server bug) breaks the pod
+    watch's reading: it is shown in health, and the watch starts again."""
+    server.apply(make_pod("web"))
+    answers = []
+    real_list = LoopbackApiServer.list_pods
+
+    def list_pods(self, namespace, query):
+        body = real_list(self, namespace, query)
+        answers.append(body)
+        if len(answers) == 1:
+            del body["metadata"]
+        return body
+
+    monkeypatch.setattr(LoopbackApiServer, "list_pods", list_pods)
+    component, recorder, stop = start(tmp_path, server)
+    wait_for(lambda: len(answers) >= 1)
+    wait_for(lambda: names(recorder) == {"web"}, timeout=5)
+    assert len(answers) >= 2  # listed again after the bad answer
+    wait_for(lambda: component.health().state == "healthy")
+    stop.set()
