@@ -30,6 +30,42 @@ REPO = Path(__file__).resolve().parents[1]
 KERNEL_BASE = 0xFFFF800000000000  # x86-64: kernel addresses are above, user ones below
 
 
+_WORKLOAD_CONFIG = """
+discovery.process "local" {{
+}}
+
+discovery.relabel "workloads" {{
+  targets = discovery.process.local.targets
+  rule {{
+    source_labels = ["__meta_process_exe"]
+    regex         = "{folder}/.*"
+    action        = "keep"
+  }}
+  rule {{
+    source_labels = ["__meta_process_exe"]
+    regex         = ".*/([^/]+)"
+    target_label  = "service_name"
+  }}
+{rules}}}
+
+pyroscope.ebpf "default" {{
+  targets    = discovery.relabel.workloads.output
+  forward_to = [pyroscope.file.out.receiver]
+{ebpf}}}
+
+pyroscope.file "out" {{
+  directory = "{output}"
+}}
+"""
+
+
+def workload_config(folder: Path, output: Path, *, ebpf: str = "", rules: str = "") -> str:
+    """The agent profiling the executables of ``folder``, each its own service
+    (``service_name`` is the executable's name), into ``output``. ``ebpf`` adds
+    lines (arguments) to pyroscope.ebpf, ``rules`` relabel rules."""
+    return _WORKLOAD_CONFIG.format(folder=folder, output=output, ebpf=ebpf, rules=rules)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

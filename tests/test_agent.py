@@ -13,43 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.pprof import read_profile, top_functions
+from agent.pprof import top_functions
+from tests.agent import profiles_in, workload_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 INTERVAL_S = 2
-CONFIG = """
-discovery.process "local" {{
-}}
-
-discovery.relabel "workloads" {{
-  targets = discovery.process.local.targets
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = "{folder}/.*"
-    action        = "keep"
-  }}
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = ".*/([^/]+)"
-    target_label  = "service_name"
-  }}
-  rule {{
+ENV_RULE = """  rule {
     target_label = "env"
     replacement  = "test"
-  }}
-}}
-
-pyroscope.ebpf "default" {{
-  targets          = discovery.relabel.workloads.output
-  forward_to       = [pyroscope.file.out.receiver]
-  collect_interval = "{interval}s"
-}}
-
-pyroscope.file "out" {{
-  directory = "{output}"
-}}
+  }
 """
 
 
@@ -82,14 +56,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def profiles_of(output: Path, service: str) -> list[tuple[dict, object]]:
-    found = []
-    for path in sorted((output / service).glob("*.pb.gz")):
-        labels = json.loads(path.with_name(path.name.replace(".pb.gz", ".labels.json")).read_text())
-        found.append((labels, read_profile(path.read_bytes())))
-    return found
-
-
 @pytest.fixture(scope="module")
 def agent_run(build_workload, tmp_path_factory):
     """Run the agent for about four intervals; a second workload starts midway."""
@@ -97,7 +63,8 @@ def agent_run(build_workload, tmp_path_factory):
     late = build_workload("syscalls")
     output = tmp_path_factory.mktemp("agent-out")
     config = tmp_path_factory.mktemp("agent-config") / "agent.alloy"
-    config.write_text(CONFIG.format(folder=early.parent, interval=INTERVAL_S, output=output))
+    interval = f'  collect_interval = "{INTERVAL_S}s"\n'
+    config.write_text(workload_config(early.parent, output, ebpf=interval, rules=ENV_RULE))
     first = subprocess.Popen([str(early), "30"])
     agent = subprocess.Popen(
         [
@@ -156,7 +123,7 @@ def test_sigterm_stops_it_cleanly_with_the_bpf_program_unloaded(agent_run):
 
 
 def test_one_profile_per_target_per_interval_with_the_target_labels(agent_run):
-    profiles = profiles_of(agent_run["output"], agent_run["early"])
+    profiles = profiles_in(agent_run["output"], agent_run["early"])
     # about five intervals, the last one partial
     assert 4 <= len(profiles) <= 6, [p[1].time_nanos for p in profiles]
     for labels, _ in profiles:
@@ -170,7 +137,7 @@ def test_one_profile_per_target_per_interval_with_the_target_labels(agent_run):
 
 
 def test_each_interval_holds_the_functions_and_the_samples_of_its_time(agent_run):
-    profiles = profiles_of(agent_run["output"], agent_run["early"])
+    profiles = profiles_in(agent_run["output"], agent_run["early"])
     for number, (_, profile) in enumerate(profiles[1:-1], start=1):  # whole intervals
         samples = sum(s.value[0] for s in profile.sample) // profile.period
         # one busy thread at 97 Hz, sharing two cores with the other workload and the test
@@ -185,7 +152,7 @@ def test_each_interval_holds_the_functions_and_the_samples_of_its_time(agent_run
 
 
 def test_a_process_started_after_the_agent_is_profiled_from_its_first_interval(agent_run):
-    profiles = profiles_of(agent_run["output"], agent_run["late"])
+    profiles = profiles_in(agent_run["output"], agent_run["late"])
     assert profiles
     first = profiles[0][1]
     started = agent_run["second_started"]

@@ -17,41 +17,17 @@ from prometheus_client import CollectorRegistry
 
 from agent.config.component import ComponentOptions
 from agent.pyroscope_ebpf import _SHARED_KEY, EbpfComponent
-from tests.agent import profiles_in, run_agent, wait_for
+from tests.agent import profiles_in, run_agent, wait_for, workload_config
 from tests.discovery.test_containers import Cgroups, cgroup2_root
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
-PROCESS_CONFIG = """
-discovery.process "local" {{
-}}
 
-discovery.relabel "workloads" {{
-  targets = discovery.process.local.targets
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = "{folder}/.*"
-    action        = "keep"
-  }}
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = ".*/([^/]+)"
-    target_label  = "service_name"
-  }}
-}}
-
-pyroscope.ebpf "default" {{
-  targets          = discovery.relabel.workloads.output
-  forward_to       = [pyroscope.file.out.receiver]
-  collect_interval = "1s"
-  sample_rate      = {rate}
-  pid_map_size     = {pid_map_size}
-}}
-
-pyroscope.file "out" {{
-  directory = "{output}"
-}}
-"""
+def process_config(folder: Path, output: Path, rate: int, pid_map_size: int) -> str:
+    arguments = (
+        f'  collect_interval = "1s"\n  sample_rate = {rate}\n  pid_map_size = {pid_map_size}\n'
+    )
+    return workload_config(folder, output, ebpf=arguments)
 
 
 def held_map_ids(pid: int) -> set[int]:
@@ -105,9 +81,7 @@ def samples_of(output: Path, service: str, since_ns: int = 0) -> int:
 def test_5000_exits_leave_only_live_pids_in_a_256_entry_map(build_workload, tmp_path):
     churner, busy = build_workload("churn"), build_workload("three_leaves")
     output = tmp_path / "out"
-    config = PROCESS_CONFIG.format(
-        folder=churner.parent, output=output, rate=1000, pid_map_size=256
-    )
+    config = process_config(churner.parent, output, rate=1000, pid_map_size=256)
     with run_agent(config, tmp_path) as agent:
         agent.wait_for_metrics()
         # 2-3 ms of CPU each: at 1000 Hz nearly every child is sampled, so tracked
@@ -133,7 +107,7 @@ def test_5000_exits_leave_only_live_pids_in_a_256_entry_map(build_workload, tmp_
 def test_a_full_pid_map_counts_its_drops_and_heals_when_processes_exit(build_workload, tmp_path):
     churner, busy = build_workload("churn"), build_workload("three_leaves")
     output = tmp_path / "out"
-    config = PROCESS_CONFIG.format(folder=churner.parent, output=output, rate=1000, pid_map_size=64)
+    config = process_config(churner.parent, output, rate=1000, pid_map_size=64)
     with run_agent(config, tmp_path) as agent:
         agent.wait_for_metrics()
         sleepers = churn(churner, 300, 3000, 4000, 300, 8)
@@ -221,9 +195,7 @@ def test_processes_living_30_to_200_ms_keep_their_samples(build_workload, tmp_pa
         config = CONTAINER_CONFIG.format(container_id=container_id, output=output)
         service = "burners"
     else:
-        config = PROCESS_CONFIG.format(
-            folder=churner.parent, output=output, rate=97, pid_map_size=2048
-        )
+        config = process_config(churner.parent, output, rate=97, pid_map_size=2048)
         service = churner.name
     cgroups = Cgroups(cgroup2_root())
     with run_agent(config, tmp_path) as agent:

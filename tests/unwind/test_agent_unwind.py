@@ -9,45 +9,18 @@ import time
 
 import pytest
 
-from tests.agent import profiles_in, run_agent
+from tests.agent import profiles_in, run_agent, workload_config
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 NO_FRAME_POINTERS = ("-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls")
-CONFIG = """
-discovery.process "local" {{
-}}
-
-discovery.relabel "workloads" {{
-  targets = discovery.process.local.targets
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = "{folder}/.*"
-    action        = "keep"
-  }}
-  rule {{
-    target_label = "service_name"
-    replacement  = "chains"
-  }}
-}}
-
-pyroscope.ebpf "default" {{
-  targets                = discovery.relabel.workloads.output
-  forward_to             = [pyroscope.file.out.receiver]
-  collect_interval       = "1s"
-  unwind_cache_directory = "{cache}"
-}}
-
-pyroscope.file "out" {{
-  directory = "{output}"
-}}
-"""
+CACHED = '  collect_interval = "1s"\n  unwind_cache_directory = "{cache}"\n'
 
 
-def whole_chain_share(output) -> float:
+def whole_chain_share(output, service: str) -> float:
     """The share of samples in leaf_a whose stack holds mid_a, drive_a and main."""
     whole = total = 0
-    for _, profile in profiles_in(output, "chains"):
+    for _, profile in profiles_in(output, service):
         names = {f.id: profile.string_table[f.name] for f in profile.function}
         lines = {loc.id: [names[line.function_id] for line in loc.line] for loc in profile.location}
         for sample in profile.sample:
@@ -67,7 +40,7 @@ def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
         output = tmp_path / f"out{run}"
         folder = tmp_path / f"run{run}"
         folder.mkdir()
-        config = CONFIG.format(folder=binary.parent, cache=cache, output=output)
+        config = workload_config(binary.parent, output, ebpf=CACHED.format(cache=cache))
         with run_agent(config, folder) as agent:
             agent.wait_for_metrics()
             workload = subprocess.Popen([str(binary), "4"])
@@ -85,7 +58,7 @@ def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
                     "files": agent.component("pyroscope.ebpf.default")["debugInfo"][
                         "unwind_tables"
                     ]["files"],
-                    "share": whole_chain_share(output),
+                    "share": whole_chain_share(output, binary.name),
                 }
             )
         assert "Traceback" not in agent.log
