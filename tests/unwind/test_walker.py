@@ -358,3 +358,20 @@ def test_the_program_a_process_execs_is_walked_whole(compile_c, emberscope, tmp_
     assert share(samples, lambda s: s in second_image) > 0.5, show(samples, 8)
     assert whole >= 0.95, show(second_image, 8)
     assert rooted >= 0.95, show(second_image, 8)
+
+
+def test_a_stack_crosses_a_signal_frame_whole(compile_c, emberscope, tmp_path):
+    """In a signal handler the walk goes on through the kernel's signal frame
+    (__restore_rt: the registers in the ucontext) to the interrupted code."""
+    binary = compile_c("signal_frames", *NO_FRAME_POINTERS)
+    samples = profile(emberscope, tmp_path / "signal.pb.gz", [binary, 3])
+    in_handler = [s for s in samples if native_names(s)[:1] == ["in_handler"]]
+    whole = share(
+        in_handler,
+        lambda s: (
+            native_names(s)[:2] == ["in_handler", "handler"]
+            and {"interrupted", "outer", "main"} <= set(native_names(s))
+        ),
+    )
+    print(f"in the signal handler: whole {whole:.1%}")
+    assert in_handler and whole >= 0.9, show(in_handler)
