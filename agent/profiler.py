@@ -22,7 +22,7 @@ from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
 from agent.symbols import Frame, Symbolizer
 from agent.symbols.cache import LruCache
-from agent.symbols.procmaps import read_process_entry
+from agent.symbols.procmaps import read_process_entry, read_stat_fields
 from agent.unwind.processes import NativeUnwinder
 
 __all__ = [
@@ -78,11 +78,9 @@ Classifier = Callable[[PidEvent], Sequence[Destination]]
 def read_ppid(pid: int, proc_root: str = "/proc") -> int:
     """The parent of ``pid`` from ``/proc/<pid>/stat``; 0 when it is gone."""
     try:
-        stat = read_process_entry(pid, "stat", proc_root)
+        fields = read_stat_fields(pid, proc_root)
     except ProcessError:
         return 0
-    # The command name may hold spaces and parentheses: fields follow the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[1]) if len(fields) > 1 else 0
 
 
@@ -164,8 +162,10 @@ class Profiler:
         classify: Classifier,
         python: PythonProcesses | None = None,
         unwinder: NativeUnwinder | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._clock = clock
         self._unwinder = unwinder
         # pid -> when its mappings were last read, and how long to wait before the next
         self._unwind_refreshed: dict[int, tuple[float, float]] = {}
@@ -190,20 +190,8 @@ class Profiler:
         return [pid for pid, routes in self._routes.items() if routes]
 
     def add(self, pid: int, destinations: Sequence[Destination]) -> None:
-        """Profile ``pid`` from now on.
-
-        A process whose maps cannot be read (another user namespace, say) is
-        still sampled: its kernel frames resolve, its user frames stay addresses.
-        """
-        try:
-            self._symbolizer.add_process(pid)
-        except ProcessError as exc:
-            log.warning("user frames of pid %d cannot be named: %s", pid, exc.reason)
-        # Python first: the kernel then walks its frames from its first profiled sample
-        if self._python is not None:
-            self._python.add(pid)
-        self._route(pid, tuple(destinations), tracked_only=False)
-        self._start_native(pid)
+        """Profile ``pid`` from now on, whether or not the kernel has seen it."""
+        self._start_profiling(pid, tuple(destinations), tracked_only=False)
 
     def user_stack_cache_stats(self) -> dict[str, int]:
         """The resolved-stack cache's size, fill, hits, misses and evictions."""
@@ -224,7 +212,7 @@ class Profiler:
             self._decide(pid)
 
     def _expire_pending(self) -> None:
-        deadline = time.monotonic() - _PENDING_S
+        deadline = self._clock() - _PENDING_S
         for pid in [pid for pid, seen in self._pending.items() if seen < deadline]:
             if not self._decide(pid, wait=False):
                 self._count_unattributed(self._held.pop(pid, []))
@@ -235,18 +223,10 @@ class Profiler:
             self._facts[pid] = event
             self._decide(pid)
         elif event.type is PidEventType.EXEC and self._routes.get(pid):
-            # A new program image: its old mappings mean nothing any more.
-            self._symbolizer.forget(pid)
-            self._drop_user_stacks(pid)
-            self._settling[pid] = time.monotonic()  # the loader maps its libraries again
-            if self._python is not None:
-                self._python.forget(pid)
-            if self._unwinder is not None:
-                self._unwinder.forget(pid)
-            if self._decide(pid):
-                if self._python is not None:
-                    self._python.add(pid)
-                self._start_native(pid)
+            # A new program image: its old mappings mean nothing any more, and
+            # it may belong elsewhere now (discovery matches executables).
+            self._stop_profiling(pid)
+            self._decide(pid)
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
         elif event.type is PidEventType.MAPPINGS and self._routes.get(pid):
@@ -260,23 +240,45 @@ class Profiler:
         destinations = tuple(self._classify(self.facts(pid)))
         if not destinations and wait and pid not in self._routes:
             # Never decided: wait a little for discovery before ignoring it.
-            first_seen = self._pending.setdefault(pid, time.monotonic())
-            if time.monotonic() - first_seen <= _PENDING_S:
+            first_seen = self._pending.setdefault(pid, self._clock())
+            if self._clock() - first_seen <= _PENDING_S:
                 return ()
         self._pending.pop(pid, None)
         if destinations and not self._routes.get(pid):
-            try:
-                self._symbolizer.add_process(pid)
-            except ProcessError as exc:
-                # Gone already: its samples keep the addresses they have.
-                log.debug("cannot read a profiled process: %s", exc)
-        if destinations and not self._routes.get(pid) and self._python is not None:
-            self._python.add(pid)
-        new = destinations and not self._routes.get(pid)
-        self._route(pid, destinations)
-        if new:
-            self._start_native(pid)
+            self._start_profiling(pid, destinations)
+        else:
+            self._route(pid, destinations)
         return destinations
+
+    def _start_profiling(
+        self, pid: int, destinations: tuple[Destination, ...], *, tracked_only: bool = True
+    ) -> None:
+        """Open what naming ``pid``'s frames needs, then let the kernel count it.
+
+        A process whose maps cannot be read (gone already, another user
+        namespace) is still counted: its user frames stay addresses.
+        """
+        try:
+            self._symbolizer.add_process(pid)
+        except ProcessError as exc:
+            log.debug("user frames of pid %d cannot be named: %s", pid, exc.reason)
+        # Python first: the kernel then walks its frames from its first profiled sample
+        if self._python is not None:
+            self._python.add(pid)
+        self._route(pid, destinations, tracked_only=tracked_only)
+        self._start_native(pid)
+
+    def _stop_profiling(self, pid: int) -> None:
+        """Forget what was kept of ``pid``'s program image (exit, exec)."""
+        self._symbolizer.forget(pid)
+        self._drop_user_stacks(pid)
+        if self._python is not None:
+            self._python.forget(pid)
+        if self._unwinder is not None:
+            self._unwinder.forget(pid)
+        self._unwind_refreshed.pop(pid, None)
+        self._settling.pop(pid, None)
+        self._routes.pop(pid, None)
 
     def _start_native(self, pid: int) -> None:
         """Walk ``pid``'s user stacks with its files' unwind tables from now on."""
@@ -287,7 +289,7 @@ class Profiler:
         except ProcessError as exc:
             log.debug("no native unwinding for pid %d: %s", pid, exc.reason)
             self._session.set_native(pid, NativeMode.FRAME_POINTERS)
-        self._unwind_refreshed[pid] = (time.monotonic(), 0.0)
+        self._unwind_refreshed[pid] = (self._clock(), 0.0)
 
     def _refresh_native(self, pids: Collection[int], *, now: bool = False) -> None:
         """Follow the mappings of processes walked with tables: when the kernel's
@@ -296,7 +298,7 @@ class Profiler:
         _UNWIND_REFRESH_S for the processes sampled (a library replaced in place)."""
         if self._unwinder is None:
             return
-        at = time.monotonic()
+        at = self._clock()
         for pid in pids:
             last, wait = self._unwind_refreshed.get(pid, (at, 0.0))
             if pid not in self._unwind_refreshed or at - last < (
@@ -318,7 +320,7 @@ class Profiler:
         """Route ``pid``'s samples and tell the kernel. A decision made after
         the process exited changes nothing in the kernel (see Session.set_pid)."""
         if destinations and not self._routes.get(pid):
-            self._settling[pid] = time.monotonic()
+            self._settling[pid] = self._clock()
         self._routes[pid] = destinations
         if destinations:
             self._session.set_pid(
@@ -332,16 +334,21 @@ class Profiler:
             self._session.set_pid(pid, PidState.IGNORE, tracked_only=tracked_only)
 
     def _refresh_settling(self) -> None:
-        now = time.monotonic()
+        """Read again the maps of processes that started less than _SETTLE_S ago."""
+        now = self._clock()
         for pid, since in list(self._settling.items()):
-            try:
-                if now - since > _SETTLE_S:
-                    raise ProcessError(pid, "settled")
-                self._symbolizer.add_process(pid)
-                if self._unwinder is not None:
-                    self._unwinder.refresh(pid)
-            except ProcessError:
+            if now - since > _SETTLE_S or not self._reread_maps(pid):
                 del self._settling[pid]
+
+    def _reread_maps(self, pid: int) -> bool:
+        """Open the files ``pid`` mapped since; False when it is gone."""
+        try:
+            self._symbolizer.add_process(pid)
+            if self._unwinder is not None:
+                self._unwinder.refresh(pid)
+        except ProcessError:
+            return False
+        return True
 
     def collect(self) -> int:
         """Drain the kernel's counts into the destinations; return the samples routed."""
@@ -428,13 +435,5 @@ class Profiler:
                 self._user_stacks.pop(key)
 
     def _forget(self, pid: int) -> None:
-        self._symbolizer.forget(pid)
-        self._drop_user_stacks(pid)
-        if self._python is not None:
-            self._python.forget(pid)
-        if self._unwinder is not None:
-            self._unwinder.forget(pid)
-        self._unwind_refreshed.pop(pid, None)
-        self._settling.pop(pid, None)
-        self._routes.pop(pid, None)
+        self._stop_profiling(pid)
         self._facts.pop(pid, None)

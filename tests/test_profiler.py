@@ -62,25 +62,25 @@ class Recorder:
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(profiler_module.time, "monotonic", lambda: now[0])
-    return now
+def clock() -> list[float]:
+    """The profiler's time, moved by the test."""
+    return [1000.0]
 
 
-def make(targets: dict[int, Recorder]):
+def make(targets: dict[int, Recorder], clock: list[float]):
     session, symbolizer = ScriptedSession(), NamingSymbolizer()
     profiler = Profiler(
         session,
         symbolizer,
         lambda process: [targets[process.pid]] if process.pid in targets else [],
+        clock=lambda: clock[0],
     )
     return profiler, session, symbolizer
 
 
 def test_samples_of_a_process_discovery_has_not_seen_yet_are_held_then_routed(clock):
     targets: dict[int, Recorder] = {}
-    profiler, session, _ = make(targets)
+    profiler, session, _ = make(targets, clock)
     session.events = [PidEvent(PidEventType.NEW, 42, 1)]
     session.counts = [RawSample(42, (0x10,), (), 5)]
     profiler.collect()
@@ -95,7 +95,7 @@ def test_samples_of_a_process_discovery_has_not_seen_yet_are_held_then_routed(cl
 
 
 def test_a_process_that_matches_nothing_is_ignored_after_the_grace_period(clock):
-    profiler, session, _ = make({})
+    profiler, session, _ = make({}, clock)
     session.events = [PidEvent(PidEventType.NEW, 7, 1)]
     session.counts = [RawSample(7, (0x1,), (), 3)]
     profiler.collect()
@@ -112,7 +112,7 @@ def test_a_process_that_matches_nothing_is_ignored_after_the_grace_period(clock)
 
 def test_an_exited_process_is_forgotten_after_its_last_samples(clock):
     recorder = Recorder()
-    profiler, session, symbolizer = make({9: recorder})
+    profiler, session, symbolizer = make({9: recorder}, clock)
     session.events = [PidEvent(PidEventType.NEW, 9, 1)]
     profiler.poll()
     session.events = [PidEvent(PidEventType.EXIT, 9, 0)]
@@ -131,7 +131,7 @@ def test_an_exited_process_is_forgotten_after_its_last_samples(clock):
 
 
 def test_exec_rereads_the_maps_of_a_profiled_process(clock):
-    profiler, session, symbolizer = make({5: Recorder()})
+    profiler, session, symbolizer = make({5: Recorder()}, clock)
     session.events = [PidEvent(PidEventType.NEW, 5, 1), PidEvent(PidEventType.EXEC, 5, 0)]
     profiler.poll()
     assert symbolizer.forgotten == [5]
@@ -140,7 +140,7 @@ def test_exec_rereads_the_maps_of_a_profiled_process(clock):
 
 def test_resolved_stacks_are_kept_between_collections_until_the_process_execs(clock):
     recorder = Recorder()
-    profiler, session, symbolizer = make({5: recorder})
+    profiler, session, symbolizer = make({5: recorder}, clock)
     resolved = []
     naming = symbolizer.resolve_user
     symbolizer.resolve_user = lambda pid, addresses: (
@@ -175,7 +175,7 @@ def test_selection_follows_the_tree_of_a_root(tmp_path):
 
 def test_a_decision_made_after_the_process_exited_leaves_the_kernel_alone(clock):
     targets: dict[int, Recorder] = {}
-    profiler, session, _ = make(targets)
+    profiler, session, _ = make(targets, clock)
     session.events = [PidEvent(PidEventType.NEW, 42, 1)]
     profiler.poll()
     session.exited.add(42)  # gone from the kernel's map before discovery saw it

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.errors import ProcessError
-from agent.symbols.procmaps import read_process_entry
+from agent.symbols.procmaps import read_process_entry, read_stat_fields
 
 __all__ = ["CgroupInfo", "ContainerIdCache", "parse_cgroup", "parse_container_id"]
 
@@ -86,14 +86,8 @@ def parse_container_id(cgroup_text: str) -> str | None:
 
 
 def _read_start_time(proc_root: str, pid: int) -> int:
-    """Field 22 of ``/proc/<pid>/stat``: start time in clock ticks since boot.
-
-    Raises ProcessError when the process is gone. The command name (field 2) may hold
-    spaces and parentheses, so fields are counted after its last ``)``.
-    """
-    text = read_process_entry(pid, "stat", proc_root)
-    fields = text[text.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    """The start time of ``pid`` in clock ticks since boot; ProcessError when it is gone."""
+    return int(read_stat_fields(pid, proc_root)[19])
 
 
 class ContainerIdCache:

@@ -49,7 +49,8 @@ from agent.ebpf.layout import (
     UnwindStat,
 )
 from agent.ebpf.libbpf import BpfLink, BpfMap, BpfObject, RingBuffer, RingBufferCallback, library
-from agent.errors import BpfError
+from agent.errors import BpfError, ProcessError
+from agent.symbols.procmaps import read_stat_fields
 
 __all__ = [
     "DEFAULT_OBJECT_PATH",
@@ -634,12 +635,10 @@ def _allocates_on_demand_in_perf_events(release: str | None = None) -> bool:
 def _has_exited(pid: int) -> bool:
     """Whether ``pid`` has run its exit already: gone, or a zombie (state Z or X)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stream:
-            stat = stream.read(4096)
-    except OSError:
+        fields = read_stat_fields(pid)
+    except ProcessError:
         return True
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state in (b"Z", b"X")
+    return fields[:1] in ([b"Z"], [b"X"])
 
 
 def _prefixes(start: int, end: int) -> list[tuple[int, int]]:

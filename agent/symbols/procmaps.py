@@ -26,6 +26,7 @@ __all__ = [
     "parse_maps",
     "read_maps",
     "read_process_entry",
+    "read_stat_fields",
 ]
 
 _DELETED = " (deleted)"
@@ -214,6 +215,17 @@ def read_process_entry(
     if len(data) > limit:
         raise ProcessError(pid, f"{path} is longer than {limit} bytes")
     return data
+
+
+def read_stat_fields(pid: int, proc_root: str = "/proc") -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: [0] is the
+    state, [1] the parent, [19] the start time (fields 3, 4 and 22 of proc(5)).
+
+    The command name may hold spaces and parentheses, so fields are counted
+    after its last ``)``. Raises ProcessError when the process is gone.
+    """
+    stat = read_process_entry(pid, "stat", proc_root)
+    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def _open_entry(pid: int, path: str) -> BinaryIO:
