@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from agent.errors import DiscoveryError
 from agent.supervise import SupervisedThread
 
 if TYPE_CHECKING:
@@ -44,12 +45,18 @@ _POD = _META + "pod_"
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
 
-class KubernetesError(Exception):
+class KubernetesError(DiscoveryError):
     """The API server is unreachable, refused a request or sent something unusable.
 
     Every ``kubernetes.client.ApiException``, urllib3 error and configuration error of
     this module is translated into it (chained), so none escapes the module.
     """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Kubernetes API", reason)
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class _Gone(KubernetesError):

@@ -24,6 +24,7 @@ from agent.config.component import ArgumentError, ComponentOptions, Duration, He
 from agent.discovery.containers import parse_container_id
 from agent.discovery.exports import PublishedTargets, TargetsExports
 from agent.discovery.procevents import ProcEvent, ProcEventKind, ProcEvents, open_proc_events
+from agent.discovery.targets import container_id_of
 from agent.errors import DiscoveryError
 
 __all__ = ["DiscoverConfig", "ProcessDiscovery"]
@@ -53,7 +54,6 @@ _SCAN_INTERVAL = 1.0  # without the connector: seconds between /proc listings
 _SCAN_DRAIN = 64  # processes read by a scan between two looks at the connector
 _STOP_POLL = 0.25  # longest wait on the connector before ``stop`` is looked at
 _PF_KTHREAD = 0x00200000  # include/linux/sched.h
-_K8S_PREFIXES = ("docker://", "containerd://", "cri-o://")
 # Bytes read at most per /proc file: a process controls its command line (up to 2 MiB)
 # and its cgroup path; longer ones are cut.
 _STAT_LIMIT = 4096
@@ -525,9 +525,4 @@ def _merge(base: Mapping[str, str], over: Mapping[str, str]) -> dict[str, str]:
 
 
 def _container_id_of(target: Mapping[str, str]) -> str:
-    if target.get(LABEL_CONTAINER_ID):
-        return target[LABEL_CONTAINER_ID]
-    k8s = target.get("__meta_kubernetes_pod_container_id", "")
-    if k8s:
-        return next((k8s[len(p) :] for p in _K8S_PREFIXES if k8s.startswith(p)), "")
-    return target.get("__meta_docker_container_id", "")
+    return container_id_of(target) or ""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["Target", "TargetSet", "build_targets"]
+__all__ = ["Target", "TargetSet", "build_targets", "container_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def build_targets(target_label_sets: Iterable[Mapping[str, str]]) -> TargetSet:
     for raw in target_label_sets:
         labels = {name: value for name, value in raw.items() if value != ""}
         pid = _pid_of(labels)
-        container_id = None if pid is not None else _container_id_of(labels)
+        container_id = None if pid is not None else container_id_of(labels)
         if pid is None and container_id is None:
             skipped += 1
             continue
@@ -130,7 +130,7 @@ def _pid_of(labels: Mapping[str, str]) -> int | None:
     return pid if 0 < pid <= _UINT32_MAX else None
 
 
-def _container_id_of(labels: Mapping[str, str]) -> str | None:
+def container_id_of(labels: Mapping[str, str]) -> str | None:
     """The first container key present; a Kubernetes ID with an unknown scheme ends the
     search with no ID, as in Alloy."""
     if labels.get(LABEL_CONTAINER_ID):
