@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.errors import ProcessError
+from agent.symbols.cache import LruCache
 from agent.symbols.procmaps import read_process_entry, read_stat_fields
 
 __all__ = ["CgroupInfo", "ContainerIdCache", "parse_cgroup", "parse_container_id"]
@@ -105,9 +105,8 @@ class ContainerIdCache:
             raise ValueError(f"container ID cache size must be at least 1, got {size}")
         self.size = size
         self.proc_root = proc_root
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[int, tuple[int, str | None]] = OrderedDict()
+        # (pid, its start time) -> its container ID, "" for none: a reused pid is another key
+        self._entries: LruCache[tuple[int, int], str] = LruCache(size)
         self._lock = threading.Lock()
 
     def lookup(self, pid: int) -> str | None:
@@ -117,14 +116,10 @@ class ContainerIdCache:
         except (ProcessError, ValueError, IndexError):
             return None
         with self._lock:
-            entry = self._entries.get(pid)
-            if entry is not None and entry[0] == start_time:
-                self._entries.move_to_end(pid)
-                self.hits += 1
-                return entry[1]
-            self.misses += 1
-        container_id = self._read(pid, start_time)
-        return container_id
+            cached = self._entries.get((pid, start_time))
+        if cached is not None:
+            return cached or None
+        return self._read(pid, start_time)
 
     def _read(self, pid: int, start_time: int) -> str | None:
         try:
@@ -142,14 +137,21 @@ class ContainerIdCache:
 
     def _store(self, pid: int, start_time: int, container_id: str | None) -> None:
         with self._lock:
-            self._entries[pid] = (start_time, container_id)
-            self._entries.move_to_end(pid)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            self._entries.put((pid, start_time), container_id or "")
 
     def forget(self, pid: int) -> None:
         with self._lock:
-            self._entries.pop(pid, None)
+            for key, _ in self._entries.items():
+                if key[0] == pid:
+                    self._entries.pop(key)
+
+    @property
+    def hits(self) -> int:
+        return self._entries.hits
+
+    @property
+    def misses(self) -> int:
+        return self._entries.misses
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -157,5 +159,5 @@ class ContainerIdCache:
     def debug_info(self) -> dict[str, object]:
         """Size, counters and every entry, for the debug endpoint."""
         with self._lock:
-            entries = {pid: cid for pid, (_, cid) in self._entries.items()}
+            entries = {pid: cid or None for (pid, _), cid in self._entries.items()}
         return {"size": self.size, "hits": self.hits, "misses": self.misses, "entries": entries}
