@@ -73,6 +73,7 @@ clean:
 bench: install-test
 	$(PYTHON) bench/overhead.py
 	$(PYTHON) bench/python_cost.py
+	$(PYTHON) bench/unwind.py
 
 # deploy/manifests/emberscope.yaml from the Helm chart, through tools/chart-render (Go's
 # text/template and sprig, offline); tests/deploy/test_render.py fails when they drift.
