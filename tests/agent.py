@@ -1,5 +1,6 @@
-"""Run the real agent (``emberscope run``) in tests: a config in, its HTTP
-server, metrics, log and profiles out; read profiles back as samples of frames.
+"""The tests' shared helpers: run the real agent (``emberscope run``) with a
+config and read its HTTP server, metrics, log and profiles; read profiles back
+as samples of frames; wait for a condition; a free port; a process's CPU time.
 
     with run_agent(config_text, tmp_path) as agent:
         agent.wait_for_metrics()
@@ -10,6 +11,7 @@ server, metrics, log and profiles out; read profiles back as samples of frames.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,14 +75,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> object:
-    """Poll ``predicate`` until it returns something true; its value, or None on timeout."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 5.0, what: str = "", interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns something true, and return that. A
+    condition that raises an httpx error (a server not up yet) counts as false.
+    AssertionError naming ``what`` and the last answer when ``timeout`` s pass first."""
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
+        try:
+            answer = condition()
+        except httpx.HTTPError as exc:
+            answer = exc
+        if answer and not isinstance(answer, Exception):
+            return answer
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what or 'condition'}: not within {timeout:g} s ({answer!r})")
         time.sleep(interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a live process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def profiles_in(output: Path, service: str) -> list[tuple[dict, object]]:
@@ -197,7 +216,7 @@ class RunningAgent:
                 return False
             return True
 
-        assert wait_for(answers, timeout, 0.2), "the agent's /metrics never answered"
+        wait_for(answers, timeout, "the agent's /metrics", interval=0.2)
 
     def component(self, component_id: str) -> dict:
         return self.get(f"/api/v0/web/components/{component_id}").json()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.pprof import top_functions
-from tests.agent import profiles_in, workload_config
+from tests.agent import cpu_seconds, profiles_in, workload_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
@@ -48,12 +47,6 @@ def programs_held_by(pid: int) -> set[int]:
             int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")
         )
     return ids
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stream:
-        fields = stream.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")

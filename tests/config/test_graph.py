@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from agent.config import ComponentOptions, Graph, Health, check_config
 from agent.errors import ConfigError
+from tests.agent import wait_for
 
 WAIT = 5.0
 
@@ -129,13 +129,6 @@ test.source "origin" {
   value = 1
 }
 """
-
-
-def wait_for(condition, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 @pytest.fixture

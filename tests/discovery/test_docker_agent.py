@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.pprof import read_profile, top_functions
+from tests.agent import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "docker.alloy"
@@ -43,13 +43,6 @@ def profiles(output: Path) -> dict[str, list[tuple[dict, object]]]:
     for entries in found.values():
         entries.sort(key=lambda entry: entry[1].time_nanos)
     return found
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
 
 
 def started_at(podman, name: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from agent.discovery.kubernetes import (
     SelectorConfig,
     Timings,
 )
+from tests.agent import wait_for
 from tests.discovery.apiserver import LoopbackApiServer, container_id, make_pod, write_kubeconfig
 
 FAST = Timings(backoff_initial=0.1, backoff_max=0.5, watch_read_timeout=5.0)
@@ -58,13 +59,6 @@ def start(
     stop = threading.Event()
     threading.Thread(target=component.run, args=(stop,), daemon=True).start()
     return component, recorder, stop
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def names(recorder: Recorder) -> set[str]:

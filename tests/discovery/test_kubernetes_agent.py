@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agent.pprof import read_profile, top_functions
+from tests.agent import wait_for
 from tests.discovery.apiserver import LoopbackApiServer, container_id, make_pod
 from tests.discovery.test_containers import Cgroups, cgroup2_root
 
@@ -97,13 +98,6 @@ def of(found: dict[str, list[tuple[dict, Any]]], spec: tuple) -> list[tuple[dict
 
 def ends(profile: Any) -> int:
     return profile.time_nanos + profile.duration_nanos
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

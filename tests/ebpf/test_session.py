@@ -12,6 +12,7 @@ import pytest
 
 from agent.ebpf import PidEventType, PidState, Session, SessionOptions
 from agent.ebpf.perf import parse_cpu_list
+from tests.agent import cpu_seconds
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
@@ -23,13 +24,6 @@ def busy(build_workload):
     yield process
     process.kill()
     process.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a live process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stream:
-        fields = stream.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_samples_only_the_pids_it_is_told_to(busy, build_workload):

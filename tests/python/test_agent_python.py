@@ -3,7 +3,6 @@ on (the default) and off, its profiles, metrics and debug info."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from agent.pprof import read_profile
+from tests.agent import free_port
 from tests.python.conftest import pyenv_python
 from tests.test_agent import loaded_programs, programs_held_by
 
@@ -66,12 +66,6 @@ pyroscope.file "out" {{
   directory = "{output}"
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_agent(tmp_path: Path, python: Path, python_enabled: bool) -> dict:

@@ -25,7 +25,7 @@ from agent.profiler import ProcessProfile, Profiler
 from agent.python import PythonProcesses
 from agent.python.symbols import TRUNCATED_FRAME, UNKNOWN_FUNCTION
 from agent.symbols import Symbolizer
-from tests.agent import Sample, Site, read_samples, share
+from tests.agent import Sample, Site, cpu_seconds, read_samples, share
 from tests.test_agent import loaded_programs, programs_held_by
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
@@ -134,12 +134,6 @@ def workloads() -> Iterator[list[subprocess.Popen]]:
     started: list[subprocess.Popen] = []
     yield started
     stop_workloads(started)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stream:
-        fields = stream.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- profiles shared by several tests, one per interpreter ----------------------------

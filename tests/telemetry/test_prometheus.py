@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.agent import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
@@ -50,27 +50,6 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{port}"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(check, timeout: float):
-    """Call ``check`` until it returns something true; fail with its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            answer = check()
-        except httpx.HTTPError as exc:
-            answer = exc
-        if answer and not isinstance(answer, Exception):
-            return answer
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting: {answer!r}")
-        time.sleep(0.5)
 
 
 def stop(process: subprocess.Popen) -> None:

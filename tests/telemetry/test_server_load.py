@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from agent.config import Graph, Health
 from agent.telemetry import TelemetryServer, new_registry
 from agent.write import FileReceiver
+from tests.agent import wait_for
 
 HALF_OPEN = 1000
 CLIENT_TIMEOUT = 2.0  # seconds; the agent's default is 5
@@ -124,13 +125,6 @@ def timed_get(server: TelemetryServer, path: str) -> tuple[httpx.Response, float
 
 def dropped(registry: CollectorRegistry, reason: str) -> float:
     return registry.get_sample_value(DROPPED, {"reason": reason}) or 0.0
-
-
-def wait_for(check, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.02)
 
 
 def rss_kib() -> int:

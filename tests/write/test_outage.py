@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import ComponentOptions
 from agent.pprof import read_profile, top_functions
 from agent.write import PyroscopeWrite
+from tests.agent import free_port
 from tests.write.test_pyroscope import (
     Receiver,
     _handler,
@@ -109,12 +110,6 @@ class RestartableReceiver:
             except OSError:
                 pass
         self._connections.clear()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(port: int) -> tuple[dict[str, float], list]:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import base64
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from tests.agent import free_port, wait_for
 from tests.write.test_pyroscope import serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,24 +52,6 @@ pyroscope.write "dead" {{
   }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
