@@ -222,18 +222,24 @@ class Profiler:
         if event.type is PidEventType.NEW:
             self._facts[pid] = event
             self._decide(pid)
-        elif event.type is PidEventType.EXEC and self._routes.get(pid):
-            # A new program image: its old mappings mean nothing any more, and
-            # it may belong elsewhere now (discovery matches executables).
-            self._stop_profiling(pid)
-            self._decide(pid)
+        elif event.type is PidEventType.EXEC:
+            self._facts[pid] = event  # a new command name, maybe a new cgroup
+            if self._routes.get(pid):
+                self._exec(pid)
         elif event.type is PidEventType.EXIT:
             self._exited.add(pid)
         elif event.type is PidEventType.MAPPINGS and self._routes.get(pid):
             self._refresh_native([pid], now=True)
 
+    def _exec(self, pid: int) -> None:
+        """A new program image: its old mappings mean nothing any more, and it may
+        belong elsewhere now (discovery matches executables)."""
+        self._stop_profiling(pid)
+        self._decide(pid)
+
     def facts(self, pid: int) -> PidEvent:
-        """What the kernel reported of ``pid`` at its first sample, or its pid alone."""
+        """What the kernel reported of ``pid`` at its first sample or its last exec,
+        or its pid alone."""
         return self._facts.get(pid) or PidEvent(PidEventType.NEW, pid)
 
     def _decide(self, pid: int, *, wait: bool = True) -> tuple[Destination, ...]:

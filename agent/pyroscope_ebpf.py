@@ -19,7 +19,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agent.config.component import ArgumentError, Capsule, ComponentOptions, Duration, Health
-from agent.discovery import ContainerIdCache, Target, TargetSet, build_targets
+from agent.discovery import (
+    ContainerIdCache,
+    Target,
+    TargetSet,
+    build_targets,
+    only_unified_cgroups,
+)
 from agent.discovery.containers import parse_container_id
 from agent.ebpf import PidEvent
 from agent.errors import ConfigError, EmberscopeError
@@ -150,6 +156,7 @@ class Sampler:
         self._components: list[EbpfComponent] = []
         self._lock = threading.Lock()
         self._containers = ContainerIdCache(arguments.container_id_cache_size)
+        self._unified_cgroups = only_unified_cgroups()
         self._core = SamplingCore(core_options(arguments), self._classify)
         self._session = self._core.session
         self._symbolizer = self._core.symbolizer
@@ -299,11 +306,14 @@ class Sampler:
 
     def _classify(self, process: PidEvent) -> list[_TargetProfile]:
         pid = process.pid
-        # A process that is gone, or in a container ID's cgroup, keeps the ID
-        # the kernel saw at its first sample.
-        container_id = self._containers.lookup(pid) or parse_container_id(
-            f"0::/{process.cgroup_name}"
-        )
+        # The v2 cgroup the kernel saw at its first sample or last exec: no /proc
+        # read, and a process already gone still has it. Where v1 hierarchies are
+        # mounted too, a container may show in them alone: /proc says more then.
+        container_id = None
+        if process.cgroup_name:
+            container_id = parse_container_id(f"0::/{process.cgroup_name}")
+        if container_id is None and not self._unified_cgroups:
+            container_id = self._containers.lookup(pid)
         routes = []
         for component in self._components:
             route = component.route(pid, container_id)

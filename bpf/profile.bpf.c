@@ -144,8 +144,12 @@ static __always_inline void send_event(__u32 type, __u32 pid)
 		count_drop(DROP_EVENTS_FULL);
 }
 
-/* A new process, with what classifying it needs even after it has exited. */
-static __always_inline void send_new_event(struct task_struct *task, __u32 tgid)
+/*
+ * What classifying a process needs, read where it runs now: sent when it is
+ * first seen (NEW) and when it execs (a container's entry point is exec'd
+ * after its runtime moved it into the container's cgroup).
+ */
+static __always_inline void send_process_event(__u32 type, struct task_struct *task, __u32 tgid)
 {
 	struct pid_event *event;
 	const char *name;
@@ -155,7 +159,7 @@ static __always_inline void send_new_event(struct task_struct *task, __u32 tgid)
 		count_drop(DROP_EVENTS_FULL);
 		return;
 	}
-	event->type = PID_EVENT_NEW;
+	event->type = type;
 	event->pid = tgid;
 	event->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	event->_pad = 0;
@@ -186,7 +190,7 @@ static __always_inline struct pid_config *track_new_pid(struct task_struct *task
 		return NULL;
 	}
 	if (!err)
-		send_new_event(task, tgid);
+		send_process_event(PID_EVENT_NEW, task, tgid);
 	return bpf_map_lookup_elem(&pids, &tgid);
 }
 
@@ -433,7 +437,7 @@ int handle_exec(void *ctx)
 	/* its mappings are the old image's until userspace loads the new tables */
 	if (pc->native == NATIVE_TABLES)
 		pc->native = NATIVE_WAITING;
-	send_event(PID_EVENT_EXEC, tgid);
+	send_process_event(PID_EVENT_EXEC, (struct task_struct *)bpf_get_current_task(), tgid);
 	return 0;
 }
 

@@ -3,6 +3,7 @@
 from agent.discovery.containers import (
     CgroupInfo,
     ContainerIdCache,
+    only_unified_cgroups,
     parse_cgroup,
     parse_container_id,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Target",
     "TargetSet",
     "build_targets",
+    "only_unified_cgroups",
     "parse_cgroup",
     "parse_container_id",
     "relabel",

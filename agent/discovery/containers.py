@@ -8,6 +8,7 @@ by (pid, start time) because PIDs are reused.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -16,7 +17,13 @@ from agent.errors import ProcessError
 from agent.symbols.cache import LruCache
 from agent.symbols.procmaps import read_process_entry, read_stat_fields
 
-__all__ = ["CgroupInfo", "ContainerIdCache", "parse_cgroup", "parse_container_id"]
+__all__ = [
+    "CgroupInfo",
+    "ContainerIdCache",
+    "only_unified_cgroups",
+    "parse_cgroup",
+    "parse_container_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,17 @@ def parse_container_id(cgroup_text: str) -> str | None:
     """The container ID of the process, or None for host processes and conmon monitors."""
     info = parse_cgroup(cgroup_text)
     return None if info.is_conmon else info.container_id
+
+
+def only_unified_cgroups(proc_root: str = "/proc") -> bool:
+    """Whether this host has the cgroup v2 hierarchy alone (``/proc/self/cgroup`` is
+    one ``0::`` line): then a process's v2 cgroup says all there is of its container."""
+    try:
+        text = read_process_entry(os.getpid(), "cgroup", proc_root).decode("utf-8", "replace")
+    except ProcessError:
+        return False
+    lines = text.splitlines()
+    return len(lines) == 1 and lines[0].startswith("0::")
 
 
 def _read_start_time(proc_root: str, pid: int) -> int:

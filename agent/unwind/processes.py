@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.errors import EmberscopeError
+from agent.symbols.cache import LruCache
 from agent.symbols.elf import LoadSegment, read_layout
 from agent.symbols.procmaps import MapEntry, open_mapped_file, read_maps
 from agent.unwind.cache import TableCache
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # Rows per file the kernel's binary search covers (UNWIND_SEARCH_STEPS).
 _MAX_FILE_ROWS = 1 << 21
+_LAYOUT_CACHE_SIZE = 512  # files whose build ID and segments are kept
 _FileKey = tuple[Any, ...]  # ("build-id", hex) or ("inode", dev, inode)
 
 
@@ -86,6 +88,10 @@ class NativeUnwinder:
         self._files: OrderedDict[_FileKey, _File] = OrderedDict()  # least recently used first
         self._failed: dict[_FileKey, str] = {}  # files whose table could not be had
         self._processes: dict[int, _Process] = {}
+        # (device, inode) -> build ID and load segments
+        self._layouts: LruCache[tuple[int, int, int], tuple[str, tuple[LoadSegment, ...]]] = (
+            LruCache(_LAYOUT_CACHE_SIZE)
+        )
         self.counters: Counter[str] = Counter()
 
     def add(self, pid: int) -> bool:
@@ -171,21 +177,27 @@ class NativeUnwinder:
             file.users.discard(pid)
 
     def _placed_file(self, pid: int, entry: MapEntry) -> tuple[_FileKey, _File, int] | None:
-        """The file's table in the kernel and the mapping's bias; None: no table."""
+        """The file's table in the kernel and the mapping's bias; None: no table.
+
+        A file's build ID and segments are read once per inode: a node starting
+        processes all day maps the same few libraries into each of them.
+        """
+        inode = (entry.dev_major, entry.dev_minor, entry.inode)
         try:
+            layout = self._layouts.get(inode)
+            if layout is None:
+                with open_mapped_file(pid, entry) as stream:
+                    layout = read_layout(stream, entry.path)
+                self._layouts.put(inode, layout)
+            build_id, segments = layout
+            bias = _bias(entry, segments)
+            key: _FileKey = ("build-id", build_id) if build_id else ("inode", *inode)
+            if key in self._files:
+                self._files.move_to_end(key)
+                return key, self._files[key], bias
+            if key in self._failed or bias is None:
+                return None
             with open_mapped_file(pid, entry) as stream:
-                build_id, segments = read_layout(stream, entry.path)
-                bias = _bias(entry, segments)
-                key: _FileKey = (
-                    ("build-id", build_id)
-                    if build_id
-                    else ("inode", entry.dev_major, entry.dev_minor, entry.inode)
-                )
-                if key in self._files:
-                    self._files.move_to_end(key)
-                    return key, self._files[key], bias
-                if key in self._failed or bias is None:
-                    return None
                 file = self._load(key, build_id, stream, entry.path)
         except (EmberscopeError, OSError) as exc:
             self.counters["files_failed"] += 1

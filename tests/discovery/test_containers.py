@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import CgroupInfo, ContainerIdCache, parse_cgroup, parse_container_id
+from agent.discovery import (
+    CgroupInfo,
+    ContainerIdCache,
+    only_unified_cgroups,
+    parse_cgroup,
+    parse_container_id,
+)
 
 
 def hex_id(seed: str) -> str:
@@ -337,3 +343,13 @@ def test_real_cgroup_v1_lines(sleeper, v1_hierarchy):
         check_real_layouts(sleeper, cgroups, prefix.split(":/", 1)[0] + ":")
     finally:
         cgroups.close([sleeper.pid])
+
+
+def test_only_unified_cgroups_tells_a_v2_host_from_a_hybrid_one(tmp_path):
+    own = tmp_path / str(os.getpid())
+    own.mkdir()
+    (own / "cgroup").write_text("0::/system.slice/emberscope.service\n")
+    assert only_unified_cgroups(str(tmp_path))
+    (own / "cgroup").write_text("4:memory:/x\n1:name=systemd:/x\n0::/\n")
+    assert not only_unified_cgroups(str(tmp_path))
+    assert not only_unified_cgroups(str(tmp_path / "nowhere"))
