@@ -211,11 +211,21 @@ static __always_inline enum unwind_stat step_row(struct native_walk *walk,
 	default:
 		return UNWIND_END_UNSUPPORTED;
 	}
-	if (!read_user_u64(&ra, cfa - 8))
-		return UNWIND_END_READ_FAULT;
-	if (row->cfa_type != CFA_PLT && row->rbp_offset &&
-	    !read_user_u64(&walk->bp, cfa + (__s64)row->rbp_offset * 8))
-		return UNWIND_END_READ_FAULT;
+	if (row->cfa_type != CFA_PLT && row->rbp_offset == -2) {
+		/* rbp pushed right below the return address (push rbp): one read for both */
+		__u64 saved[2];
+
+		if (bpf_probe_read_user(saved, sizeof(saved), (void *)(cfa - 16)))
+			return UNWIND_END_READ_FAULT;
+		walk->bp = saved[0];
+		ra = saved[1];
+	} else {
+		if (!read_user_u64(&ra, cfa - 8))
+			return UNWIND_END_READ_FAULT;
+		if (row->cfa_type != CFA_PLT && row->rbp_offset &&
+		    !read_user_u64(&walk->bp, cfa + (__s64)row->rbp_offset * 8))
+			return UNWIND_END_READ_FAULT;
+	}
 	walk->sp = cfa;
 	walk->ip = ra;
 	walk->exact_ip = 0;
