@@ -56,6 +56,7 @@ struct native_walk {
 	__u64 ip, sp, bp;
 	__u8 exact_ip;		/* ip is not a return address: no -1 for the lookup */
 	__u8 waiting;		/* no tables yet: record the leaf and stop */
+	struct unwind_mapping mapping;	/* the last mapping found: callers often share it */
 	struct stack_trace trace;
 };
 
@@ -108,6 +109,7 @@ static __always_inline bool begin_native_walk(struct bpf_perf_event_data *ctx,
 	walk->depth = 0;
 	walk->exact_ip = 1;
 	walk->waiting = mode == NATIVE_WAITING;
+	walk->mapping.end = 0;
 	/* equal stacks must be equal values in the stacks map: zero past the depth */
 	__builtin_memset(&walk->trace, 0, sizeof(walk->trace));
 	return true;
@@ -237,7 +239,7 @@ static __always_inline enum unwind_stat step_row(struct native_walk *walk,
 static __always_inline enum unwind_stat step_native(struct native_walk *walk)
 {
 	struct unwind_mapping_key key = { .prefixlen = 96, .pid = walk->key.pid };
-	struct unwind_mapping *mapping;
+	struct unwind_mapping *mapping, *found;
 	struct unwind_row *row;
 	__u32 depth = walk->depth;
 	__u64 lookup;
@@ -257,12 +259,16 @@ static __always_inline enum unwind_stat step_native(struct native_walk *walk)
 	}
 	/* a return address may point past a call that never returns: look up the call */
 	lookup = walk->exact_ip ? walk->ip : walk->ip - 1;
-	key.address = bpf_cpu_to_be64(lookup);
-	mapping = bpf_map_lookup_elem(&unwind_mappings, &key);
-	if (!mapping) {
-		ask_for_mappings(walk->key.pid);
-		return UNWIND_END_NO_MAPPING;	/* junk is never recorded as a frame */
+	if (lookup < walk->mapping.start || lookup >= walk->mapping.end) {
+		key.address = bpf_cpu_to_be64(lookup);
+		found = bpf_map_lookup_elem(&unwind_mappings, &key);
+		if (!found) {
+			ask_for_mappings(walk->key.pid);
+			return UNWIND_END_NO_MAPPING;	/* junk is never recorded as a frame */
+		}
+		walk->mapping = *found;
 	}
+	mapping = &walk->mapping;
 	walk->trace.ips[depth & (MAX_STACK_DEPTH - 1)] = walk->ip;
 	walk->depth = depth + 1;
 	if (!mapping->table_rows)

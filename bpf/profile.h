@@ -98,6 +98,8 @@ struct unwind_mapping_key {
 
 /* Where a mapping's table lies in unwind_rows; rows == 0: frame pointers. */
 struct unwind_mapping {
+	__u64 start;		/* the mapping's addresses: [start, end) */
+	__u64 end;
 	__u64 bias;		/* file address = address - bias */
 	__u32 table_start;
 	__u32 table_rows;

@@ -248,6 +248,8 @@ class UnwindMappingKey(ctypes.Structure):
 
 class UnwindMapping(ctypes.Structure):
     _fields_ = [
+        ("start", ctypes.c_uint64),
+        ("end", ctypes.c_uint64),
         ("bias", ctypes.c_uint64),
         ("table_start", ctypes.c_uint32),
         ("table_rows", ctypes.c_uint32),

@@ -382,7 +382,9 @@ class Session:
     ) -> int:
         """Point [start, end) of ``pid`` at a table (rows 0: frame pointers); return the
         number of trie entries it took."""
-        value = UnwindMapping(bias=bias, table_start=table_start, table_rows=table_rows)
+        value = UnwindMapping(
+            start=start, end=end, bias=bias, table_start=table_start, table_rows=table_rows
+        )
         prefixes = _prefixes(start, end)
         for address, bits in prefixes:
             key = _mapping_key(pid, address, bits)

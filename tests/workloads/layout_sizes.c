@@ -85,6 +85,8 @@ int main(void)
 	FIELD(unwind_mapping_key, pid);
 	FIELD(unwind_mapping_key, address);
 	SIZE(unwind_mapping);
+	FIELD(unwind_mapping, start);
+	FIELD(unwind_mapping, end);
 	FIELD(unwind_mapping, bias);
 	FIELD(unwind_mapping, table_start);
 	FIELD(unwind_mapping, table_rows);
