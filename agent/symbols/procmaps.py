@@ -12,13 +12,16 @@ import errno
 import io
 import os
 import stat
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from agent.errors import ProcessError, SymbolError
 
 __all__ = [
     "MAX_ENTRY_BYTES",
+    "READ_DEADLINE_S",
     "MAX_MAPS_BYTES",
     "MapEntry",
     "open_in_root",
@@ -30,6 +33,11 @@ __all__ = [
 ]
 
 _DELETED = " (deleted)"
+# How long a read of a process's maps may take before it is given up (see _within_deadline).
+READ_DEADLINE_S = 2.0
+_STUCK_READS = 8
+_READ_SLOTS = threading.BoundedSemaphore(_STUCK_READS)
+T = TypeVar("T")
 
 # /proc/<pid>/stat, comm, cgroup, status are a few KB; cmdline is bounded by the
 # kernel's argument space. More than this is not one of those files.
@@ -93,14 +101,50 @@ def read_maps(pid: int, proc_root: str = "/proc") -> list[MapEntry]:
     nothing to symbolize. A path mapped many times is kept once.
     """
     path = f"{proc_root}/{pid}/maps"
-    stream = io.TextIOWrapper(
-        _open_entry(pid, path), encoding="utf-8", errors="surrogateescape", newline="\n"
-    )
-    with stream:
-        entries = _read_lines(pid, path, stream)
+
+    def read() -> list[MapEntry]:
+        stream = io.TextIOWrapper(
+            _open_entry(pid, path), encoding="utf-8", errors="surrogateescape", newline="\n"
+        )
+        with stream:
+            return _read_lines(pid, path, stream)
+
+    entries = _within_deadline(pid, path, read)
     if not entries:
         raise ProcessError(pid, "process has no memory mappings (exited or a kernel thread)")
     return entries
+
+
+def _within_deadline(pid: int, path: str, read: Callable[[], T]) -> T:
+    """``read()``'s answer, or ProcessError when it takes over READ_DEADLINE_S.
+
+    Reading a process's maps takes its memory-map lock, which a process can
+    hold for as long as it likes (a page fault on a hung network file system):
+    the read runs on a thread of its own, so the caller is never held longer.
+    A read still stuck keeps its thread; past _STUCK_READS of them, reads are
+    refused at once rather than piling up threads.
+    """
+    if not _READ_SLOTS.acquire(blocking=False):
+        raise ProcessError(pid, f"{path}: {_STUCK_READS} reads of process files are stuck")
+    answer: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            answer.append((True, read()))
+        except BaseException as exc:  # handed to the caller below
+            answer.append((False, exc))
+        finally:
+            _READ_SLOTS.release()
+
+    reader = threading.Thread(target=run, name=f"read {path}", daemon=True)
+    reader.start()
+    reader.join(READ_DEADLINE_S)
+    if not answer:
+        raise ProcessError(pid, f"{path}: no answer within {READ_DEADLINE_S:g} s")
+    ok, value = answer[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _read_lines(pid: int, path: str, stream: io.TextIOWrapper) -> list[MapEntry]:

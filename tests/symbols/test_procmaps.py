@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -229,3 +230,39 @@ def test_open_in_root_keeps_symlinks_inside_the_root(tmp_path):
     assert open_in_root(str(tmp_path / "gone"), "/etc/name") is None
     with pytest.raises(SymbolError, match="is a directory, not a regular file"):
         open_in_root(str(root), "/etc")
+
+
+def test_a_maps_read_that_hangs_is_given_up_after_the_deadline(monkeypatch):
+    """A process can hold its memory-map lock (a page fault on a hung file system):
+    the read is left on its own thread and the caller gets an error in time."""
+    release = threading.Event()
+    monkeypatch.setattr(procmaps, "READ_DEADLINE_S", 0.2)
+    monkeypatch.setattr(procmaps, "_read_lines", lambda *args: release.wait(30) and [])
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProcessError, match="no answer within 0.2 s"):
+            procmaps.read_maps(os.getpid())
+        assert time.monotonic() - started < 1
+    finally:
+        release.set()
+
+
+def test_stuck_reads_do_not_pile_up_threads(monkeypatch):
+    release = threading.Event()
+    monkeypatch.setattr(procmaps, "READ_DEADLINE_S", 0.05)
+    monkeypatch.setattr(procmaps, "_read_lines", lambda *args: release.wait(30) and [])
+    threads = threading.active_count()
+    try:
+        for _ in range(procmaps._STUCK_READS):
+            with pytest.raises(ProcessError, match="no answer"):
+                procmaps.read_maps(os.getpid())
+        with pytest.raises(ProcessError, match="reads of process files are stuck"):
+            procmaps.read_maps(os.getpid())
+        assert threading.active_count() == threads + procmaps._STUCK_READS
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    monkeypatch.undo()
+    assert procmaps.read_maps(os.getpid())  # the slots are free again
