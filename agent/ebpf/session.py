@@ -662,11 +662,8 @@ def _mapping_key(pid: int, address: int, bits: int) -> UnwindMappingKey:
 
 def _addresses(trace: StackTrace) -> tuple[int, ...]:
     """The captured frames of a zero-filled stack."""
-    ips = trace.ips
-    depth = 0
-    while depth < len(ips) and ips[depth]:
-        depth += 1
-    return tuple(ips[:depth])
+    ips = tuple(trace.ips)
+    return ips[: ips.index(0)] if 0 in ips else ips
 
 
 def _python_stack(key: int, stack: PyStack) -> PythonStack:

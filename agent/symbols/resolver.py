@@ -32,6 +32,8 @@ _FileKey = tuple[int, int, int]  # dev major, dev minor, inode
 _REFRESH_EVERY_S = 1.0
 # A JIT appends to its perf map all the time: look at it at most this often.
 _PERF_MAP_EVERY_S = 1.0
+# Resolved frames kept per process (about 200 bytes each), emptied when full.
+_FRAMES_PER_PROCESS = 8192
 
 
 @dataclass
@@ -49,6 +51,9 @@ class _Process:
     perf_map: PerfMap | None = None
     perf_map_checked_at: float = float("-inf")
     refreshed_at: float = 0.0  # when an unmapped address last made us re-read its maps
+    # (address, is a return address) -> its frame, for addresses in files: the same
+    # few thousand addresses recur in every stack; forgotten when the maps are read
+    frames: dict[tuple[int, bool], Frame] = field(default_factory=dict)
 
     def find(self, address: int) -> MapEntry | None:
         index = bisect_right(self.starts, address) - 1
@@ -189,6 +194,10 @@ class Symbolizer:
             return [_unknown(address) for address in addresses]
         frames = []
         for depth, address in enumerate(addresses):
+            frame = process.frames.get((address, depth > 0))
+            if frame is not None:
+                frames.append(frame)
+                continue
             lookup = address - 1 if depth else address
             entry = process.find(lookup)
             if entry is None and not refreshed and _may_refresh(process):
@@ -199,7 +208,12 @@ class Symbolizer:
                 process.refreshed_at = time.monotonic()
                 if self._try_refresh(pid, process):
                     entry = process.find(lookup)
-            frames.append(self._user_frame(pid, process, entry, address, lookup))
+            frame = self._user_frame(pid, process, entry, address, lookup)
+            if entry is not None and entry.is_file:
+                if len(process.frames) >= _FRAMES_PER_PROCESS:
+                    process.frames.clear()
+                process.frames[(address, depth > 0)] = frame
+            frames.append(frame)
         return frames
 
     def resolve_kernel(self, addresses: Sequence[int]) -> list[Frame]:
@@ -236,6 +250,7 @@ class Symbolizer:
         )
         process.mappings = mappings
         process.starts = [m.start for m in mappings]
+        process.frames.clear()
         for entry in mappings:
             key = _file_key(entry)
             if entry.is_file and key not in process.tables and key not in process.streams:
