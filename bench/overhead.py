@@ -9,7 +9,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -21,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from results import RESULTS, describe_machine, write_section
+
 from agent.config import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBERSCOPE = ROOT / ".venv" / "bin" / "emberscope"
-RESULTS = ROOT / "bench" / "RESULTS.md"
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 PROGRAM = "do_sample"
 # The design's targets for the agent, listed in bench/README.md.
@@ -227,13 +227,6 @@ def format_targets(ember: Usage, short: Usage, bpf: BpfStats | None, seconds: fl
     return f"{cpu}\n{rss}\n{mark('BPF cost', us, TARGET_BPF_US, 'µs/sample')}"
 
 
-def describe_machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    model = found.group(1).strip() if found else "unknown CPU"
-    return f"Linux {platform.release()}, {os.cpu_count()} CPUs, {model}"
-
-
 def write_results(report: str, targets: str, args: argparse.Namespace) -> None:
     argv = [".venv/bin/python", "bench/overhead.py", *sys.argv[1:]]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -249,21 +242,7 @@ def write_results(report: str, targets: str, args: argparse.Namespace) -> None:
         "start-up and writing included. MB are MiB of peak RSS (`ru_maxrss`).\n\n"
         f"{report}\n\n## Targets\n\n{targets}\n"
     )
-    RESULTS.write_text(replace_section(RESULTS.read_text() if RESULTS.exists() else "", section))
-
-
-def replace_section(document: str, section: str) -> str:
-    """``document`` with the top-level section titled as ``section``'s first
-    line replaced by ``section`` (or ``section`` added first): other
-    benchmarks' sections of RESULTS.md are kept."""
-    title = section.splitlines()[0]
-    lines = document.splitlines(keepends=True)
-    if title + "\n" not in lines:
-        return section + ("\n" + document if document else "")
-    start = lines.index(title + "\n")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# ")), len(lines))
-    rest = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + rest if rest else "")
+    write_section(section)
 
 
 def main() -> int:

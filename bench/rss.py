@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import describe_machine, replace_section  # noqa: E402
+from bench.results import describe_machine, write_section  # noqa: E402
 from tests.agent import free_port  # noqa: E402
 from tests.discovery.apiserver import LoopbackApiServer  # noqa: E402
 from tests.discovery.test_containers import Cgroups, cgroup2_root  # noqa: E402
@@ -365,11 +365,7 @@ def write_results(report: str, maps: str, targets: str, args: argparse.Namespace
         f"- Date: {now}\n- Machine: {describe_machine()}\n- Command: `{' '.join(argv)}`\n\n"
         f"{legend}\n\n{report}\n\n{maps}\n\n## Targets\n\n{targets}\n"
     )
-    document = RESULTS.read_text() if RESULTS.exists() else ""
-    if TITLE + "\n" in document.splitlines(keepends=True):
-        RESULTS.write_text(replace_section(document, section))
-    else:
-        RESULTS.write_text(document.rstrip("\n") + "\n\n" + section)
+    write_section(section)
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from results import describe_machine, write_section
+
 from agent.symbols.debuginfo import read_debug_symbols
 from agent.symbols.elf import read_build_id, read_elf
 from agent.symbols.gopclntab import read_gopclntab
@@ -31,7 +32,6 @@ from agent.symbols.kallsyms import read_kallsyms
 from agent.symbols.minidebuginfo import read_minidebuginfo
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "# Symbolization results"
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 LIBPYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
@@ -215,28 +215,13 @@ def report(rows: list[dict], count: int, repeat: int) -> str:
 
 def write_results(body: str, command: str) -> None:
     """Replace (or append) this benchmark's top-level section, keeping the others."""
-    machine = f"Linux {platform.release()}, {os.cpu_count()} CPUs, {_cpu_model()}"
+    machine = describe_machine()
     section = (
         f"{SECTION}\n\nWritten by `bench/symbols.py --write-results`.\n\n"
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
         f"- Machine: {machine}\n- Command: `{command}`\n\n{body}\n"
     )
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = text.find("\n# ", start + len(SECTION))
-    rest = text[end + 1 :] if end >= 0 else ""
-    RESULTS.write_text(text[:start] + section + ("\n" + rest if rest else ""))
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as stream:
-        for line in stream:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
+    write_section(section)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from results import describe_machine, write_section
+
 from agent.symbols.elf import read_build_id
 from agent.unwind import TableCache, UnwindError, build_table
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "# Unwind table results"
 FILES = [
     "/usr/bin/python3.11",
@@ -184,28 +184,13 @@ def measure_machine() -> list[str]:
 
 def write_results(body: str, command: str) -> None:
     """Replace (or append) this benchmark's top-level section, keeping the others."""
-    machine = f"Linux {platform.release()}, {os.cpu_count()} CPUs, {_cpu_model()}"
+    machine = describe_machine()
     section = (
         f"{SECTION}\n\nWritten by `bench/unwind_tables.py --write-results`.\n\n"
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
         f"- Machine: {machine}\n- Command: `{command}`\n\n{body}\n"
     )
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = text.find("\n# ", start + len(SECTION))
-    rest = text[end + 1 :] if end >= 0 else ""
-    RESULTS.write_text(text[:start] + section + ("\n" + rest if rest else ""))
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as stream:
-        for line in stream:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
+    write_section(section)
 
 
 def main() -> None:
