@@ -69,6 +69,31 @@ def workload_config(folder: Path, output: Path, *, ebpf: str = "", rules: str = 
     return _WORKLOAD_CONFIG.format(folder=folder, output=output, ebpf=ebpf, rules=rules)
 
 
+def loaded_programs() -> dict[int, str]:
+    """Every BPF program loaded in the kernel: id -> name."""
+    shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    return {p["id"]: p.get("name", "") for p in json.loads(shown.stdout or "[]")}
+
+
+def held_bpf_ids(pid: int, kind: str = "prog") -> set[int]:
+    """The ids of the BPF programs (``kind`` "prog") or maps ("map") a process
+    holds file descriptors of. An fd closed while listed is skipped."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except FileNotFoundError:
+            continue
+        ids.update(
+            int(line.split()[1]) for line in text.splitlines() if line.startswith(f"{kind}_id:")
+        )
+    return ids
+
+
+def programs_held_by(pid: int) -> set[int]:
+    return held_bpf_ids(pid, "prog")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.pprof import top_functions
-from tests.agent import cpu_seconds, profiles_in, workload_config
+from tests.agent import cpu_seconds, loaded_programs, profiles_in, programs_held_by, workload_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
@@ -24,29 +23,6 @@ ENV_RULE = """  rule {
     replacement  = "test"
   }
 """
-
-
-def loaded_programs() -> dict[int, str]:
-    """Every BPF program loaded in the kernel: id -> name."""
-    shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
-    return {p["id"]: p.get("name", "") for p in json.loads(shown.stdout or "[]")}
-
-
-def programs_held_by(pid: int) -> set[int]:
-    """The ids of the BPF programs a process holds file descriptors of.
-
-    An fd closed while listed is skipped: the listing's own, in this process.
-    """
-    ids = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = info.read_text()
-        except FileNotFoundError:
-            continue
-        ids.update(
-            int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")
-        )
-    return ids
 
 
 @pytest.fixture(scope="module")

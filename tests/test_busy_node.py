@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.config.component import ComponentOptions
 from agent.pyroscope_ebpf import _SHARED_KEY, EbpfComponent
-from tests.agent import profiles_in, run_agent, wait_for, workload_config
+from tests.agent import held_bpf_ids, profiles_in, run_agent, wait_for, workload_config
 from tests.discovery.test_containers import Cgroups, cgroup2_root
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
@@ -30,20 +30,9 @@ def process_config(folder: Path, output: Path, rate: int, pid_map_size: int) -> 
     return workload_config(folder, output, ebpf=arguments)
 
 
-def held_map_ids(pid: int) -> set[int]:
-    ids = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = info.read_text()
-        except FileNotFoundError:
-            continue
-        ids.update(int(line.split()[1]) for line in text.splitlines() if line.startswith("map_id:"))
-    return ids
-
-
 def pid_map_keys(agent_pid: int) -> list[int]:
     """The pids in the agent's pid map, read with bpftool."""
-    for map_id in held_map_ids(agent_pid):
+    for map_id in held_bpf_ids(agent_pid, "map"):
         shown = json.loads(
             subprocess.run(
                 ["bpftool", "-j", "map", "show", "id", str(map_id)], capture_output=True, text=True

@@ -12,9 +12,8 @@ import httpx
 import pytest
 
 from agent.pprof import read_profile
-from tests.agent import free_port
+from tests.agent import free_port, loaded_programs, programs_held_by
 from tests.python.conftest import pyenv_python
-from tests.test_agent import loaded_programs, programs_held_by
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")

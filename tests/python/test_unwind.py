@@ -25,8 +25,15 @@ from agent.profiler import ProcessProfile, Profiler
 from agent.python import PythonProcesses
 from agent.python.symbols import TRUNCATED_FRAME, UNKNOWN_FUNCTION
 from agent.symbols import Symbolizer
-from tests.agent import Sample, Site, cpu_seconds, read_samples, share
-from tests.test_agent import loaded_programs, programs_held_by
+from tests.agent import (
+    Sample,
+    Site,
+    cpu_seconds,
+    loaded_programs,
+    programs_held_by,
+    read_samples,
+    share,
+)
 
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
