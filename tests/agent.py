@@ -243,6 +243,16 @@ class RunningAgent:
 
         wait_for(answers, timeout, "the agent's /metrics", interval=0.2)
 
+    def wait_for_sampling(self, timeout: float = 30) -> None:
+        """Until the BPF program samples: /metrics answers before the components start."""
+        self.wait_for_metrics(timeout)
+        wait_for(
+            lambda: any(s.name == "emberscope_ebpf_samples_total" for s in self.metrics()),
+            timeout,
+            "the agent's BPF program",
+            interval=0.2,
+        )
+
     def component(self, component_id: str) -> dict:
         return self.get(f"/api/v0/web/components/{component_id}").json()
 

@@ -25,6 +25,15 @@ ENV_RULE = """  rule {
 """
 
 
+def still_loaded(programs: set[int], timeout: float = 5.0) -> set[int]:
+    """Which of ``programs`` are still loaded once the kernel has had ``timeout``
+    seconds to free them: it frees a closed program after an RCU grace period."""
+    deadline = time.monotonic() + timeout
+    while (left := programs & loaded_programs().keys()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 @pytest.fixture(scope="module")
 def agent_run(build_workload, tmp_path_factory):
     """Run the agent for about four intervals; a second workload starts midway."""
@@ -72,7 +81,7 @@ def agent_run(build_workload, tmp_path_factory):
         "second_started": second_started,
         "late_cpu_s": late_cpu_s,
         "names": names,
-        "left": held & loaded_programs().keys(),
+        "left": still_loaded(held),
     }
 
 

@@ -72,7 +72,7 @@ def test_5000_exits_leave_only_live_pids_in_a_256_entry_map(build_workload, tmp_
     output = tmp_path / "out"
     config = process_config(churner.parent, output, rate=1000, pid_map_size=256)
     with run_agent(config, tmp_path) as agent:
-        agent.wait_for_metrics()
+        agent.wait_for_sampling()
         # 2-3 ms of CPU each: at 1000 Hz nearly every child is sampled, so tracked
         spawned = churn(churner, 5000, 2000, 3000, 2)
         children_cpu_s(spawned)
@@ -98,7 +98,7 @@ def test_a_full_pid_map_counts_its_drops_and_heals_when_processes_exit(build_wor
     output = tmp_path / "out"
     config = process_config(churner.parent, output, rate=1000, pid_map_size=64)
     with run_agent(config, tmp_path) as agent:
-        agent.wait_for_metrics()
+        agent.wait_for_sampling()
         sleepers = churn(churner, 300, 3000, 4000, 300, 8)
         time.sleep(3)
         worker = subprocess.Popen([str(busy), "12"])
@@ -109,8 +109,17 @@ def test_a_full_pid_map_counts_its_drops_and_heals_when_processes_exit(build_wor
                 ),
                 5,
             )
-            health = agent.component("pyroscope.ebpf.default")["health"]
-            assert health["state"] == "unhealthy" and "pid_map_size" in health["message"]
+            # shown from the next collection on (collect_interval 1 s)
+            health = wait_for(
+                lambda: (
+                    (h := agent.component("pyroscope.ebpf.default")["health"])["state"]
+                    == "unhealthy"
+                    and h
+                ),
+                3,
+                "unhealthy",
+            )
+            assert "pid_map_size" in health["message"]
             children_cpu_s(sleepers)  # the sleepers exit
             healed = time.time_ns() + 1_000_000_000
             assert wait_for(lambda: samples_of(output, busy.name, healed) > 100, 8)
@@ -188,7 +197,7 @@ def test_processes_living_30_to_200_ms_keep_their_samples(build_workload, tmp_pa
         service = churner.name
     cgroups = Cgroups(cgroup2_root())
     with run_agent(config, tmp_path) as agent:
-        agent.wait_for_metrics()
+        agent.wait_for_sampling()
         # parked in a stopped state until moved into its cgroup: its children inherit it
         burners = subprocess.Popen(
             [

@@ -295,6 +295,8 @@ class Symbolizer:
         """Name code without a symbol by the start of its function, which
         ``function_start(build_id, file address)`` knows (a file's FDEs)."""
         self._function_start = function_start
+        for _, process in self._processes.items():
+            process.frames.clear()  # named without it
 
     def _unnamed_offset(
         self, info: ElfInfo | None, entry: MapEntry, address: int, lookup: int

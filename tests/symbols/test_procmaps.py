@@ -21,6 +21,7 @@ from agent.symbols.procmaps import (
     read_maps,
     read_process_entry,
 )
+from tests.agent import wait_for
 
 CAPTURED = """\
 55d4a1a00000-55d4a1a02000 r--p 00000000 fd:01 1835021                    /usr/bin/cat
@@ -247,22 +248,26 @@ def test_a_maps_read_that_hangs_is_given_up_after_the_deadline(monkeypatch):
         release.set()
 
 
+def readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("read ") and t.is_alive()]
+
+
 def test_stuck_reads_do_not_pile_up_threads(monkeypatch):
+    wait_for(lambda: not readers(), 5, "reads left by another test")
     release = threading.Event()
     monkeypatch.setattr(procmaps, "READ_DEADLINE_S", 0.05)
     monkeypatch.setattr(procmaps, "_read_lines", lambda *args: release.wait(30) and [])
-    threads = threading.active_count()
     try:
         for _ in range(procmaps._STUCK_READS):
             with pytest.raises(ProcessError, match="no answer"):
                 procmaps.read_maps(os.getpid())
         with pytest.raises(ProcessError, match="reads of process files are stuck"):
             procmaps.read_maps(os.getpid())
-        assert threading.active_count() == threads + procmaps._STUCK_READS
+        assert len(readers()) == procmaps._STUCK_READS
     finally:
         release.set()
     deadline = time.monotonic() + 5
-    while threading.active_count() > threads and time.monotonic() < deadline:
+    while readers() and time.monotonic() < deadline:
         time.sleep(0.01)
     monkeypatch.undo()
     assert procmaps.read_maps(os.getpid())  # the slots are free again

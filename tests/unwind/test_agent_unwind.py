@@ -42,7 +42,7 @@ def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
         folder.mkdir()
         config = workload_config(binary.parent, output, ebpf=CACHED.format(cache=cache))
         with run_agent(config, folder) as agent:
-            agent.wait_for_metrics()
+            agent.wait_for_sampling()
             workload = subprocess.Popen([str(binary), "4"])
             workload.wait()
             time.sleep(2)
