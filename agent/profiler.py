@@ -41,6 +41,7 @@ _MAX_ANCESTRY = 64
 # runs after exec). Its maps are re-read on each poll for this long, so that
 # a short-lived process that exits before the next collection still resolves.
 _SETTLE_S = 1.0
+_SETTLE_EVERY_S = 0.2
 # Resolved user stacks kept from one collection to the next: the hot stacks of
 # a process recur, and resolving one (more so merging its Python frames) costs
 # tens of microseconds. About 5 MB when full.
@@ -179,6 +180,7 @@ class Profiler:
         self._exited: set[int] = set()
         self._facts: dict[int, PidEvent] = {}  # what the kernel saw at first sight
         self._settling: dict[int, float] = {}  # pid -> when it was first seen
+        self._settled_at = float("-inf")  # when the settling processes were last read
         self._user_stacks: LruCache[_UserStackKey, list[Frame]] = LruCache(_STACK_CACHE_SIZE)
 
     def set_unwinder(self, unwinder: NativeUnwinder) -> None:
@@ -340,8 +342,12 @@ class Profiler:
             self._session.set_pid(pid, PidState.IGNORE, tracked_only=tracked_only)
 
     def _refresh_settling(self) -> None:
-        """Read again the maps of processes that started less than _SETTLE_S ago."""
+        """Read again the maps of processes that started less than _SETTLE_S ago,
+        every _SETTLE_EVERY_S at most (events wake the poll far more often)."""
         now = self._clock()
+        if now - self._settled_at < _SETTLE_EVERY_S:
+            return
+        self._settled_at = now
         for pid, since in list(self._settling.items()):
             if now - since > _SETTLE_S or not self._reread_maps(pid):
                 del self._settling[pid]

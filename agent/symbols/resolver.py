@@ -32,6 +32,7 @@ _FileKey = tuple[int, int, int]  # dev major, dev minor, inode
 _REFRESH_EVERY_S = 1.0
 # A JIT appends to its perf map all the time: look at it at most this often.
 _PERF_MAP_EVERY_S = 1.0
+_BUILD_IDS_KEPT = 1024
 # Resolved frames kept per process (about 200 bytes each), emptied when full.
 _FRAMES_PER_PROCESS = 8192
 
@@ -122,6 +123,8 @@ class Symbolizer:
         # container images) shares a table; files without one go by (dev, inode).
         self._by_build_id: LruCache[str, ElfInfo] = LruCache(build_id_cache_size)
         self._by_file: LruCache[_FileKey, ElfInfo] = LruCache(same_file_cache_size)
+        # (dev, inode) -> build id ("" for none): a new process maps the same files again
+        self._build_ids: LruCache[_FileKey, str] = LruCache(_BUILD_IDS_KEPT)
         self._demangler = Demangler(demangle)
         self._function_start: Callable[[str, int], int | None] | None = None
         self.tables_parsed = 0
@@ -345,7 +348,10 @@ class Symbolizer:
             return None
         key = _file_key(entry)
         try:
-            build_id = read_build_id(stream, entry.path)
+            build_id = self._build_ids.get(key)
+            if build_id is None:
+                build_id = read_build_id(stream, entry.path)
+                self._build_ids.put(key, build_id)
             known = self._by_build_id.get(build_id) if build_id else self._by_file.get(key)
             if known is not None:
                 return known
