@@ -29,6 +29,7 @@ _READY_WITHIN_S = 10.0
 # How long a process that shows no interpreter is looked at again: right after
 # exec, the dynamic loader has not mapped libpython yet.
 _LOADED_WITHIN_S = 2.0
+_RETRY_EVERY_S = 0.2
 
 
 class PythonProcesses:
@@ -43,6 +44,7 @@ class PythonProcesses:
         self._interpreters: dict[int, Interpreter] = {}
         self._waiting: dict[int, float] = {}  # pid -> until when to try again
         self._refused: dict[int, str] = {}  # pid -> why its Python frames are not walked
+        self._retried_at = float("-inf")
 
     def add(self, pid: int) -> None:
         """Walk the Python frames of ``pid`` if it runs a CPython we know."""
@@ -73,8 +75,12 @@ class PythonProcesses:
         log.debug("pid %d: CPython %s at %s", pid, interpreter.version, interpreter.path)
 
     def retry(self) -> None:
-        """Try again the processes whose interpreter was still starting."""
+        """Try again the processes whose interpreter was still starting, every
+        _RETRY_EVERY_S at most: pid events wake the caller far more often."""
         now = time.monotonic()
+        if now - self._retried_at < _RETRY_EVERY_S:
+            return
+        self._retried_at = now
         for pid, until in list(self._waiting.items()):
             if now < until:
                 self.add(pid)
