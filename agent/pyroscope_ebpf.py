@@ -120,23 +120,16 @@ class EbpfArguments:
 
 
 def core_options(arguments: EbpfArguments) -> CoreOptions:
-    """The sampling core of pyroscope.ebpf's arguments (SAMPLER_ARGUMENTS, and the
-    first component's collect_*_profile as the default of processes not decided yet)."""
+    """The sampling core of pyroscope.ebpf's arguments: SAMPLER_ARGUMENTS (the
+    container-ID cache is the Sampler's own), and the first component's
+    collect_*_profile as the default of processes not decided yet."""
+    shared = {name: getattr(arguments, name) for name in SAMPLER_ARGUMENTS}
+    del shared["container_id_cache_size"]
     return CoreOptions(
-        sample_rate=arguments.sample_rate,
-        pid_map_size=arguments.pid_map_size,
+        **shared,
         collect_user=arguments.collect_user_profile,
         collect_kernel=arguments.collect_kernel_profile,
         discover_new=True,
-        python_enabled=arguments.python_enabled,
-        symbols_map_size=arguments.symbols_map_size,
-        pid_cache_size=arguments.pid_cache_size,
-        build_id_cache_size=arguments.build_id_cache_size,
-        same_file_cache_size=arguments.same_file_cache_size,
-        demangle=arguments.demangle,
-        unwind_tables=arguments.unwind_tables,
-        unwind_table_size=arguments.unwind_table_size,
-        unwind_cache_directory=arguments.unwind_cache_directory,
     )
 
 
