@@ -1,7 +1,7 @@
 """The Helm chart's static files and the plain manifests: YAML, schema, RBAC, DaemonSet, config.
 
-The manifest is the chart rendered with default values by tools/chart-render (`make
-manifests`); tests/deploy/test_render.py renders the chart itself and checks the two agree.
+The manifest is the chart rendered with default values by helm (`make manifests`);
+tests/deploy/test_render.py renders the chart itself and checks the two agree.
 """
 
 from __future__ import annotations

@@ -39,3 +39,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- .Values.priorityClassName -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Non-empty before Kubernetes 1.30, where the AppArmor profile is an annotation, not a field. */}}
+{{- define "emberscope.appArmorAnnotation" -}}
+{{- if semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version -}}true{{- end -}}
+{{- end -}}
