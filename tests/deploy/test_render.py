@@ -34,12 +34,25 @@ CAPABILITIES = ["BPF", "PERFMON", "SYS_PTRACE", "SYS_RESOURCE", "DAC_READ_SEARCH
 OLDEST, NEWEST = "1.25", "1.37"
 
 
-def assert_config_checks(rendered: str, tmp_path: Path) -> str:
+def assert_config_checks(rendered: str, tmp_path: Path, env: dict[str, str] | None = None) -> str:
     config = one(rendered, "ConfigMap")["data"]["config.alloy"]
     path = tmp_path / "config.alloy"
     path.write_text(config)
-    check(path, {"HOSTNAME": "node-1"})
+    check(path, {"HOSTNAME": "node-1", **(env or {})})
     return config
+
+
+def env_of(rendered: str) -> dict[str, dict]:
+    return {item["name"]: item for item in container(rendered)["env"]}
+
+
+def secret_env(rendered: str) -> dict[str, tuple[str, str]]:
+    """(Secret, key) of each variable read from a Secret."""
+    return {
+        name: (ref["name"], ref["key"])
+        for name, item in env_of(rendered).items()
+        if (ref := item.get("valueFrom", {}).get("secretKeyRef"))
+    }
 
 
 def check_defaults(rendered: str, tmp_path: Path) -> None:
@@ -165,6 +178,62 @@ def check_service_monitor(rendered: str, tmp_path: Path) -> None:
     )
 
 
+def check_basic_auth_and_tenant(rendered: str, tmp_path: Path) -> None:
+    assert secret_env(rendered) == {
+        "PYROSCOPE_USERNAME": ("pyroscope", "user"),
+        "PYROSCOPE_PASSWORD": ("pyroscope", "pass"),
+        "PYROSCOPE_TENANT_ID": ("pyroscope", "tenant"),
+    }
+    env = {"PYROSCOPE_USERNAME": "u", "PYROSCOPE_PASSWORD": "p", "PYROSCOPE_TENANT_ID": "t"}
+    config = assert_config_checks(rendered, tmp_path, env)
+    assert 'password = sys.env("PYROSCOPE_PASSWORD")' in config
+    assert 'headers = { "X-Scope-OrgID" = sys.env("PYROSCOPE_TENANT_ID") }' in config
+    assert "bearer_token" not in config
+
+
+def check_bearer_token(rendered: str, tmp_path: Path) -> None:
+    assert secret_env(rendered) == {"PYROSCOPE_BEARER_TOKEN": ("pyroscope", "token")}
+    config = assert_config_checks(rendered, tmp_path, {"PYROSCOPE_BEARER_TOKEN": "t"})
+    assert 'bearer_token = sys.env("PYROSCOPE_BEARER_TOKEN")' in config
+    assert "basic_auth" not in config
+
+
+def check_existing_config_map(rendered: str, tmp_path: Path) -> None:
+    assert "ConfigMap" not in [obj["kind"] for obj in objects(rendered)]
+    (volume,) = [v for v in pod_spec(rendered)["volumes"] if v["name"] == "config"]
+    assert volume["configMap"] == {
+        "name": "my-config",
+        "items": [{"key": "agent.alloy", "path": "config.alloy"}],
+    }
+    metadata = one(rendered, "DaemonSet")["spec"]["template"]["metadata"]
+    assert "checksum/config" not in metadata["annotations"]
+
+
+def check_extra_env_and_volumes(rendered: str, tmp_path: Path) -> None:
+    agent = container(rendered)
+    assert env_of(rendered)["TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "t", "key": "k"}
+    assert agent["envFrom"] == [{"secretRef": {"name": "all-of-it"}}]
+    assert agent["volumeMounts"][-1] == {"name": "certs", "mountPath": "/etc/certs"}
+    assert pod_spec(rendered)["volumes"][-1] == {"name": "certs", "secret": {"secretName": "ca"}}
+
+
+def check_name_override(rendered: str, tmp_path: Path) -> None:
+    daemonset = one(rendered, "DaemonSet")
+    assert daemonset["metadata"]["name"] == "emberscope-profiler"
+    assert daemonset["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "profiler"
+
+
+def check_fullname_override(rendered: str, tmp_path: Path) -> None:
+    names = {obj["metadata"]["name"] for obj in objects(rendered)}
+    assert names == {"ember"}
+
+
+def check_host_network(rendered: str, tmp_path: Path) -> None:
+    pod = pod_spec(rendered)
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert container(rendered)["securityContext"]["capabilities"]["add"][-1] == "NET_ADMIN"
+
+
 VERBATIM = 'pyroscope.write "out" {\n  endpoint {\n    url = "http://p:4040"\n  }\n}\n'
 Check = Callable[[str, Path], None]
 # Every value of values.yaml is set by at least one case (test_every_value_is_exercised).
@@ -190,6 +259,47 @@ CASES: dict[str, tuple[dict, Check]] = {
         check_custom_config,
     ),
     "verbatim config": ({"config": VERBATIM}, check_verbatim_config),
+    "basic auth and tenant": (
+        {
+            "pyroscope": {
+                "auth": {
+                    "secretName": "pyroscope",
+                    "usernameKey": "user",
+                    "passwordKey": "pass",
+                    "tenantIdKey": "tenant",
+                }
+            }
+        },
+        check_basic_auth_and_tenant,
+    ),
+    "bearer token": (
+        {"pyroscope": {"auth": {"secretName": "pyroscope", "bearerTokenKey": "token"}}},
+        check_bearer_token,
+    ),
+    "existing config map": (
+        {"configMap": {"create": False, "name": "my-config", "key": "agent.alloy"}},
+        check_existing_config_map,
+    ),
+    "extra env and volumes": (
+        {
+            "extraEnv": [
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}
+            ],
+            "envFrom": [{"secretRef": {"name": "all-of-it"}}],
+            "extraVolumes": [{"name": "certs", "secret": {"secretName": "ca"}}],
+            "extraVolumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}],
+        },
+        check_extra_env_and_volumes,
+    ),
+    "name override": ({"nameOverride": "profiler"}, check_name_override),
+    "fullname override": ({"fullnameOverride": "ember"}, check_fullname_override),
+    "host network": (
+        {
+            "hostNetwork": True,
+            "security": {"privileged": False, "capabilities": [*CAPABILITIES, "NET_ADMIN"]},
+        },
+        check_host_network,
+    ),
     "image": (
         {
             "image": {
@@ -301,6 +411,12 @@ def test_helm_lint_strict(case: str) -> None:
         ({"metricsPort": 70000}, "metricsPort"),
         ({"security": {"capabilities": ["CAP_BPF"]}}, "capabilities"),
         ({"hostPid": True}, "hostPid"),
+        ({"pyroscope": {"auth": {"bearerTokenKey": "t"}}}, "keys need pyroscope.auth.secretName"),
+        (
+            {"pyroscope": {"auth": {"secretName": "s", "usernameKey": "u"}}},
+            "usernameKey and passwordKey go together",
+        ),
+        ({"configMap": {"create": False}}, "needs configMap.name"),
     ],
     ids=repr,
 )
@@ -308,6 +424,16 @@ def test_bad_values_are_refused_naming_them(values: dict, error: str) -> None:
     result = run_helm("template", "emberscope", str(CHART), values=values)
     assert result.returncode != 0
     assert error in result.stderr
+
+
+def test_a_config_change_rolls_the_pods() -> None:
+    def checksum(values: dict) -> str:
+        return one(render(values), "DaemonSet")["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
+
+    assert checksum({}) == checksum({"metricsPort": 9090})
+    assert checksum({}) != checksum({"pyroscope": {"url": "http://other:4040"}})
 
 
 def test_apparmor_before_1_30() -> None:
