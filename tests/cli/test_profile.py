@@ -61,6 +61,11 @@ def perf_self_shares(binary: Path, seconds: int, tmp_path: Path) -> dict[str, fl
         check=True,
         capture_output=True,
     )
+    return perf_report_shares(data)
+
+
+def perf_report_shares(data: Path) -> dict[str, float]:
+    """Each function's self share of the samples in ``data``, as `perf report` counts them."""
     report = subprocess.run(
         [
             "perf",
