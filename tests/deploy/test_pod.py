@@ -23,9 +23,9 @@ import yaml
 from agent.pprof import read_profile, top_functions
 from tests.agent import wait_for
 from tests.cli.test_profile import RATE, perf_report_shares
-from tests.deploy.chart import ROOT, one, pod_spec, render
+from tests.deploy.chart import KUBECTL, ROOT, one, pod_spec, render
 from tests.deploy.pod import IMAGE, NetNs, build_image, image_version, podman_run_args
-from tests.discovery.apiserver import LoopbackApiServer
+from tests.discovery.apiserver import LoopbackApiServer, write_kubeconfig
 from tests.discovery.test_containers import Cgroups, cgroup2_root
 from tests.discovery.test_kubernetes_agent import kubelet_cgroup, pod_object
 from tests.write.test_pyroscope import Receiver, make_ca, make_certificate, serve
@@ -274,3 +274,45 @@ def test_the_image_profiles_a_host_process_as_perf_record_does(image, build_work
     for leaf in LEAVES:
         assert abs(shares[leaf] - theirs[leaf]) <= 0.03, (leaf, shares[leaf], theirs[leaf])
     assert shares["leaf_a"] > shares["leaf_b"] > shares["leaf_c"] > 0.1
+
+
+def test_kubectl_annotate_renames_the_next_intervals_profile(image, loopback, workload, tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(str(kubeconfig), loopback.api.url, str(loopback.ca))
+    pod = Pod(image, loopback, {"privileged": True}, tmp_path / "pod")
+    started = time.time_ns()
+    pod.start()
+    try:
+        wait_for(
+            lambda: pod.running() and named_profiles(loopback.pyroscope, "shop-web", started),
+            60,
+            "a profile named shop-web from the pod",
+        )
+        annotated = time.time_ns()
+        done = loopback.netns.run(
+            *(str(KUBECTL), "--kubeconfig", str(kubeconfig), "annotate", "--overwrite"),
+            *("--namespace", "shop", "pod", "web-1", "pyroscope.io/service_name=shop-web-v2"),
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "pod/web-1 annotated"
+        wait_for(
+            lambda: named_profiles(loopback.pyroscope, "shop-web-v2"),
+            3 * INTERVAL_S + 5,
+            "a profile named shop-web-v2",
+        )
+    finally:
+        pod.stop()
+    renamed = [profile for _, profile in named_profiles(loopback.pyroscope, "shop-web-v2")]
+    first = min(renamed, key=lambda profile: profile.time_nanos)
+    # The interval running when kubectl returned, or the next one, carries the new name.
+    assert first.time_nanos + first.duration_nanos >= annotated
+    assert first.time_nanos <= annotated + INTERVAL_S * 1_000_000_000
+    assert LEAVES <= {row.name for row in top_functions(first, 20)}
+    old = [p for _, p in named_profiles(loopback.pyroscope, "shop-web", started)]
+    assert old and all(p.time_nanos < annotated for p in old)
+    patches = [(path, query) for method, path, query in loopback.api.requests if method == "PATCH"]
+    assert patches == [
+        ("/api/v1/namespaces/shop/pods/web-1", {"fieldManager": ["kubectl-annotate"]})
+    ]
+    pod_object_now = loopback.api.get_pod("shop", "web-1")
+    assert pod_object_now["metadata"]["annotations"]["pyroscope.io/service_name"] == "shop-web-v2"
