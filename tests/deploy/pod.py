@@ -29,7 +29,8 @@ _CONTAINER_FIELDS = {
     "readinessProbe", "resources", "securityContext", "volumeMounts",
 }  # fmt: skip
 _POD_FIELDS = {
-    "hostPID", "serviceAccountName", "nodeSelector", "tolerations", "containers", "volumes",
+    "hostPID", "hostNetwork", "dnsPolicy", "serviceAccountName", "nodeSelector", "tolerations",
+    "containers", "volumes",
 }  # fmt: skip
 
 T = TypeVar("T")
@@ -96,6 +97,7 @@ def podman_run_args(
 ) -> list[str]:
     """``podman run`` arguments for the one container of ``pod`` (a pod template's spec).
 
+    ``network``: ``host`` for a hostNetwork pod, else the namespace to join (``ns:<path>``);
     ``config_maps``: the data of each ConfigMap by name, written under ``files``;
     ``downward``: the value of each fieldRef path; ``service_env``: the variables the kubelet
     adds (KUBERNETES_SERVICE_HOST and _PORT); ``files / "serviceaccount"`` holds the token,
@@ -111,6 +113,7 @@ def podman_run_args(
         f"--network={network}",
         "--read-only-tmpfs=false",
     ]
+    assert (network == "host") == pod.get("hostNetwork", False), network
     if pod.get("hostPID"):
         args.append("--pid=host")
     for item in container.get("env", []):

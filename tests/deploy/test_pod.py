@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from agent.pprof import read_profile, top_functions
-from tests.agent import wait_for
+from tests.agent import free_port, wait_for
 from tests.cli.test_profile import RATE, perf_report_shares
-from tests.deploy.chart import KUBECTL, ROOT, one, pod_spec, render
+from tests.deploy.chart import KUBECTL, ROOT, container, one, pod_spec, render
 from tests.deploy.pod import IMAGE, NetNs, build_image, image_version, podman_run_args
 from tests.discovery.apiserver import LoopbackApiServer, write_kubeconfig
 from tests.discovery.test_containers import Cgroups, cgroup2_root
@@ -36,7 +36,6 @@ NODE = "emberscope-pod-node"
 WEB = ("shop", "web-1", "web", NODE, {"app.kubernetes.io/name": "web"})
 NAMED = {"pyroscope.io/service_name": "shop-web"}
 INTERVAL_S = 2
-AGENT_PORT = 12345
 LEAVES = {"leaf_a", "leaf_b", "leaf_c"}
 
 
@@ -112,15 +111,19 @@ def pod_config(pyroscope_url: str) -> str:
 class Pod:
     """The DaemonSet's pod on this node, as podman runs it."""
 
-    def __init__(self, image: str, loopback: Loopback, security: dict, files: Path) -> None:
+    def __init__(self, image: str, loopback: Loopback, values: dict, files: Path) -> None:
+        """``values`` over the image built and the configuration of pod_config."""
         self.loopback = loopback
-        values = {
-            "image": {"repository": IMAGE, "tag": image_version(), "pullPolicy": "Never"},
-            "config": pod_config(loopback.pyroscope.url),
-            "security": security,
-        }
-        rendered = render(values)
+        rendered = render(
+            {
+                "image": {"repository": IMAGE, "tag": image_version(), "pullPolicy": "Never"},
+                "config": pod_config(loopback.pyroscope.url),
+                **values,
+            }
+        )
         self.spec = pod_spec(rendered)
+        self.port = container(rendered)["ports"][0]["containerPort"]
+        self.host_network = self.spec.get("hostNetwork", False)
         config_map = one(rendered, "ConfigMap")
         account = files / "serviceaccount"
         account.mkdir(parents=True)
@@ -141,7 +144,7 @@ class Pod:
                 "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                 "KUBERNETES_SERVICE_PORT": str(loopback.api.port),
             },
-            network=f"ns:{loopback.netns.path}",
+            network="host" if self.host_network else f"ns:{loopback.netns.path}",
         )
         assert image == f"{IMAGE}:{image_version()}"
 
@@ -156,7 +159,9 @@ class Pod:
         return log
 
     def get(self, path: str) -> httpx.Response:
-        url = f"http://127.0.0.1:{AGENT_PORT}{path}"
+        url = f"http://127.0.0.1:{self.port}{path}"
+        if self.host_network:
+            return httpx.get(url, timeout=5)
         return self.loopback.netns.call(lambda: httpx.get(url, timeout=5))
 
     def running(self) -> bool:
@@ -210,7 +215,7 @@ def run_and_check(pod: Pod, loopback: Loopback) -> str:
 
 
 def test_the_privileged_pod_profiles_the_annotated_workload(image, loopback, workload, tmp_path):
-    pod = Pod(image, loopback, {"privileged": True}, tmp_path)
+    pod = Pod(image, loopback, {"security": {"privileged": True}}, tmp_path)
     assert pod.spec["hostPID"] is True
     assert "--privileged" in pod.args
     run_and_check(pod, loopback)
@@ -234,7 +239,9 @@ def test_the_least_privilege_pod_profiles_as_the_privileged_one(
     # This machine's root has no CAP_SYS_RESOURCE to give (a kernel of 5.11 or later does not
     # need it: BPF memory is charged to the cgroup, not RLIMIT_MEMLOCK).
     granted = [cap for cap in capabilities if can_grant_sys_resource() or cap != "SYS_RESOURCE"]
-    pod = Pod(image, loopback, {"privileged": False, "capabilities": granted}, tmp_path)
+    pod = Pod(
+        image, loopback, {"security": {"privileged": False, "capabilities": granted}}, tmp_path
+    )
     assert "--privileged" not in pod.args and "--cap-drop=ALL" in pod.args
     run_and_check(pod, loopback)
 
@@ -242,7 +249,7 @@ def test_the_least_privilege_pod_profiles_as_the_privileged_one(
 def test_the_image_profiles_a_host_process_as_perf_record_does(image, build_workload, tmp_path):
     """`emberscope profile --pid` from inside the container (privileged, host PID namespace)
     against `perf record -p` on the same process while both sample it."""
-    seconds = 8
+    seconds = 12
     busy = subprocess.Popen([str(build_workload("three_leaves")), "60"])
     out = tmp_path / "out"
     out.mkdir()
@@ -279,7 +286,7 @@ def test_the_image_profiles_a_host_process_as_perf_record_does(image, build_work
 def test_kubectl_annotate_renames_the_next_intervals_profile(image, loopback, workload, tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     write_kubeconfig(str(kubeconfig), loopback.api.url, str(loopback.ca))
-    pod = Pod(image, loopback, {"privileged": True}, tmp_path / "pod")
+    pod = Pod(image, loopback, {"security": {"privileged": True}}, tmp_path / "pod")
     started = time.time_ns()
     pod.start()
     try:
@@ -316,3 +323,37 @@ def test_kubectl_annotate_renames_the_next_intervals_profile(image, loopback, wo
     ]
     pod_object_now = loopback.api.get_pod("shop", "web-1")
     assert pod_object_now["metadata"]["annotations"]["pyroscope.io/service_name"] == "shop-web-v2"
+
+
+@pytest.mark.parametrize("host_network", [False, True], ids=["pod network", "host network"])
+def test_discovery_process_hears_process_events_only_with_host_network(
+    image, loopback, host_network, tmp_path
+):
+    """The kernel's process events connector answers in the host's network namespace only:
+    in the pod's own, discovery.process says so and lists /proc instead."""
+    config = 'discovery.process "all" {\n}\n'
+    values = {"config": config, "hostNetwork": host_network, "metricsPort": free_port()}
+    pod = Pod(image, loopback, values, tmp_path)
+    assert pod.spec.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None)
+    pod.start()
+    try:
+
+        def events() -> str:
+            assert pod.running()
+            try:
+                detail = pod.get("/api/v0/web/components/discovery.process.all").json()
+            except httpx.HTTPError:
+                return ""
+            return (detail.get("debugInfo") or {}).get("process_events", "")
+
+        wait_for(lambda: events() not in ("", "not started"), 30, "discovery.process started")
+        state = events()
+    finally:
+        log = pod.stop()
+    if host_network:
+        assert state == "subscribed", log
+    else:
+        assert (
+            state == "unavailable: process events connector: cannot subscribe: Connection refused"
+        )
+        assert "listing /proc every second instead" in log
