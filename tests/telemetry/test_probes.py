@@ -51,6 +51,7 @@ pyroscope.write "down" {{
 """
 
 
+@pytest.mark.slow  # the outage lasts OUTAGE_S
 def test_live_stays_200_while_pyroscope_and_the_api_server_are_down(build_workload, tmp_path):
     busy = subprocess.Popen([str(build_workload("three_leaves")), str(int(OUTAGE_S) + 60)])
     # Nothing listens on these ports: both services are down from start to end.
