@@ -12,9 +12,10 @@ PYTHON := $(VENV)/bin/python
 # libbpf itself (loaded through ctypes) and the venv.
 RUN_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv
 # The tests and benchmarks add: compilers for the workloads, oracles (perf, gdb, go tool
-# pprof), a Prometheus server, podman for discovery.docker, Go and sprig for tools/chart-render.
+# pprof), a Prometheus server, podman for discovery.docker, Go and sprig for tools/chart-render,
+# chromium to open the flame graphs.
 TEST_PACKAGES := gcc g++ make golang-go linux-perf prometheus util-linux podman runc \
-	busybox-static golang-github-masterminds-sprig-dev gdb
+	busybox-static golang-github-masterminds-sprig-dev gdb chromium
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 

@@ -16,7 +16,8 @@ from agent import __version__
 from agent.config import parse_duration
 from agent.ebpf import DEFAULT_OBJECT_PATH, PidEvent, Session
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
-from agent.pprof import ProfileBuilder, format_table, top_functions
+from agent.flamegraph import FORMATS, format_of, render, select_profiles
+from agent.pprof import ProfileBuilder, format_table, merge_profiles, profile_pb2, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.sampling import CoreOptions, SamplingCore
 from agent.symbols import DEMANGLE_MODES
@@ -85,7 +86,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="samples per second per CPU (default 97)",
     )
     profile.add_argument(
-        "--output", type=Path, default=Path("profile.pb.gz"), help="the gzipped pprof to write"
+        "--output",
+        type=Path,
+        default=Path("profile.pb.gz"),
+        help="the file to write: a flame graph if it ends in .html or .svg, else gzipped pprof",
     )
     profile.add_argument("--no-user", action="store_true", help="leave out user-space frames")
     profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
@@ -126,6 +130,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"where /metrics, health and components are served (default {DEFAULT_LISTEN_ADDR})",
     )
     run.set_defaults(handler=_run, default_log_level=logging.INFO)
+
+    _add_flamegraph_parser(commands)
 
     check_config = commands.add_parser("check-config", help="check a configuration file and exit")
     check_config.add_argument("config", type=Path, help="the configuration file")
@@ -243,7 +249,8 @@ def _profile(args: argparse.Namespace) -> int:
         builder.duration_nanos = int((ended - started) * 1e9)
         if child is not None:
             child.terminate()
-    _write(builder, args.output)
+    subtitle = f"{builder.sample_count} samples at {args.sample_rate} Hz, {args.duration:g} s"
+    _write(builder.build(), args.output, format_of(args.output, "pprof"), subtitle)
     rows = top_functions(builder.build(), args.top)
     print(format_table(rows))
     print(f"wrote {args.output}: {builder.sample_count} samples, {len(builder)} stacks")
@@ -371,13 +378,66 @@ def _sample_until(
     return ended
 
 
-def _write(builder: ProfileBuilder, path: Path) -> None:
+def _write(profile: profile_pb2.Profile, path: Path, fmt: str, subtitle: str) -> None:
+    data = render(profile, fmt, f"emberscope: {path.name}", subtitle)
     try:
         if path.parent != Path():
             path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(builder.encode())
+        path.write_bytes(data)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+# --- emberscope flamegraph --------------------------------------------------
+
+
+def _add_flamegraph_parser(commands: argparse._SubParsersAction) -> None:
+    flamegraph = commands.add_parser(
+        "flamegraph",
+        help="merge pprof files into one flame graph (or one pprof)",
+        usage="emberscope flamegraph PATH... [--since 10m] [--service NAME] "
+        "[--format html|svg|pprof] -o FILE",
+    )
+    flamegraph.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="pprof files, or directories pyroscope.file writes (searched recursively)",
+    )
+    flamegraph.add_argument(
+        "--since", type=_duration, help="only profiles of the last 10m, 1h, ... (default all)"
+    )
+    flamegraph.add_argument(
+        "--service",
+        help="only profiles whose service_name label (from .labels.json) is NAME",
+        metavar="NAME",
+    )
+    flamegraph.add_argument(
+        "--format", choices=FORMATS, help="what to write (default: by -o's extension, else html)"
+    )
+    flamegraph.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    flamegraph.set_defaults(handler=_flamegraph)
+
+
+def _flamegraph(args: argparse.Namespace) -> int:
+    since = time.time_ns() - int(args.since * 1e9) if args.since else None
+    selection = select_profiles(args.paths, since_nanos=since, service=args.service)
+    for skipped in selection.skipped:
+        print(f"emberscope: skipped {skipped}", file=sys.stderr)
+    if not selection.profiles:
+        paths = " ".join(map(str, args.paths))
+        raise ConfigError(f"no profile in {paths} matches --since and --service")
+    merged = merge_profiles(found.profile for found in selection.profiles)
+    services = sorted({found.labels.get("service_name", "?") for found in selection.profiles})
+    subtitle = (
+        f"{len(selection.profiles)} profiles of {', '.join(services)}, "
+        f"{merged.duration_nanos / 1e9:.0f} s from {time.ctime(merged.time_nanos / 1e9)}"
+    )
+    fmt = args.format or format_of(args.output, "html")
+    _write(merged, args.output, fmt, subtitle)
+    print(f"wrote {args.output}: {len(selection.profiles)} profiles merged")
+    return 0
 
 
 def _advice(exc: EmberscopeError) -> str:

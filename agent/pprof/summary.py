@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from agent.pprof import profile_pb2
 
-__all__ = ["FunctionShare", "format_table", "read_profile", "top_functions"]
+__all__ = ["FunctionShare", "format_table", "read_profile", "top_functions", "value_index"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -57,7 +57,7 @@ def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShar
     """
     if limit < 0:
         raise ValueError(f"limit must be zero or more, not {limit}")
-    index = _value_index(profile)
+    index = value_index(profile)
     names = _location_names(profile)
     self_values: Counter[str] = Counter()
     total_values: Counter[str] = Counter()
@@ -98,7 +98,8 @@ def format_table(rows: Sequence[FunctionShare]) -> str:
     )
 
 
-def _value_index(profile: profile_pb2.Profile) -> int:
+def value_index(profile: profile_pb2.Profile) -> int:
+    """The index of the values read in each sample: the default sample type's, else the last."""
     if not profile.sample_type:
         raise ValueError("profile has no sample_type")
     if profile.default_sample_type:
