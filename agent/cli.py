@@ -29,6 +29,8 @@ log = logging.getLogger("agent")
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy"
 DEFAULT_LISTEN_ADDR = "127.0.0.1:12345"  # as Alloy
+RECENT_INTERVALS = 4  # of each target, kept for the /profiles/ page
+RECENT_MAX_MIB = 32  # of pprof and labels kept for it, over all targets
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _COLLECT_EVERY_S = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
@@ -129,6 +131,22 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"where /metrics, health and components are served (default {DEFAULT_LISTEN_ADDR})",
     )
+    run.add_argument(
+        "--server.http.recent-profiles",
+        dest="recent_intervals",
+        type=_positive,
+        default=RECENT_INTERVALS,
+        metavar="N",
+        help=f"intervals of each target kept for the /profiles/ page (default {RECENT_INTERVALS})",
+    )
+    run.add_argument(
+        "--server.http.recent-profiles-max-mib",
+        dest="recent_max_mib",
+        type=_positive,
+        default=RECENT_MAX_MIB,
+        metavar="MIB",
+        help=f"memory for them, over all targets; the oldest go first (default {RECENT_MAX_MIB})",
+    )
     run.set_defaults(handler=_run, default_log_level=logging.INFO)
 
     _add_flamegraph_parser(commands)
@@ -170,6 +188,12 @@ def _sample_rate(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: 1 or more is expected")
+    return int(text)
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: a number is expected")
@@ -192,7 +216,8 @@ def _configure_logging(default: int, verbosity: int) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
 
-    agent = Agent.load(args.config, os.environ, args.listen_addr)
+    limits = (args.recent_intervals, args.recent_max_mib << 20)
+    agent = Agent.load(args.config, os.environ, args.listen_addr, limits)
     _check_privileges()
     agent.run_until(_stop_on_signals())
     return 0

@@ -42,7 +42,7 @@ from agent.telemetry import (
     read_program_stats,
 )
 from agent.unwind import DEFAULT_CACHE_DIRECTORY
-from agent.write import Fanout, LabeledProfile
+from agent.write import RECENT_PROFILES_KEY, Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
 
@@ -474,7 +474,8 @@ class EbpfComponent:
         builders = sampler.collect(self)
         now = time.time_ns()
         started, self._interval_start = self._interval_start, now
-        fanout = Fanout(self.arguments.forward_to)
+        recent = self._options.shared.get(RECENT_PROFILES_KEY)  # the agent's page, if served
+        fanout = Fanout([*self.arguments.forward_to, *([recent] if recent else [])])
         samples = 0
         for target, builder in builders.items():
             builder.duration_nanos = now - started

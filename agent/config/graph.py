@@ -64,6 +64,7 @@ class Graph:
         nodes: list[_Node],
         environ: Mapping[str, str],
         registry: CollectorRegistry | None = None,
+        shared: Mapping[str, Any] | None = None,
     ) -> None:
         self._nodes = nodes
         self._by_id = {node.id: node for node in nodes}
@@ -73,7 +74,7 @@ class Graph:
         self._announced: dict[str, dict[str, Any]] = {}  # exports passed to on_exports
         self._wakeup = threading.Condition()
         self._worker: threading.Thread | None = None
-        self._shared: dict[str, Any] = {}
+        self._shared: dict[str, Any] = dict(shared or {})
         self._shared_lock = threading.Lock()
         self._registry = registry
 
@@ -86,20 +87,22 @@ class Graph:
         environ: Mapping[str, str] | None = None,
         filename: str = "<config>",
         registry: CollectorRegistry | None = None,
+        shared: Mapping[str, Any] | None = None,
     ) -> Graph:
         """Parse and check a configuration: a path to read, or (a ``str``) the text itself.
 
         ``kinds`` maps component names (``"pyroscope.ebpf"``) to classes with an
         ``Arguments`` dataclass. ``environ`` is what ``sys.env`` reads
         (``os.environ`` when omitted); components register their metrics in
-        ``registry``. Raises ConfigError; nothing is started.
+        ``registry``; ``shared`` starts the components' ``shared`` dictionary (what the
+        agent hands every component). Raises ConfigError; nothing is started.
         """
         if isinstance(source, os.PathLike):
             filename = os.fspath(source)
             source = _read(Path(source))
         nodes = _declare(parse(source, filename), kinds)
         ordered = _sort(nodes)
-        graph = cls(ordered, os.environ if environ is None else environ, registry)
+        graph = cls(ordered, os.environ if environ is None else environ, registry, shared)
         scope = Scope({node.id: UNKNOWN for node in ordered}, graph._environ)
         for node in ordered:
             node.arguments = decode(node.block, node.kind.Arguments, scope)

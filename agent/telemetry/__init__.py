@@ -11,6 +11,7 @@ from agent.telemetry.metrics import (
     new_registry,
     read_program_stats,
 )
+from agent.telemetry.profiles import PROFILES_PATH, ProfilesPage
 from agent.telemetry.server import ComponentGraph, TelemetryServer, parse_listen_addr, to_json
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "ComponentGraph",
     "EbpfMetrics",
     "HttpMetrics",
+    "PROFILES_PATH",
+    "ProfilesPage",
     "ProgramStats",
     "SamplerCollector",
     "SamplerReading",

@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from agent.config.component import Duration, Health, Secret
 from agent.telemetry.metrics import HttpMetrics
+from agent.telemetry.profiles import ProfilesPage
 
 __all__ = ["ComponentGraph", "TelemetryServer", "parse_listen_addr", "to_json"]
 
@@ -128,9 +129,11 @@ class TelemetryServer:
         client_timeout: float = _CLIENT_TIMEOUT,
         answer_timeout: float = _ANSWER_TIMEOUT,
         max_connections: int = _MAX_CONNECTIONS,
+        profiles: ProfilesPage | None = None,
     ) -> None:
         self.registry = registry
         self.graph = graph
+        self.profiles = profiles  # the recent profiles' page under /profiles/, if served
         self._sock = _listen(address)
         self._connections = _Connections(
             self.route, HttpMetrics(registry), client_timeout, answer_timeout, max_connections
@@ -167,6 +170,8 @@ class TelemetryServer:
         component_id = path.removeprefix(_COMPONENTS_PATH + "/")
         if component_id != path and component_id in self.graph.order:
             return lambda: _json_answer(self.component_detail(component_id))
+        if self.profiles is not None:
+            return self.profiles.route(path)
         return None
 
     # --- the answers ---
