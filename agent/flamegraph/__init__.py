@@ -13,9 +13,9 @@ from agent.flamegraph.tree import KINDS, FlameNode, build_tree
 
 __all__ = [
     "FORMATS",
+    "FlameNode",
     "KINDS",
     "MIN_SHARE",
-    "FlameNode",
     "ProfileFile",
     "Selection",
     "build_tree",
