@@ -452,7 +452,9 @@ def _flamegraph(args: argparse.Namespace) -> int:
         print(f"emberscope: skipped {skipped}", file=sys.stderr)
     if not selection.profiles:
         paths = " ".join(map(str, args.paths))
-        raise ConfigError(f"no profile in {paths} matches --since and --service")
+        filters = [f"--{name}" for name in ("since", "service") if getattr(args, name)]
+        matching = f" matches {' and '.join(filters)}" if filters else ""
+        raise ConfigError(f"no profile in {paths}{matching}")
     merged = merge_profiles(found.profile for found in selection.profiles)
     services = sorted({found.labels.get("service_name", "?") for found in selection.profiles})
     subtitle = (
