@@ -221,3 +221,23 @@ def test_python_frames_show_file_and_line(emberscope, tmp_path):
     fills = [tuple(map(int, f["fill"][4:-1].split(","))) for f in hot]
     assert all(blue > red and blue > green for red, green, blue in fills)  # blue: Python
     assert {"native", "python", "kernel"} <= {f["kind"] for f in drawn}
+
+
+def test_go_frames_are_coloured_as_go(build_go_workload, emberscope, tmp_path):
+    binary = build_go_workload("go_spin")
+    out = tmp_path / "go.html"
+    result = emberscope(
+        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(out), "--",
+        str(binary), "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Chromium(tmp_path) as browser:
+        browser.open(out.as_uri())
+        drawn = frames(browser)
+        browser.screenshot(tmp_path / "go.png")
+        assert browser.errors == []
+    go = {f["label"]: f for f in drawn if f["kind"] == "go"}
+    assert {"main.main", "main.hotLoop", "main.(*worker).step"} <= set(go)
+    for frame in go.values():  # aqua: green and blue alike, over red
+        red, green, blue = map(int, frame["fill"][4:-1].split(","))
+        assert green > red + 60 and blue > red + 60, frame
