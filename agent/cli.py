@@ -274,9 +274,10 @@ def _profile(args: argparse.Namespace) -> int:
         builder.duration_nanos = int((ended - started) * 1e9)
         if child is not None:
             child.terminate()
+    profile = builder.build()
     subtitle = f"{builder.sample_count} samples at {args.sample_rate} Hz, {args.duration:g} s"
-    _write(builder.build(), args.output, format_of(args.output, "pprof"), subtitle)
-    rows = top_functions(builder.build(), args.top)
+    _write(profile, args.output, format_of(args.output, "pprof"), subtitle)
+    rows = top_functions(profile, args.top)
     print(format_table(rows))
     print(f"wrote {args.output}: {builder.sample_count} samples, {len(builder)} stacks")
     return 0
@@ -456,9 +457,9 @@ def _flamegraph(args: argparse.Namespace) -> int:
         matching = f" matches {' and '.join(filters)}" if filters else ""
         raise ConfigError(f"no profile in {paths}{matching}")
     merged = merge_profiles(found.profile for found in selection.profiles)
-    services = sorted({found.labels.get("service_name", "?") for found in selection.profiles})
+    services = sorted({n for f in selection.profiles if (n := f.labels.get("service_name"))})
     subtitle = (
-        f"{len(selection.profiles)} profiles of {', '.join(services)}, "
+        f"{len(selection.profiles)} profile(s){' of ' * bool(services)}{', '.join(services)}, "
         f"{merged.duration_nanos / 1e9:.0f} s from {time.ctime(merged.time_nanos / 1e9)}"
     )
     fmt = args.format or format_of(args.output, "html")

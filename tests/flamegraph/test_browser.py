@@ -5,6 +5,7 @@ shares, and search, zoom and the details work. Screenshots are left in tmp_path.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def hot():
 def cold():
     return sum(range(4000))
 
+print("ready", flush=True)
 end = time.time() + float(sys.argv[1])
 while time.time() < end:
     hot()
@@ -200,10 +202,16 @@ def test_python_frames_show_file_and_line(emberscope, tmp_path):
     script = tmp_path / "busy.py"
     script.write_text(PYTHON_WORKLOAD)
     pprof, out = tmp_path / "python.pb.gz", tmp_path / "python.html"
-    result = emberscope(
-        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(pprof), "--",
-        sys.executable, str(script), "4",
-    )  # fmt: skip
+    workload = subprocess.Popen([sys.executable, str(script), "30"], stdout=subprocess.PIPE)
+    try:
+        assert workload.stdout.readline() == b"ready\n"
+        result = emberscope(
+            "profile", "--sample-rate", RATE, "--duration", "4s", "--output", str(pprof),
+            "--pid", str(workload.pid),
+        )  # fmt: skip
+    finally:
+        workload.kill()
+        workload.wait()
     assert result.returncode == 0, result.stderr
     result = emberscope("flamegraph", str(pprof), "-o", str(out))
     assert result.returncode == 0, result.stderr
