@@ -38,16 +38,20 @@ while time.time() < end:
 """
 
 
+def profile_command(emberscope, out: Path, *command: str) -> None:
+    """`emberscope profile -- COMMAND` into ``out``, until the command exits."""
+    result = emberscope(
+        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(out), "--", *command
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture(scope="module")
 def mix_pprof(build_workload, emberscope, tmp_path_factory) -> Path:
     """A real profile of flame_mix: main → hot (about 60%), warm → warm_leaf, syscalls."""
     out = tmp_path_factory.mktemp("mix") / "mix.pb.gz"
     binary = build_workload("flame_mix")
-    result = emberscope(
-        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(out), "--",
-        str(binary), "5",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    profile_command(emberscope, out, str(binary), "5")
     return out
 
 
@@ -179,11 +183,7 @@ def test_hovering_a_frame_shows_its_details(mix_html, tmp_path):
 def test_profile_writes_an_svg_by_its_extension(build_workload, emberscope, tmp_path):
     out = tmp_path / "mix.svg"
     binary = build_workload("flame_mix")
-    result = emberscope(
-        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(out), "--",
-        str(binary), "3",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    profile_command(emberscope, out, str(binary), "3")
     assert out.read_text().startswith("<?xml")
     with Chromium(tmp_path) as browser:
         browser.open(out.as_uri())
@@ -234,11 +234,7 @@ def test_python_frames_show_file_and_line(emberscope, tmp_path):
 def test_go_frames_are_coloured_as_go(build_go_workload, emberscope, tmp_path):
     binary = build_go_workload("go_spin")
     out = tmp_path / "go.html"
-    result = emberscope(
-        "profile", "--sample-rate", RATE, "--duration", "20s", "--output", str(out), "--",
-        str(binary), "2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    profile_command(emberscope, out, str(binary), "2")
     with Chromium(tmp_path) as browser:
         browser.open(out.as_uri())
         drawn = frames(browser)
