@@ -1,4 +1,5 @@
-"""The agent's HTTP server: ``/metrics``, health, readiness and components as JSON.
+"""The agent's HTTP server: ``/metrics``, health, readiness and components as JSON,
+and the recent profiles' page (``/profiles/``, see ``profiles.py``) when given one.
 
 The paths and the JSON shape follow Alloy's (``--server.http.listen-addr``,
 ``/-/healthy``, ``/-/ready``, ``/api/v0/web/components[/<id>]``), so that the
