@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agent.config.component import ComponentOptions, Health
-from agent.config.decode import decode
-from agent.config.evaluate import UNKNOWN, Reference, Scope, references
+from agent.config.decode import alloy_type, decode
+from agent.config.evaluate import UNKNOWN, Reference, Scope, references, unknown
 from agent.config.lexer import decode_source, error_at
 from agent.config.parser import Attribute, Block, Expr, File, Statement, parse
 from agent.errors import ConfigError
@@ -100,7 +101,7 @@ class Graph:
         nodes = _declare(parse(source, filename), kinds)
         ordered = _sort(nodes)
         graph = cls(ordered, os.environ if environ is None else environ, registry)
-        scope = Scope({node.id: UNKNOWN for node in ordered}, graph._environ)
+        scope = Scope({node.id: _unknown_exports(node.kind) for node in ordered}, graph._environ)
         for node in ordered:
             node.arguments = decode(node.block, node.kind.Arguments, scope)
         return graph
@@ -203,7 +204,9 @@ class Graph:
             for node in self._nodes
             if node.component is not None
         }
-        unknown = {node.id: UNKNOWN for node in self._nodes if node.component is None}
+        unknown = {
+            node.id: _unknown_exports(node.kind) for node in self._nodes if node.component is None
+        }
         return Scope(exports | unknown, self._environ)
 
     def _on_exports(self, component_id: str, exports: dict[str, Any]) -> None:
@@ -308,6 +311,18 @@ def _check_export(reference: Reference, kind: type) -> None:
     name = reference.fields[0]
     if name not in {field.name for field in dataclasses.fields(exports)}:
         raise error_at(reference.pos, f'field "{name}" does not exist')
+
+
+def _unknown_exports(kind: type) -> Any:
+    """The exports of a component not created yet: each of its declared ``Exports``
+    unknown but of its type, so that a reference is type-checked at load."""
+    exports = getattr(kind, "Exports", None)
+    if exports is None:
+        return UNKNOWN
+    hints = typing.get_type_hints(exports)
+    return {
+        field.name: unknown(alloy_type(hints[field.name])) for field in dataclasses.fields(exports)
+    }
 
 
 def _sort(nodes: list[_Node]) -> list[_Node]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+WRITE = 'pyroscope.write "w" {\n  endpoint {\n    url = "http://127.0.0.1:4040"\n  }\n}\n'
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,38 @@ def test_the_shipped_configurations_are_valid(emberscope, name):
             'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = []\n  bogus = 1\n}\n',
             "4:3",
             "bogus",
+        ),
+        # A reference is type-checked at load, before the component it names runs.
+        (
+            'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = pyroscope.write.w.receiver\n}\n'
+            + WRITE,
+            "3:16",
+            "expected array, got capsule",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = [discovery.relabel.r.output]\n}\n'
+            'discovery.relabel "r" {\n  targets = []\n}\n',
+            "3:17",
+            "expected capsule, got array",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = pyroscope.write.w.receiver\n  forward_to = []\n}\n'
+            + WRITE,
+            "2:13",
+            "expected array, got capsule",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = [pyroscope.write.w.receiver]\n  forward_to = []\n}\n'
+            + WRITE,
+            "2:14",
+            "expected object, got capsule",
+        ),
+        (
+            'discovery.relabel "a" {\n  targets = discovery.process.p.targets\n'
+            "  rule {\n    action = discovery.process.p.targets\n  }\n}\n"
+            'discovery.process "p" {\n}\n',
+            "4:14",
+            "expected string, got array",
         ),
         (
             'discovery.relabel "a" {\n  targets = discovery.relabel.b.output\n}\n'
