@@ -22,10 +22,10 @@ from agent.discovery import (
 )
 from agent.errors import EmberscopeError
 from agent.pyroscope_ebpf import EbpfComponent
-from agent.telemetry import TelemetryServer, new_registry
+from agent.telemetry import LoggingArguments, TelemetryServer, new_registry
 from agent.write import FileReceiver, PyroscopeWrite
 
-__all__ = ["KINDS", "Agent", "check"]
+__all__ = ["BLOCKS", "KINDS", "Agent", "check"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ KINDS: Mapping[str, type] = {
     "pyroscope.file": FileReceiver,
     "pyroscope.write": PyroscopeWrite,
 }
+
+# The unlabelled blocks that configure the agent itself.
+BLOCKS: Mapping[str, type] = {"logging": LoggingArguments}
 
 
 class Agent:
@@ -69,7 +72,7 @@ class Agent:
     ) -> Agent:
         """Parse and check ``path``; raise ConfigError before anything runs."""
         registry = new_registry()
-        graph = Graph.load(path, KINDS, environ=environ, registry=registry)
+        graph = Graph.load(path, KINDS, environ=environ, registry=registry, blocks=BLOCKS)
         return cls(graph, registry, listen_addr)
 
     def start(self) -> None:
@@ -99,4 +102,4 @@ class Agent:
 
 def check(path: os.PathLike[str], environ: Mapping[str, str]) -> None:
     """Check a configuration as ``emberscope check-config`` does."""
-    Graph.load(path, KINDS, environ=environ)
+    Graph.load(path, KINDS, environ=environ, blocks=BLOCKS)

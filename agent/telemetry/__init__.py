@@ -1,5 +1,6 @@
-"""The telemetry room: the agent's metrics, health and debug info over HTTP."""
+"""The telemetry room: the agent's metrics, health and debug info over HTTP, and its log lines."""
 
+from agent.telemetry.logs import LOG_FORMATS, LOG_LEVELS, LogFormatter, LoggingArguments
 from agent.telemetry.metrics import (
     BoundEbpfMetrics,
     EbpfMetrics,
@@ -18,6 +19,10 @@ __all__ = [
     "ComponentGraph",
     "EbpfMetrics",
     "HttpMetrics",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "LogFormatter",
+    "LoggingArguments",
     "ProgramStats",
     "SamplerCollector",
     "SamplerReading",
