@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter as PromCounter
+
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.discovery.containers import parse_container_id
 from agent.discovery.exports import PublishedTargets, TargetsExports
@@ -60,6 +62,7 @@ _STAT_LIMIT = 4096
 _STATUS_LIMIT = 4096  # "Uid:" is the ninth line
 _CGROUP_LIMIT = 16384
 _CMDLINE_LIMIT = 65536
+_SKIPPED_KEY = "discovery.process.skipped"
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,13 @@ class DiscoverConfig:
 
 
 class _Skip(Exception):
-    """The process is left out; ``vanished`` when it exited before it could be read."""
+    """The process is left out; ``vanished`` when it exited before it could be read,
+    ``reason`` when a file of it could not be read."""
 
-    def __init__(self, vanished: bool = False) -> None:
-        super().__init__()
+    def __init__(self, vanished: bool = False, reason: str = "") -> None:
+        super().__init__(reason)
         self.vanished = vanished
+        self.reason = reason
 
 
 class ProcessDiscovery:
@@ -125,6 +130,8 @@ class ProcessDiscovery:
         self._processes: dict[int, dict[str, str]] = {}
         self._exited: dict[int, float] = {}  # pid -> when its exit was seen; still a target
         self._skipped: set[int] = set()  # not retried until the next full refresh
+        self._skip_logged: set[int] = set()  # why they were skipped was logged: not again
+        self._skip_counter = _skip_counter(options)
         self._full_refresh_due = True
         self._changed_at: float | None = None  # the first change not exported yet
         self._exported_at = -math.inf
@@ -277,6 +284,7 @@ class ProcessDiscovery:
         try:
             labels = _read_process(self._proc_root, pid, config)
         except _Skip as skip:
+            self._note_skip(pid, skip)
             self._forget(pid, "missed" if skip.vanished else "skipped")
             return
         self._put_process(pid, labels)
@@ -298,9 +306,23 @@ class ProcessDiscovery:
             if self._processes.pop(pid, None) is not None:
                 self._note_change()
 
+    def _note_skip(self, pid: int, skip: _Skip) -> None:
+        """A process that cannot be read is logged once (a full refresh meets it again
+        every ``refresh_interval``), and counted each time."""
+        if not skip.reason:
+            return
+        if self._skip_counter is not None:
+            self._skip_counter.inc()
+        with self._lock:
+            first = pid not in self._skip_logged
+            self._skip_logged.add(pid)
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "%s: pid %d skipped: %s", self._options.id, pid, skip.reason)
+
     def _mark_exited(self, pid: int, now: float) -> None:
         with self._lock:
             self._skipped.discard(pid)  # the pid may be reused
+            self._skip_logged.discard(pid)
             if pid in self._processes:
                 self._exited.setdefault(pid, now)
 
@@ -335,6 +357,7 @@ class ProcessDiscovery:
             if full:
                 self._counts["full_refreshes"] += 1
                 self._skipped = set()
+                self._skip_logged &= pids  # the pids of processes gone may be reused
             for pid in self._processes.keys() - pids:
                 self._exited.setdefault(pid, now)
             unread = pids - self._skipped if full else pids - self._processes.keys() - self._skipped
@@ -352,7 +375,8 @@ class ProcessDiscovery:
         full refresh, and begins its grace if it was a target."""
         try:
             labels = _read_process(self._proc_root, pid, config)
-        except _Skip:
+        except _Skip as skip:
+            self._note_skip(pid, skip)
             with self._lock:
                 self._skipped.add(pid)
                 if pid in self._processes:
@@ -427,7 +451,8 @@ def _put_user(labels: dict[str, str], pid: int, path: str, config: DiscoverConfi
     """UID and user name only log on failure; they never skip the process (as in Alloy)."""
     try:
         status = _read(pid, path, _STATUS_LIMIT)
-    except _Skip:
+    except _Skip as skip:
+        log.debug("pid %d: no user: %s", pid, skip.reason or "it exited")
         return
     line = next((line for line in status.splitlines() if line.startswith(b"Uid:")), b"")
     fields = line.split()
@@ -476,12 +501,29 @@ def _readlink(pid: int, path: str) -> bytes:
 
 
 def _skip(pid: int, path: str, problem: OSError | str) -> _Skip:
-    """Vanished processes are skipped silently; other failures are logged."""
+    """Vanished processes are skipped silently; other failures say why."""
     if isinstance(problem, FileNotFoundError | ProcessLookupError):
         return _Skip(vanished=True)
     reason = problem if isinstance(problem, str) else problem.strerror or str(problem)
-    log.warning("pid %d skipped: cannot read %s: %s", pid, path, reason)
-    return _Skip()
+    return _Skip(reason=f"cannot read {path}: {reason}")
+
+
+def _skip_counter(options: ComponentOptions) -> Any:
+    """This component's child of the agent's one counter of unreadable processes."""
+    if options.registry is None:
+        return None
+    with options.shared_lock:
+        counter = options.shared.get(_SKIPPED_KEY)
+        if counter is None:
+            counter = PromCounter(
+                "emberscope_discovery_process_skipped",
+                "Processes discovery.process left out because a file of theirs under /proc "
+                "could not be read, counted at each attempt (each process is logged once).",
+                ["component_id"],
+                registry=options.registry,
+            )
+            options.shared[_SKIPPED_KEY] = counter
+    return counter.labels(options.id)
 
 
 def _text(raw: bytes) -> str:
