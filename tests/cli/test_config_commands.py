@@ -40,6 +40,16 @@ def test_the_shipped_configurations_are_valid(emberscope, name):
             "4:3",
             "bogus",
         ),
+        ('logging {\n  level = "loud"\n}\n', "2:3", "level: must be one of debug,"),
+        ('logging {\n  format = "text"\n}\n', "2:3", "format: must be one of logfmt, json"),
+        ('logging "main" {\n}\n', "1:1", 'block "logging" requires empty label'),
+        ("logging {\n}\nlogging {\n}\n", "3:1", "block logging already declared at"),
+        ("logging {\n  write_to = []\n}\n", "2:3", 'unrecognized attribute name "write_to"'),
+        (
+            'logging {\n  level = discovery.process.p.targets\n}\ndiscovery.process "p" {\n}\n',
+            "2:11",
+            'component "discovery.process.p.targets" does not exist or is out of scope',
+        ),
         # A reference is type-checked at load, before the component it names runs.
         (
             'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = pyroscope.write.w.receiver\n}\n'
@@ -89,6 +99,13 @@ def test_each_error_names_file_line_column_and_exits_1(emberscope, tmp_path, tex
     assert f"{config}:{where}:" in result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_logging_block_is_checked_and_may_read_the_environment(emberscope, tmp_path):
+    config = tmp_path / "logging.alloy"
+    config.write_text('logging {\n  level = sys.env("NO_SUCH_VARIABLE") + "warn"\n}\n')
+    result = emberscope("check-config", str(config))
+    assert (result.returncode, result.stdout) == (0, f"{config}: valid\n"), result.stderr
 
 
 def test_a_missing_file_is_one_line(emberscope, tmp_path):
