@@ -21,6 +21,7 @@ from agent.discovery import (
     RelabelComponent,
 )
 from agent.errors import EmberscopeError
+from agent.local_file import LocalFile
 from agent.pyroscope_ebpf import EbpfComponent
 from agent.telemetry import LoggingArguments, TelemetryServer, new_registry
 from agent.write import FileReceiver, PyroscopeWrite
@@ -35,6 +36,7 @@ KINDS: Mapping[str, type] = {
     "discovery.kubernetes": KubernetesDiscovery,
     "discovery.process": ProcessDiscovery,
     "discovery.relabel": RelabelComponent,
+    "local.file": LocalFile,
     "pyroscope.ebpf": EbpfComponent,
     "pyroscope.file": FileReceiver,
     "pyroscope.write": PyroscopeWrite,
