@@ -112,6 +112,7 @@ def test_every_line_it_logs_is_logfmt(agent_run):
     messages = [record["msg"] for record in records]
     assert messages[0].startswith("configuration "), messages
     assert "agent started components=4" in messages and "agent stopped" in messages
+    assert f"pyroscope.file.out: writing profiles under {agent_run['output']}" in messages
 
 
 def test_one_profile_per_target_per_interval_with_the_target_labels(agent_run):
