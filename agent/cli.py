@@ -290,7 +290,8 @@ def _profile(args: argparse.Namespace) -> int:
             child.terminate()
     _write(builder, args.output)
     rows = top_functions(builder.build(), args.top)
-    print(format_table(rows, shutil.get_terminal_size().columns))
+    # Cut to the terminal (or $COLUMNS); written to a pipe or a file, whole.
+    print(format_table(rows, shutil.get_terminal_size((0, 0)).columns or None))
     print(f"wrote {args.output}: {builder.sample_count} samples, {len(builder)} stacks")
     return 0
 
