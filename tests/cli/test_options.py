@@ -122,7 +122,10 @@ def test_the_table_shows_demangled_names_cut_to_the_terminal_with_the_whole_name
 
 
 @pytest.mark.usefixtures("bpf_ready")
-def test_demangle_none_keeps_the_linkers_names(emberscope, long_names, tmp_path):
+def test_demangle_none_keeps_the_linkers_names_and_a_pipe_gets_them_whole(
+    emberscope, long_names, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("COLUMNS", raising=False)
     output = tmp_path / "mangled.pb.gz"
     result = emberscope(
         "profile",
@@ -138,3 +141,4 @@ def test_demangle_none_keeps_the_linkers_names(emberscope, long_names, tmp_path)
     assert result.returncode == 0, result.stderr
     (top,) = top_functions(read_profile(output.read_bytes()), 1)
     assert top.name.startswith(MANGLED_PREFIX)
+    assert result.stdout.splitlines()[1].split()[0] == top.name  # stdout is a pipe here
