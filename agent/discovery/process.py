@@ -20,11 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Counter as PromCounter
-
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.discovery.containers import parse_container_id
-from agent.discovery.exports import PublishedTargets, TargetsExports
+from agent.discovery.exports import PublishedTargets, TargetsExports, component_counter
 from agent.discovery.procevents import ProcEvent, ProcEventKind, ProcEvents, open_proc_events
 from agent.discovery.targets import container_id_of
 from agent.errors import DiscoveryError
@@ -62,7 +60,6 @@ _STAT_LIMIT = 4096
 _STATUS_LIMIT = 4096  # "Uid:" is the ninth line
 _CGROUP_LIMIT = 16384
 _CMDLINE_LIMIT = 65536
-_SKIPPED_KEY = "discovery.process.skipped"
 
 
 @dataclass(frozen=True)
@@ -509,21 +506,12 @@ def _skip(pid: int, path: str, problem: OSError | str) -> _Skip:
 
 
 def _skip_counter(options: ComponentOptions) -> Any:
-    """This component's child of the agent's one counter of unreadable processes."""
-    if options.registry is None:
-        return None
-    with options.shared_lock:
-        counter = options.shared.get(_SKIPPED_KEY)
-        if counter is None:
-            counter = PromCounter(
-                "emberscope_discovery_process_skipped",
-                "Processes discovery.process left out because a file of theirs under /proc "
-                "could not be read, counted at each attempt (each process is logged once).",
-                ["component_id"],
-                registry=options.registry,
-            )
-            options.shared[_SKIPPED_KEY] = counter
-    return counter.labels(options.id)
+    return component_counter(
+        options,
+        "emberscope_discovery_process_skipped",
+        "Processes discovery.process left out because a file of theirs under /proc "
+        "could not be read, counted at each attempt (each process is logged once).",
+    )
 
 
 def _text(raw: bytes) -> str:
