@@ -29,6 +29,7 @@ from agent.discovery import (
 from agent.discovery.containers import parse_container_id
 from agent.ebpf import PidEvent
 from agent.errors import ConfigError, EmberscopeError
+from agent.memory import release_free_memory
 from agent.pprof import ProfileBuilder
 from agent.sampling import CoreOptions, SamplingCore
 from agent.supervise import SupervisedThread
@@ -469,6 +470,7 @@ class EbpfComponent:
             self._last_collected = time.monotonic()
             if self._health.state != "healthy":
                 self._health = Health("healthy", "", time.time())
+        release_free_memory()  # the round's buffers are freed: give their pages back
 
     def _collect(self, sampler: Sampler) -> None:
         builders = sampler.collect(self)
