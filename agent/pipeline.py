@@ -21,11 +21,12 @@ from agent.discovery import (
     RelabelComponent,
 )
 from agent.errors import EmberscopeError
+from agent.local_file import LocalFile
 from agent.pyroscope_ebpf import EbpfComponent
-from agent.telemetry import ProfilesPage, TelemetryServer, new_registry
+from agent.telemetry import LoggingArguments, ProfilesPage, TelemetryServer, new_registry
 from agent.write import RECENT_PROFILES_KEY, FileReceiver, PyroscopeWrite, RecentProfiles
 
-__all__ = ["KINDS", "Agent", "check"]
+__all__ = ["BLOCKS", "KINDS", "Agent", "check"]
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,14 @@ KINDS: Mapping[str, type] = {
     "discovery.kubernetes": KubernetesDiscovery,
     "discovery.process": ProcessDiscovery,
     "discovery.relabel": RelabelComponent,
+    "local.file": LocalFile,
     "pyroscope.ebpf": EbpfComponent,
     "pyroscope.file": FileReceiver,
     "pyroscope.write": PyroscopeWrite,
 }
+
+# The unlabelled blocks that configure the agent itself.
+BLOCKS: Mapping[str, type] = {"logging": LoggingArguments}
 
 
 class Agent:
@@ -80,7 +85,9 @@ class Agent:
         if listen_addr is not None and recent_limits is not None:
             recent = RecentProfiles(*recent_limits, registry)
         shared = {RECENT_PROFILES_KEY: recent} if recent is not None else {}
-        graph = Graph.load(path, KINDS, environ=environ, registry=registry, shared=shared)
+        graph = Graph.load(
+            path, KINDS, environ=environ, registry=registry, shared=shared, blocks=BLOCKS
+        )
         return cls(graph, registry, listen_addr, recent)
 
     def start(self) -> None:
@@ -113,4 +120,4 @@ class Agent:
 
 def check(path: os.PathLike[str], environ: Mapping[str, str]) -> None:
     """Check a configuration as ``emberscope check-config`` does."""
-    Graph.load(path, KINDS, environ=environ)
+    Graph.load(path, KINDS, environ=environ, blocks=BLOCKS)

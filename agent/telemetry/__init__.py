@@ -1,5 +1,6 @@
-"""The telemetry room: the agent's metrics, health and debug info over HTTP."""
+"""The telemetry room: the agent's metrics, health and debug info over HTTP, and its log lines."""
 
+from agent.telemetry.logs import LOG_FORMATS, LOG_LEVELS, LogFormatter, LoggingArguments
 from agent.telemetry.metrics import (
     BoundEbpfMetrics,
     EbpfMetrics,
@@ -19,6 +20,10 @@ __all__ = [
     "ComponentGraph",
     "EbpfMetrics",
     "HttpMetrics",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "LogFormatter",
+    "LoggingArguments",
     "PROFILES_PATH",
     "ProfilesPage",
     "ProgramStats",

@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration
 from agent.discovery import DiscoverConfig, ProcessDiscovery, parse_container_id
 from agent.discovery.procevents import ProcEvents
 from agent.errors import DiscoveryError
+from tests.agent import wait_for
 from tests.discovery.test_procevents import exec_, fork, message
 
 CONTAINER = "c0ffee" + "0" * 58
@@ -438,8 +440,37 @@ def test_odd_files_are_not_waited_on_nor_read_whole(running, tmp_path, caplog):
     recorder.wait_for(lambda targets: len(targets) == 1, 5)
     assert len(by_pid(recorder.calls[-1], 300)["__meta_process_commandline"]) == 65536
     warnings = sorted(r.getMessage() for r in caplog.records)
-    assert [w.split(":")[0] for w in warnings] == ["pid 100 skipped", "pid 200 skipped"]
+    assert [w.split(": ")[1] for w in warnings] == ["pid 100 skipped", "pid 200 skipped"]
     assert warnings[0].endswith("not a regular file")
+
+
+def test_an_unreadable_process_is_logged_once_then_only_counted(odd_tree, caplog):
+    caplog.set_level(logging.WARNING, logger="agent.discovery.process")
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    discovery = ProcessDiscovery(
+        ComponentOptions("discovery.process.test", recorder, {}, threading.Lock(), registry),
+        ProcessDiscovery.Arguments(refresh_interval=Duration(0.05)),
+        proc_root=str(odd_tree),
+        **CAPTURED,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=discovery.run, args=(stop,), daemon=True)
+    thread.start()
+
+    def skipped() -> float:
+        labels = {"component_id": "discovery.process.test"}
+        return registry.get_sample_value("emberscope_discovery_process_skipped_total", labels)
+
+    try:
+        wait_for(lambda: (skipped() or 0) >= 5, 10, "five full refreshes")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        f"discovery.process.test: pid 400 skipped: cannot read {odd_tree}/400/exe: Invalid argument"
+    ]
 
 
 def test_default_labels(running, odd_tree):
