@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ class Exported:
 
     def __init__(self) -> None:
         self.contents: list[str] = []
+        self.thread: threading.Thread | None = None  # the component's run loop
 
     def __call__(self, exports: dict) -> None:
         self.contents.append(exports["content"])
@@ -47,6 +49,7 @@ def start() -> Iterator:
         thread = threading.Thread(target=component.run, args=(stop,), daemon=True)
         thread.start()
         stops.append((stop, thread))
+        exported.thread = thread
         return component, exported
 
     yield start
@@ -92,12 +95,25 @@ def test_fsnotify_reads_a_change_at_once(start, tmp_path, how):
     assert component.exports() == {"content": "two"}
 
 
+def waiting(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is in the component's wait for the next change or poll."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "_watch_until_changed":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_poll_reads_every_poll_frequency_and_only_then(start, tmp_path):
     often, seldom = tmp_path / "often", tmp_path / "seldom"
     often.write_text("one")
     seldom.write_text("one")
     _, exported = start(filename=str(often), detector="poll", poll_frequency=Duration(0.2))
-    slow, _ = start(filename=str(seldom), detector="poll", poll_frequency=Duration(3600))
+    hourly = Duration(3600)
+    slow, slow_exported = start(filename=str(seldom), detector="poll", poll_frequency=hourly)
+    # Its run loop reads the file once as it starts: only a write after that read is a test.
+    wait_for(lambda: waiting(slow_exported.thread), 5, "the slow poller's first read")
     often.write_text("two")
     seldom.write_text("two")
     wait_for(lambda: exported.contents[-1:] == ["two"], 5, "the polled content")
