@@ -52,7 +52,8 @@ def compile_workload(source: str, binary: Path, *flags: str, link: Sequence[str]
 @pytest.fixture(scope="session")
 def compile_c(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Build ``tests/workloads/<name>.c`` once per session with exactly the given
-    gcc flags; the binary is named ``name``, in one folder per set of flags."""
+    gcc flags. The binary is named ``name`` (profiles and service_name show it),
+    in one folder per set of flags."""
     folders: dict[tuple[str, ...], Path] = {}
 
     def build(name: str, *flags: str) -> Path:
