@@ -8,7 +8,6 @@ import logging
 import os
 import pwd
 import queue
-import shutil
 import statistics
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from agent.discovery import DiscoverConfig, ProcessDiscovery, parse_container_id
 from agent.discovery.procevents import ProcEvents
 from agent.errors import DiscoveryError
 from tests.agent import wait_for
+from tests.conftest import compile_workload
 from tests.discovery.test_procevents import exec_, fork, message
 
 CONTAINER = "c0ffee" + "0" * 58
@@ -31,20 +31,6 @@ OTHER = "beef" + "1" * 60
 ALL_LABELS = DiscoverConfig(username=True, uid=True, cgroup_path=True)
 CAPTURED = {"open_events": None}  # a captured tree gets no kernel events: it is listed
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the process events need root")
-BURNER_C = r"""
-#include <stdlib.h>
-#include <time.h>
-/* Spin on the CPU for argv[1] milliseconds, then exit. */
-int main(int argc, char **argv) {
-    long ms = argc > 1 ? atol(argv[1]) : 30;
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    do {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-    } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
-    return 0;
-}
-"""
 
 
 class Recorder:
@@ -143,13 +129,8 @@ def nobody_sleep(tmp_path) -> Iterator[subprocess.Popen]:
 @pytest.fixture(scope="module")
 def burner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``burner MS``: a C program that spins for MS milliseconds."""
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the burner")
     directory = tmp_path_factory.mktemp("burner").resolve()
-    (directory / "burner.c").write_text(BURNER_C)
-    binary = directory / "burner"
-    subprocess.run(["gcc", "-O1", "-o", str(binary), str(directory / "burner.c")], check=True)
-    return binary
+    return compile_workload("burner.c", directory / "burner", "-O1")
 
 
 def test_a_real_process_has_its_labels(running, nobody_sleep, tmp_path):
