@@ -206,6 +206,7 @@ class Profiler:
         self._refresh_settling()
         self._expire_pending()
         if self._python is not None:
+            self._python.keep_line_tables()
             self._python.retry()
 
     def reclassify(self) -> None:

@@ -15,6 +15,7 @@
 #define MAX_PY_FRAMES		128	/* deeper Python stacks are truncated */
 #define PY_NAME_LEN		96	/* bytes of co_qualname (co_name before 3.11) kept */
 #define PY_FILE_LEN		160	/* bytes of co_filename kept: its tail when longer */
+#define PY_LINETABLE_LEN	1024	/* bytes of a line table sent (99% of 3.11+ stdlib's fit) */
 #define PY_NO_OFFSET		0xffff	/* a field this CPython version does not have */
 #define TASK_COMM_LEN		16
 #define CGROUP_NAME_LEN		96	/* the leaf of the cgroup path: holds a container ID */
@@ -52,6 +53,7 @@ enum py_stat {
 	PY_STAT_NO_THREAD_STATE,	/* the thread had no Python frame to walk */
 	PY_STAT_TRUNCATED,		/* stacks deeper than MAX_PY_FRAMES */
 	PY_STAT_SYMBOLS_NEW,		/* names copied into py_symbols (LRU: may evict) */
+	PY_STAT_LINES_LOST,		/* a new code object's line table unread or not sent */
 	PY_STAT_MAX,
 };
 
@@ -176,6 +178,7 @@ struct py_offsets {
 	__u16 code_first_line;
 	__u16 code_filename;
 	__u16 code_name;
+	__u16 code_linetable;	/* co_lnotab (3.8, 3.9) or co_linetable */
 	__u16 code_adaptive;	/* 3.11+, or PY_NO_OFFSET */
 	__u16 code_window;
 	__u16 unicode_ascii_data;
@@ -230,6 +233,20 @@ struct py_symbol {
 	__u8 file_truncated;	/* file holds the tail of the name */
 	char name[PY_NAME_LEN];
 	char file[PY_FILE_LEN];
+};
+
+/*
+ * The line table of a code object seen for the first time (a py_lines
+ * record): userspace keeps it, so lines are known after the process exits.
+ * The record ends after the copied bytes.
+ */
+struct py_code_lines {
+	__u32 pid;
+	__u32 first_line;
+	__u64 code;
+	__u32 table_len;	/* the whole table's length in bytes */
+	__u32 copied;		/* bytes of table sent: fewer than table_len when cut */
+	__u8 table[PY_LINETABLE_LEN];
 };
 
 /* Key 0 of the control map: which counts/stacks buffer samples go to. */

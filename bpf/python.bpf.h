@@ -4,8 +4,8 @@
  * with the offsets userspace puts in py_procs (agent/python/offsets.py).
  * The thread state is the value of the interpreter's pthread key; from its
  * current frame the walk follows each frame's previous pointer, copying the
- * code object, its first line and the instruction offset, and the names of
- * each code object once into py_symbols. PY_FRAMES_PER_PROG frames are read
+ * code object, its first line and the instruction offset, the names of
+ * each code object once into py_symbols, and its line table once to py_lines. PY_FRAMES_PER_PROG frames are read
  * per program run; walk_python (profile.bpf.c) tail-calls itself for more.
  */
 #ifndef __PYTHON_BPF_H
@@ -16,6 +16,8 @@
 #define PY_FRAME_WINDOW		128	/* most bytes read at once from a frame */
 #define PY_CODE_WINDOW		144	/* ... and from a code object */
 #define PY_STR_HEADER		40	/* PyASCIIObject up to and including state */
+#define PY_BYTES_SIZE		16	/* PyBytesObject.ob_size, in every version */
+#define PY_BYTES_DATA		32	/* PyBytesObject.ob_sval */
 
 _Static_assert(PY_NAME_LEN < 256 && PY_FILE_LEN < 256, "read_str masks sizes with 0xff");
 
@@ -44,6 +46,12 @@ struct {
 		__type(value, struct py_stack);			\
 	} name SEC(".maps")
 
+/* Line tables of new code objects: userspace keeps them (py_code_lines). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} py_lines SEC(".maps");
+
 PY_STACKS_MAP(py_stacks_0);
 PY_STACKS_MAP(py_stacks_1);
 
@@ -56,6 +64,7 @@ struct py_walk {
 	struct py_proc proc;
 	struct py_stack stack;
 	struct py_symbol symbol;
+	struct py_code_lines lines;
 	__u8 frame_window[PY_FRAME_WINDOW];
 	__u8 code_window[PY_CODE_WINDOW];
 	__u8 str_header[PY_STR_HEADER];
@@ -171,6 +180,39 @@ static __always_inline void read_str(struct py_walk *walk, __u64 str, char *out,
 		*len = size;
 }
 
+/*
+ * Send the line table of a code object to userspace, which keeps it: read
+ * from the process at the end, it would be gone with the process.
+ */
+static __always_inline void send_line_table(struct py_walk *walk, __u64 code, __u32 first_line)
+{
+	struct py_code_lines *lines = &walk->lines;
+	__u64 table, length = 0;
+	__u32 size;
+
+	table = window_u64(walk->code_window, PY_CODE_WINDOW, walk->proc.offsets.code_linetable);
+	if (!table ||
+	    bpf_probe_read_user(&length, sizeof(length), (void *)(table + PY_BYTES_SIZE)) ||
+	    (__s64)length < 0) {
+		count_py_stat(PY_STAT_LINES_LOST);
+		return;
+	}
+	size = length > PY_LINETABLE_LEN ? PY_LINETABLE_LEN : length;
+	barrier_var(size);
+	if (size > PY_LINETABLE_LEN ||
+	    bpf_probe_read_user(lines->table, size, (void *)(table + PY_BYTES_DATA))) {
+		count_py_stat(PY_STAT_LINES_LOST);
+		return;
+	}
+	lines->pid = walk->key.pid;
+	lines->first_line = first_line;
+	lines->code = code;
+	lines->table_len = length > 0xffffffff ? 0xffffffff : length;
+	lines->copied = size;
+	if (bpf_ringbuf_output(&py_lines, lines, offsetof(struct py_code_lines, table) + size, 0))
+		count_py_stat(PY_STAT_LINES_LOST);
+}
+
 /* Copy the names of a code object into py_symbols, once per (pid, code). */
 static __always_inline void intern_symbol(struct py_walk *walk, __u64 code, __u32 first_line)
 {
@@ -187,8 +229,10 @@ static __always_inline void intern_symbol(struct py_walk *walk, __u64 code, __u3
 		 &symbol->name_truncated, false);
 	read_str(walk, file, symbol->file, PY_FILE_LEN, &symbol->file_len, &symbol->file_kind,
 		 &symbol->file_truncated, true);
-	if (!bpf_map_update_elem(&py_symbols, &key, symbol, BPF_NOEXIST))
-		count_py_stat(PY_STAT_SYMBOLS_NEW);
+	if (bpf_map_update_elem(&py_symbols, &key, symbol, BPF_NOEXIST))
+		return;
+	count_py_stat(PY_STAT_SYMBOLS_NEW);
+	send_line_table(walk, code, first_line);
 }
 
 /*

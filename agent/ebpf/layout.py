@@ -12,6 +12,7 @@ __all__ = [
     "PERF_MAX_STACK_DEPTH",
     "PY_FILE_LEN",
     "PY_FRAME_ENTRY",
+    "PY_LINETABLE_LEN",
     "PY_NAME_LEN",
     "PY_NO_OFFSET",
     "PY_STACK_TRUNCATED",
@@ -23,6 +24,7 @@ __all__ = [
     "PidEventType",
     "PidState",
     "ProfileConfig",
+    "PyCodeLines",
     "PyFrameRecord",
     "PyOffsets",
     "PyProc",
@@ -44,6 +46,7 @@ STACK_TRUNCATED_IP = 0xFFFF_FFFF_FFFF_FFFE
 MAX_PY_FRAMES = 128
 PY_NAME_LEN = 96
 PY_FILE_LEN = 160
+PY_LINETABLE_LEN = 1024
 PY_NO_OFFSET = 0xFFFF
 TASK_COMM_LEN = 16
 CGROUP_NAME_LEN = 96
@@ -86,6 +89,7 @@ class PyStat(enum.IntEnum):
     NO_THREAD_STATE = 1
     TRUNCATED = 2
     SYMBOLS_NEW = 3
+    LINES_LOST = 4
 
 
 class PidEventType(enum.IntEnum):
@@ -168,6 +172,7 @@ class PyOffsets(ctypes.Structure):
             "code_first_line",
             "code_filename",
             "code_name",
+            "code_linetable",
             "code_adaptive",
             "code_window",
             "unicode_ascii_data",
@@ -226,6 +231,17 @@ class PySymbol(ctypes.Structure):
         ("file_truncated", ctypes.c_uint8),
         ("name", ctypes.c_char * PY_NAME_LEN),
         ("file", ctypes.c_char * PY_FILE_LEN),
+    ]
+
+
+class PyCodeLines(ctypes.Structure):
+    _fields_ = [
+        ("pid", ctypes.c_uint32),
+        ("first_line", ctypes.c_uint32),
+        ("code", ctypes.c_uint64),
+        ("table_len", ctypes.c_uint32),
+        ("copied", ctypes.c_uint32),
+        ("table", ctypes.c_uint8 * PY_LINETABLE_LEN),
     ]
 
 

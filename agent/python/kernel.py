@@ -36,6 +36,7 @@ def _kernel_offsets(offsets: PythonOffsets) -> PyOffsets:
         offsets.code_first_line + 4,
         offsets.code_filename + _POINTER,
         offsets.code_name + _POINTER,
+        offsets.code_linetable + _POINTER,
     ]
     return PyOffsets(
         tstate_frame=offsets.tstate_frame,
@@ -49,6 +50,7 @@ def _kernel_offsets(offsets: PythonOffsets) -> PyOffsets:
         code_first_line=offsets.code_first_line,
         code_filename=offsets.code_filename,
         code_name=offsets.code_name,
+        code_linetable=offsets.code_linetable,
         code_adaptive=_or_none(offsets.code_adaptive),
         code_window=max(code_bytes),
         unicode_ascii_data=offsets.unicode_ascii_data,

@@ -87,6 +87,11 @@ class PythonProcesses:
             else:
                 del self._waiting[pid]
 
+    def keep_line_tables(self) -> None:
+        """Keep the line tables the kernel sent since: the processes may be
+        gone by the time their frames are named."""
+        self.symbolizer.keep(self._session.take_line_tables())
+
     def forget(self, pid: int) -> None:
         """The process exited or exec'd: nothing about it holds any more."""
         self._interpreters.pop(pid, None)
@@ -113,6 +118,7 @@ class PythonProcesses:
         # userspace never deletes from the LRU map: what is not there was evicted
         counters["symbols_evicted"] = max(counters["symbols_new"] - symbols_in_map, 0)
         counters["unnamed_frames"] = self.symbolizer.unnamed_frames
+        counters["lines_unknown"] = self.symbolizer.lines_unknown
         return counters
 
     def debug_info(self) -> dict[str, object]:
