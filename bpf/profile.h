@@ -133,10 +133,17 @@ struct pid_config {
 	__u32 mappings_asked;	/* when a mappings event was last sent, in ~1 s units */
 };
 
+/* Whether the sampled thread held the GIL (sample_key.gil). */
+enum py_gil {
+	PY_GIL_UNKNOWN = 0,	/* not a Python thread, or the GIL unreadable */
+	PY_GIL_HELD = 1,
+	PY_GIL_RELEASED = 2,
+};
+
 /* Stacks are stored by a 64-bit hash of their contents; 0 means none. */
 struct sample_key {
 	__u32 pid;
-	__u32 _pad;
+	__u32 gil;		/* enum py_gil */
 	__u64 user_stack;
 	__u64 kernel_stack;
 	__u64 python_stack;
@@ -183,6 +190,8 @@ struct py_offsets {
 	__u16 code_window;
 	__u16 unicode_ascii_data;
 	__u16 unicode_compact_data;
+	__u16 gil_last_holder;	/* in _gil_runtime_state: the thread state that took it last */
+	__u16 gil_locked;	/* ... and whether it is held (an int) */
 	__u8 owner_cstack;	/* owner value of shim frames; 0 when none */
 	__u8 entry_every_frame;	/* before 3.11 each frame has its own eval loop */
 };
@@ -190,6 +199,7 @@ struct py_offsets {
 /* One Python process: the py_procs value. */
 struct py_proc {
 	__u64 code_type;	/* &PyCode_Type: frames whose code is not a code object are skipped */
+	__u64 gil;		/* the main interpreter's _gil_runtime_state; 0: not known */
 	__u32 tss_key;		/* pthread key of the thread state */
 	__u16 tsd_base;		/* glibc: struct pthread.specific_1stblock */
 	__u16 tsd_stride;	/* bytes per key */

@@ -16,6 +16,7 @@
 #define PY_FRAME_WINDOW		128	/* most bytes read at once from a frame */
 #define PY_CODE_WINDOW		144	/* ... and from a code object */
 #define PY_STR_HEADER		40	/* PyASCIIObject up to and including state */
+#define PY_GIL_WINDOW		24	/* bytes read at once from _gil_runtime_state */
 #define PY_BYTES_SIZE		16	/* PyBytesObject.ob_size, in every version */
 #define PY_BYTES_DATA		32	/* PyBytesObject.ob_sval */
 
@@ -68,6 +69,7 @@ struct py_walk {
 	__u8 frame_window[PY_FRAME_WINDOW];
 	__u8 code_window[PY_CODE_WINDOW];
 	__u8 str_header[PY_STR_HEADER];
+	__u8 gil_window[PY_GIL_WINDOW];
 };
 
 struct {
@@ -126,27 +128,48 @@ static __always_inline __u8 window_u8(const __u8 *window, __u32 size, __u16 offs
 }
 
 /*
- * The first frame of the sampled thread: its PyThreadState is the value of
- * the interpreter's pthread key, read the way glibc's pthread_getspecific()
- * does for keys below 32.
+ * The sampled thread's PyThreadState: the value of the interpreter's
+ * pthread key, read the way glibc's pthread_getspecific() does for keys
+ * below 32.
  */
-static __always_inline __u64 top_frame(struct task_struct *task, const struct py_proc *proc)
+static __always_inline __u64 thread_state(struct task_struct *task, const struct py_proc *proc)
 {
-	const struct py_offsets *off = &proc->offsets;
-	__u64 tp = thread_pointer(task), tstate = 0, frame = 0;
+	__u64 tp = thread_pointer(task), tstate = 0;
 
-	if (!tp)
+	if (!tp || bpf_probe_read_user(&tstate, sizeof(tstate),
+				       (void *)(tp + proc->tsd_base + proc->tss_key * proc->tsd_stride +
+						proc->tsd_data)))
 		return 0;
-	if (bpf_probe_read_user(&tstate, sizeof(tstate),
-				(void *)(tp + proc->tsd_base + proc->tss_key * proc->tsd_stride +
-					 proc->tsd_data)) || !tstate)
-		return 0;
+	return tstate;
+}
+
+static __always_inline __u64 top_frame(__u64 tstate, const struct py_offsets *off)
+{
+	__u64 frame = 0;
+
 	if (bpf_probe_read_user(&frame, sizeof(frame), (void *)(tstate + off->tstate_frame)))
 		return 0;
 	if (frame && off->cframe_frame != PY_NO_OFFSET &&
 	    bpf_probe_read_user(&frame, sizeof(frame), (void *)(frame + off->cframe_frame)))
 		return 0;
 	return frame;
+}
+
+/*
+ * Whether the thread holds the GIL: it is locked and this thread took it
+ * last (take_gil() sets last_holder; drop_gil() clears locked only).
+ */
+static __always_inline __u32 gil_state(struct py_walk *walk, __u64 tstate)
+{
+	const struct py_offsets *off = &walk->proc.offsets;
+
+	if (!walk->proc.gil ||
+	    bpf_probe_read_user(walk->gil_window, PY_GIL_WINDOW, (void *)walk->proc.gil))
+		return PY_GIL_UNKNOWN;
+	if (window_u64(walk->gil_window, PY_GIL_WINDOW, off->gil_last_holder) == tstate &&
+	    window_u32(walk->gil_window, PY_GIL_WINDOW, off->gil_locked))
+		return PY_GIL_HELD;
+	return PY_GIL_RELEASED;
 }
 
 /* Copy a str's bytes (the tail if keep_tail and it is too long). */
@@ -330,6 +353,7 @@ static __always_inline bool begin_py_walk(struct task_struct *task, struct sampl
 	struct py_proc *proc;
 	struct py_walk *walk;
 	__u32 zero = 0;
+	__u64 tstate;
 
 	proc = bpf_map_lookup_elem(&py_procs, &key->pid);
 	walk = bpf_map_lookup_elem(&py_walks, &zero);
@@ -337,12 +361,14 @@ static __always_inline bool begin_py_walk(struct task_struct *task, struct sampl
 		return false;
 	count_py_stat(PY_STAT_SAMPLES);
 	walk->proc = *proc;
-	walk->frame = top_frame(task, proc);
+	tstate = thread_state(task, proc);
+	walk->frame = tstate ? top_frame(tstate, &proc->offsets) : 0;
 	if (!walk->frame) {
 		count_py_stat(PY_STAT_NO_THREAD_STATE);
 		return false;
 	}
 	walk->key = *key;
+	walk->key.gil = gil_state(walk, tstate);
 	walk->buffer = buffer;
 	walk->runs = 0;
 	walk->stack.depth = 0;

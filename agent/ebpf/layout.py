@@ -26,6 +26,7 @@ __all__ = [
     "ProfileConfig",
     "PyCodeLines",
     "PyFrameRecord",
+    "PyGil",
     "PyOffsets",
     "PyProc",
     "PyStack",
@@ -92,6 +93,12 @@ class PyStat(enum.IntEnum):
     LINES_LOST = 4
 
 
+class PyGil(enum.IntEnum):
+    UNKNOWN = 0
+    HELD = 1
+    RELEASED = 2
+
+
 class PidEventType(enum.IntEnum):
     NEW = 1
     EXEC = 2
@@ -130,7 +137,7 @@ class PidConfig(ctypes.Structure):
 class SampleKey(ctypes.Structure):
     _fields_ = [
         ("pid", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("gil", ctypes.c_uint32),
         ("user_stack", ctypes.c_uint64),
         ("kernel_stack", ctypes.c_uint64),
         ("python_stack", ctypes.c_uint64),
@@ -177,6 +184,8 @@ class PyOffsets(ctypes.Structure):
             "code_window",
             "unicode_ascii_data",
             "unicode_compact_data",
+            "gil_last_holder",
+            "gil_locked",
         )
     ] + [
         ("owner_cstack", ctypes.c_uint8),
@@ -187,6 +196,7 @@ class PyOffsets(ctypes.Structure):
 class PyProc(ctypes.Structure):
     _fields_ = [
         ("code_type", ctypes.c_uint64),
+        ("gil", ctypes.c_uint64),
         ("tss_key", ctypes.c_uint32),
         ("tsd_base", ctypes.c_uint16),
         ("tsd_stride", ctypes.c_uint16),

@@ -36,6 +36,7 @@ from agent.ebpf.layout import (
     PidEventType,
     PidState,
     ProfileConfig,
+    PyGil,
     PyProc,
     PyStack,
     PyStat,
@@ -158,6 +159,8 @@ class RawSample:
     kernel_stack: tuple[int, ...]
     count: int
     python_stack: PythonStack | None = None
+    gil: PyGil = PyGil.UNKNOWN
+    """Whether the sampled thread held the GIL (Python samples only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,6 +566,7 @@ class Session:
                 stacks.get(key.kernel_stack, ()),
                 count,
                 python_stacks.get(key.python_stack),
+                PyGil(key.gil),
             )
             for key, count in counts
         ]

@@ -66,10 +66,7 @@ class PythonProcesses:
             self._waiting.setdefault(pid, time.monotonic() + _LOADED_WITHIN_S)
             return
         self._waiting.pop(pid, None)
-        self._session.set_python(
-            pid,
-            kernel_config(interpreter.offsets, interpreter.code_type_address, interpreter.tss_key),
-        )
+        self._session.set_python(pid, kernel_config(interpreter))
         self.symbolizer.add_process(pid, interpreter.offsets)
         self._interpreters[pid] = interpreter
         log.debug("pid %d: CPython %s at %s", pid, interpreter.version, interpreter.path)

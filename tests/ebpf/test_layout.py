@@ -72,6 +72,7 @@ def test_enums_match_the_header(c_layout):
         **{f"PY_STAT_{m.name}": m.value for m in layout.PyStat},
         **{f"UNWIND_{m.name}": m.value for m in layout.UnwindStat},
         **{f"NATIVE_{m.name}": m.value for m in layout.NativeMode},
+        **{f"PY_GIL_{m.name}": m.value for m in layout.PyGil},
     }
     assert ours == enums
 

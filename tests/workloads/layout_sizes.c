@@ -27,6 +27,7 @@ int main(void)
 	FIELD(pid_config, mappings_asked);
 	SIZE(sample_key);
 	FIELD(sample_key, pid);
+	FIELD(sample_key, gil);
 	FIELD(sample_key, user_stack);
 	FIELD(sample_key, kernel_stack);
 	FIELD(sample_key, python_stack);
@@ -36,10 +37,13 @@ int main(void)
 	FIELD(py_offsets, code_linetable);
 	FIELD(py_offsets, code_window);
 	FIELD(py_offsets, unicode_compact_data);
+	FIELD(py_offsets, gil_last_holder);
+	FIELD(py_offsets, gil_locked);
 	FIELD(py_offsets, owner_cstack);
 	FIELD(py_offsets, entry_every_frame);
 	SIZE(py_proc);
 	FIELD(py_proc, code_type);
+	FIELD(py_proc, gil);
 	FIELD(py_proc, tss_key);
 	FIELD(py_proc, tsd_base);
 	FIELD(py_proc, tsd_stride);
@@ -127,5 +131,7 @@ int main(void)
 	printf("enum PID_EVENT_NEW %d\nenum PID_EVENT_EXEC %d\nenum PID_EVENT_EXIT %d\n"
 	       "enum PID_EVENT_MAPPINGS %d\n",
 	       PID_EVENT_NEW, PID_EVENT_EXEC, PID_EVENT_EXIT, PID_EVENT_MAPPINGS);
+	printf("enum PY_GIL_UNKNOWN %d\nenum PY_GIL_HELD %d\nenum PY_GIL_RELEASED %d\n",
+	       PY_GIL_UNKNOWN, PY_GIL_HELD, PY_GIL_RELEASED);
 	return 0;
 }
