@@ -5,7 +5,8 @@
  * The thread state is the value of the interpreter's pthread key; from its
  * current frame the walk follows each frame's previous pointer, copying the
  * code object, its first line and the instruction offset, the names of
- * each code object once into py_symbols, and its line table once to py_lines. PY_FRAMES_PER_PROG frames are read
+ * each code object once into py_symbols, and its line table once to py_lines.
+ * A code object is read once per walk (a recursion repeats it). PY_FRAMES_PER_PROG frames are read
  * per program run; walk_python (profile.bpf.c) tail-calls itself for more.
  */
 #ifndef __PYTHON_BPF_H
@@ -15,6 +16,7 @@
 #define PY_MAX_PROGS		5	/* room for MAX_PY_FRAMES plus shim frames */
 #define PY_FRAME_WINDOW		128	/* most bytes read at once from a frame */
 #define PY_CODE_WINDOW		144	/* ... and from a code object */
+#define PY_CODE_SLOTS		16	/* code objects kept during one walk (a power of 2) */
 #define PY_STR_HEADER		40	/* PyASCIIObject up to and including state */
 #define PY_GIL_WINDOW		24	/* bytes read at once from _gil_runtime_state */
 #define PY_BYTES_SIZE		16	/* PyBytesObject.ob_size, in every version */
@@ -56,6 +58,12 @@ struct {
 PY_STACKS_MAP(py_stacks_0);
 PY_STACKS_MAP(py_stacks_1);
 
+/* A code object's window, read once per walk: recursion repeats code objects. */
+struct py_code_slot {
+	__u64 code;		/* 0: empty */
+	__u8 window[PY_CODE_WINDOW];
+};
+
 /* A sample being walked, carried from do_sample across tail calls. */
 struct py_walk {
 	struct sample_key key;
@@ -67,7 +75,7 @@ struct py_walk {
 	struct py_symbol symbol;
 	struct py_code_lines lines;
 	__u8 frame_window[PY_FRAME_WINDOW];
-	__u8 code_window[PY_CODE_WINDOW];
+	struct py_code_slot codes[PY_CODE_SLOTS];
 	__u8 str_header[PY_STR_HEADER];
 	__u8 gil_window[PY_GIL_WINDOW];
 };
@@ -207,13 +215,14 @@ static __always_inline void read_str(struct py_walk *walk, __u64 str, char *out,
  * Send the line table of a code object to userspace, which keeps it: read
  * from the process at the end, it would be gone with the process.
  */
-static __always_inline void send_line_table(struct py_walk *walk, __u64 code, __u32 first_line)
+static __always_inline void send_line_table(struct py_walk *walk, const __u8 *window, __u64 code,
+					    __u32 first_line)
 {
 	struct py_code_lines *lines = &walk->lines;
 	__u64 table, length = 0;
 	__u32 size;
 
-	table = window_u64(walk->code_window, PY_CODE_WINDOW, walk->proc.offsets.code_linetable);
+	table = window_u64(window, PY_CODE_WINDOW, walk->proc.offsets.code_linetable);
 	if (!table ||
 	    bpf_probe_read_user(&length, sizeof(length), (void *)(table + PY_BYTES_SIZE)) ||
 	    (__s64)length < 0) {
@@ -237,7 +246,8 @@ static __always_inline void send_line_table(struct py_walk *walk, __u64 code, __
 }
 
 /* Copy the names of a code object into py_symbols, once per (pid, code). */
-static __always_inline void intern_symbol(struct py_walk *walk, __u64 code, __u32 first_line)
+static __always_inline void intern_symbol(struct py_walk *walk, const __u8 *window, __u64 code,
+					  __u32 first_line)
 {
 	const struct py_offsets *off = &walk->proc.offsets;
 	struct py_symbol_key key = { .pid = walk->key.pid, .first_line = first_line, .code = code };
@@ -246,8 +256,8 @@ static __always_inline void intern_symbol(struct py_walk *walk, __u64 code, __u3
 
 	if (bpf_map_lookup_elem(&py_symbols, &key))
 		return;
-	name = window_u64(walk->code_window, PY_CODE_WINDOW, off->code_name);
-	file = window_u64(walk->code_window, PY_CODE_WINDOW, off->code_filename);
+	name = window_u64(window, PY_CODE_WINDOW, off->code_name);
+	file = window_u64(window, PY_CODE_WINDOW, off->code_filename);
 	read_str(walk, name, symbol->name, PY_NAME_LEN, &symbol->name_len, &symbol->name_kind,
 		 &symbol->name_truncated, false);
 	read_str(walk, file, symbol->file, PY_FILE_LEN, &symbol->file_len, &symbol->file_kind,
@@ -255,7 +265,7 @@ static __always_inline void intern_symbol(struct py_walk *walk, __u64 code, __u3
 	if (bpf_map_update_elem(&py_symbols, &key, symbol, BPF_NOEXIST))
 		return;
 	count_py_stat(PY_STAT_SYMBOLS_NEW);
-	send_line_table(walk, code, first_line);
+	send_line_table(walk, window, code, first_line);
 }
 
 /*
@@ -269,6 +279,8 @@ static __always_inline bool walk_frame(struct py_walk *walk)
 	struct py_stack *stack = &walk->stack;
 	__u32 depth = stack->depth, window = off->frame_window;
 	__u64 frame = walk->frame, code, instr;
+	struct py_code_slot *slot;
+	bool first_seen = false;
 	__u32 first_line;
 	__u8 flags = 0;
 	__s64 lasti;
@@ -285,12 +297,21 @@ static __always_inline bool walk_frame(struct py_walk *walk)
 		return true;
 	}
 	code = window_u64(walk->frame_window, PY_FRAME_WINDOW, off->frame_code);
-	if (!code || off->code_window > PY_CODE_WINDOW ||
-	    bpf_probe_read_user(walk->code_window, off->code_window, (void *)code))
+	if (!code)
 		return false;
-	if (window_u64(walk->code_window, PY_CODE_WINDOW, 8) != walk->proc.code_type)
+	/* code objects are 16-byte aligned: the next bits pick the slot */
+	slot = &walk->codes[(code >> 4) & (PY_CODE_SLOTS - 1)];
+	if (slot->code != code) {
+		slot->code = 0;
+		if (off->code_window > PY_CODE_WINDOW ||
+		    bpf_probe_read_user(slot->window, off->code_window, (void *)code))
+			return false;
+		slot->code = code;
+		first_seen = true;
+	}
+	if (window_u64(slot->window, PY_CODE_WINDOW, 8) != walk->proc.code_type)
 		return true;	/* ob_type: a 3.13 shim's Py_None, or not Python code */
-	first_line = window_u32(walk->code_window, PY_CODE_WINDOW, off->code_first_line);
+	first_line = window_u32(slot->window, PY_CODE_WINDOW, off->code_first_line);
 	if (off->code_adaptive != PY_NO_OFFSET) {
 		instr = window_u64(walk->frame_window, PY_FRAME_WINDOW, off->frame_instr);
 		lasti = (__s64)(instr - code - off->code_adaptive);
@@ -312,7 +333,8 @@ static __always_inline bool walk_frame(struct py_walk *walk)
 	stack->frames[depth].lasti = lasti < -2 || lasti > 0x7fffffff ? -1 : (__s32)lasti;
 	stack->frame_flags[depth] = flags;
 	stack->depth = depth + 1;
-	intern_symbol(walk, code, first_line);
+	if (first_seen)
+		intern_symbol(walk, slot->window, code, first_line);
 	return true;
 }
 
@@ -373,6 +395,8 @@ static __always_inline bool begin_py_walk(struct task_struct *task, struct sampl
 	walk->runs = 0;
 	walk->stack.depth = 0;
 	walk->stack.flags = 0;
+	for (int i = 0; i < PY_CODE_SLOTS; i++)
+		walk->codes[i].code = 0;
 	return true;
 }
 
