@@ -45,14 +45,25 @@ def recurse(depth):
             work(1000)
     return recurse(depth - 1)
 
-recurse(int(sys.argv[1]))
+def chain(depth):  # as deep as recurse(depth), each frame a function of its own
+    last = depth - 2  # chain itself and f0 .. f{last} stand for depth + 1 frames
+    source = "".join(f"def f{i}():\\n    return f{i + 1}()\\n" for i in range(last))
+    exec(source + f"def f{last}():\\n    return recurse(0)\\n", globals())
+    globals()["f0"]()
+
+(chain if sys.argv[2:] == ["distinct"] else recurse)(int(sys.argv[1]))
 """
 RATE = 97
 COLLECTIONS = 7
 
 
-def start(python: str, script: Path, depth: int, count: int) -> list[subprocess.Popen]:
-    workloads = [subprocess.Popen([python, str(script), str(depth)]) for _ in range(count)]
+def start(
+    python: str, script: Path, depth: int, count: int, distinct: bool = False
+) -> list[subprocess.Popen]:
+    """``count`` processes looping under ``depth`` frames of one recursion
+    (or, ``distinct``, of as many functions)."""
+    args = [python, str(script), str(depth), *(["distinct"] if distinct else [])]
+    workloads = [subprocess.Popen(args) for _ in range(count)]
     time.sleep(1.0)  # past start-up: the interpreter and its key are ready
     return workloads
 
@@ -104,12 +115,12 @@ def userspace_cost(pids: list[int], python: bool, seconds: float) -> list[tuple[
 
 
 def compare(
-    python: str, script: Path, objects: list[Path], rounds: int, seconds: float
+    python: str, script: Path, objects: list[Path], rounds: int, seconds: float, distinct: bool
 ) -> dict[Path, list[float]]:
     """ns per sample of each object at 53 Python frames, measured in turn
     ``rounds`` times: load from other work on the machine hits each alike."""
     found: dict[Path, list[float]] = {path: [] for path in objects}
-    workloads = start(python, script, 50, 2)
+    workloads = start(python, script, 50, 2, distinct)
     try:
         pids = [w.pid for w in workloads]
         for _ in range(rounds):
@@ -142,6 +153,9 @@ def main() -> int:
         help="only compare these objects (same profile.h) at 53 frames, in turns",
     )
     parser.add_argument("--rounds", type=int, default=10, help="turns of --compare")
+    parser.add_argument(
+        "--distinct", action="store_true", help="--compare with 50 distinct functions"
+    )
     args = parser.parse_args()
     version = subprocess.run(
         [args.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
@@ -157,7 +171,9 @@ def main() -> int:
         script.write_text(WORKLOAD)
         if args.compare:
             try:
-                found = compare(args.python, script, args.compare, args.rounds, args.seconds)
+                found = compare(
+                    args.python, script, args.compare, args.rounds, args.seconds, args.distinct
+                )
             finally:
                 STATS.write_text(old)
             print_comparison(found)
