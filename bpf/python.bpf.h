@@ -17,6 +17,8 @@
 #define PY_FRAME_WINDOW		128	/* most bytes read at once from a frame */
 #define PY_CODE_WINDOW		144	/* ... and from a code object */
 #define PY_CODE_SLOTS		16	/* code objects kept during one walk (a power of 2) */
+#define PY_INTERNED_SLOTS	512	/* code objects known to be in py_symbols, per CPU */
+#define PY_INTERNED_NS		1000000000ULL	/* ... for a second: then looked up again */
 #define PY_STR_HEADER		40	/* PyASCIIObject up to and including state */
 #define PY_GIL_WINDOW		24	/* bytes read at once from _gil_runtime_state */
 #define PY_BYTES_SIZE		16	/* PyBytesObject.ob_size, in every version */
@@ -58,6 +60,28 @@ struct {
 PY_STACKS_MAP(py_stacks_0);
 PY_STACKS_MAP(py_stacks_1);
 
+/*
+ * Code objects recently found or put in py_symbols, per CPU: a lookup in
+ * this direct-mapped array costs far less than one in the LRU map. An entry
+ * expires after PY_INTERNED_NS, so a code object evicted from py_symbols
+ * meanwhile is put back soon.
+ */
+struct py_interned_slot {
+	struct py_symbol_key key;
+	__u64 until;		/* bpf_ktime_get_ns() */
+};
+
+struct py_interned {
+	struct py_interned_slot slots[PY_INTERNED_SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct py_interned);
+} py_interned SEC(".maps");
+
 /* A code object's window, read once per walk: recursion repeats code objects. */
 struct py_code_slot {
 	__u64 code;		/* 0: empty */
@@ -70,6 +94,7 @@ struct py_walk {
 	__u64 frame;		/* next frame to read; 0 when the walk is over */
 	__u32 buffer;		/* the count/stack buffer the sample goes to */
 	__u32 runs;		/* walk_python runs so far */
+	__u64 now;		/* bpf_ktime_get_ns() as the walk began */
 	struct py_proc proc;
 	struct py_stack stack;
 	struct py_symbol symbol;
@@ -252,8 +277,20 @@ static __always_inline void intern_symbol(struct py_walk *walk, const __u8 *wind
 	const struct py_offsets *off = &walk->proc.offsets;
 	struct py_symbol_key key = { .pid = walk->key.pid, .first_line = first_line, .code = code };
 	struct py_symbol *symbol = &walk->symbol;
+	struct py_interned_slot *slot;
+	struct py_interned *interned;
+	__u32 zero = 0;
 	__u64 name, file;
 
+	interned = bpf_map_lookup_elem(&py_interned, &zero);
+	if (!interned)
+		return;
+	slot = &interned->slots[((code >> 4) ^ key.pid) & (PY_INTERNED_SLOTS - 1)];
+	if (slot->key.code == code && slot->key.pid == key.pid &&
+	    slot->key.first_line == first_line && walk->now < slot->until)
+		return;
+	slot->key = key;
+	slot->until = walk->now + PY_INTERNED_NS;
 	if (bpf_map_lookup_elem(&py_symbols, &key))
 		return;
 	name = window_u64(window, PY_CODE_WINDOW, off->code_name);
@@ -393,6 +430,7 @@ static __always_inline bool begin_py_walk(struct task_struct *task, struct sampl
 	walk->key.gil = gil_state(walk, tstate);
 	walk->buffer = buffer;
 	walk->runs = 0;
+	walk->now = bpf_ktime_get_ns();
 	walk->stack.depth = 0;
 	walk->stack.flags = 0;
 	for (int i = 0; i < PY_CODE_SLOTS; i++)
