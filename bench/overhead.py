@@ -32,16 +32,7 @@ PROGRAM = "do_sample"
 TARGET_CPU_PCT, TARGET_RSS_MB, TARGET_BPF_US = 0.5, 80.0, 3.0
 
 # Three call chains of different weight, so a profile has something to show.
-WORKLOAD_C = r"""
-static volatile unsigned long sink;
-static void leaf_hash(int n) { unsigned long h = 5381; while (n--) h = h * 33 + n; sink += h; }
-static void leaf_mul(int n) { unsigned long p = 1; while (--n > 0) p *= n | 1; sink += p; }
-static void middle(int n) { leaf_mul(n); leaf_hash(n / 2); }
-static void chain_a(void) { leaf_hash(200000); }
-static void chain_b(void) { middle(200000); }
-static void chain_c(void) { for (int i = 0; i < 4; i++) middle(50000); }
-int main(void) { for (;;) { chain_a(); chain_b(); chain_c(); } }
-"""
+WORKLOAD_C = ROOT / "tests" / "workloads" / "three_chains.c"
 
 
 @dataclass
@@ -63,10 +54,9 @@ class BpfStats:
 
 
 def build_workload(workdir: Path) -> Path:
-    source, binary = workdir / "burn.c", workdir / "burn"
-    source.write_text(WORKLOAD_C)
+    binary = workdir / "burn"
     flags = ["-O0", "-fno-omit-frame-pointer"]
-    subprocess.run(["gcc", *flags, "-o", str(binary), str(source)], check=True)
+    subprocess.run(["gcc", *flags, "-o", str(binary), str(WORKLOAD_C)], check=True)
     return binary
 
 

@@ -53,32 +53,7 @@ _MAP_FLAGS = {0x1: "no_prealloc", 0x80: "rdonly_prog", 0x400: "mmapable"}
 _COLLECTED = re.compile(r"targets=(\d+) processes=(\d+) samples=(\d+)")
 
 # Sleeps 0.5-1.5 s, then burns 1 ms of CPU in one of two call chains.
-SLEEPER_C = r"""
-#include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
-static volatile unsigned long sink;
-static long elapsed_ns(const struct timespec *start) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (now.tv_sec - start->tv_sec) * 1000000000L + now.tv_nsec - start->tv_nsec;
-}
-static void burn(long ns) {
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    while (elapsed_ns(&start) < ns) for (int i = 0; i < 1000; i++) sink += i;
-}
-static void work_a(long ns) { burn(ns); }
-static void work_b(long ns) { work_a(ns); }
-int main(int argc, char **argv) {
-    int index = argc > 1 ? atoi(argv[1]) : 0;
-    srand(index + 1);
-    for (;;) {
-        usleep(500000 + rand() % 1000000);
-        (index % 2 ? work_a : work_b)(1000000);
-    }
-}
-"""
+SLEEPER_C = ROOT / "tests" / "workloads" / "sleeper.c"
 
 
 @dataclass
@@ -226,10 +201,9 @@ def measure(tree: Path, mode: str, config: str, workdir: Path, seconds: float) -
 
 
 def build_sleeper(workdir: Path) -> Path:
-    source, binary = workdir / "sleeper.c", workdir / "sleeper"
+    binary = workdir / "sleeper"
     if not binary.exists():
-        source.write_text(SLEEPER_C)
-        gcc = ["gcc", "-O0", "-fno-omit-frame-pointer", "-o", str(binary), str(source)]
+        gcc = ["gcc", "-O0", "-fno-omit-frame-pointer", "-o", str(binary), str(SLEEPER_C)]
         subprocess.run(gcc, check=True)
     return binary
 

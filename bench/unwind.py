@@ -1,16 +1,17 @@
 """What walking user stacks with unwind tables costs the BPF program, against
 the frame-pointer walk, on the same stacks.
 
-One C workload (a chain of distinct functions, CPU burnt in the leaf) is built
-twice, -O2 -fno-omit-frame-pointer and -O2 -fomit-frame-pointer. Two busy
-copies are profiled at 97 Hz in three ways: (a) the frame-pointer binary
-walked by bpf_get_stack (a session without the native walker), (b) the same
-binary walked with its tables, (c) the binary without frame pointers walked
-with its tables. For each, the sampling program's run time per run from the
-kernel's bpf stats (kernel.bpf_stats_enabled, restored afterwards), for
-do_sample and for the tail-called walk_native, and the median depth of the
-stacks recorded. Rounds alternate the cases so that a slow spell of the
-machine falls on all of them. Run as root: ``.venv/bin/python bench/unwind.py``.
+One C workload (tests/workloads/deep_chain.c: a chain of distinct functions,
+CPU burnt in the leaf) is built twice, -O2 -fno-omit-frame-pointer and -O2
+-fomit-frame-pointer. Two busy copies are profiled at 97 Hz in three ways: (a)
+the frame-pointer binary walked by bpf_get_stack (a session without the native
+walker), (b) the same binary walked with its tables, (c) the binary without
+frame pointers walked with its tables. For each, the sampling program's run
+time per run from the kernel's bpf stats (kernel.bpf_stats_enabled, restored
+afterwards), for do_sample and for the tail-called walk_native, and the median
+depth of the stacks recorded. Rounds alternate the cases so that a slow spell
+of the machine falls on all of them. Run as root:
+``.venv/bin/python bench/unwind.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ RATE = 97
 DEPTHS = (10, 30, 60)
 # Frames besides the chain: leaf, main, __libc_start_call_main, __libc_start_main, _start.
 OTHER_FRAMES = 5
-CHAIN = 64  # functions generated; a depth uses the first ones
+WORKLOAD = ROOT / "tests" / "workloads" / "deep_chain.c"  # f0 ... f63: a depth uses the first ones
 CASES = (
     ("a", "frame pointers", "bpf_get_stack"),
     ("b", "frame pointers", "tables"),
@@ -49,37 +50,17 @@ CASES = (
 GOAL_RATIO, GOAL_US = 2.0, 6.0
 
 
-def workload_source() -> str:
-    """f0 -> f1 -> ... -> leaf; each call is followed by an add, so none is a tail call."""
-    lines = [
-        "#include <stdlib.h>",
-        "#include <unistd.h>",
-        "static volatile unsigned long sink;",
-        "#define NOINLINE __attribute__((noinline, noclone))",
-        "NOINLINE int leaf(void) { for (;;) for (int i = 0; i < 1000; i++) sink += i; }",
-    ]
-    for i in reversed(range(CHAIN)):
-        callee = f"f{i + 1}(n - 1)" if i + 1 < CHAIN else "leaf()"
-        lines.append(
-            f"NOINLINE int f{i}(int n) {{ if (n <= 1) return leaf() + {i}; "
-            f"return {callee} + (int)sink; }}"
-        )
-    # alarm(): a copy left behind by a killed bench stops by itself
-    lines.append("int main(int argc, char **argv) { alarm(600); return f0(atoi(argv[1])); }")
-    return "\n".join(lines) + "\n"
-
-
 def build(workdir: Path) -> dict[bool, Path]:
-    """The workload with (True) and without (False) frame pointers."""
-    source = workdir / "chain.c"
-    source.write_text(workload_source())
+    """The workload with (True) and without (False) frame pointers. In it each
+    call is followed by an add, so none is a tail call, and alarm() stops a copy
+    left behind by a killed bench."""
     binaries = {}
     for frame_pointers, flag in (
         (True, "-fno-omit-frame-pointer"),
         (False, "-fomit-frame-pointer"),
     ):
         binary = workdir / ("chain_fp" if frame_pointers else "chain_nofp")
-        subprocess.run(["gcc", "-O2", flag, "-o", str(binary), str(source)], check=True)
+        subprocess.run(["gcc", "-O2", flag, "-o", str(binary), str(WORKLOAD)], check=True)
         binaries[frame_pointers] = binary
     return binaries
 

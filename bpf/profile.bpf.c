@@ -240,7 +240,7 @@ static __always_inline __u64 capture_stack(void *ctx, void *stacks, __u32 slot, 
 	if (size <= 0) {
 		/* no kernel stack just means the sample was taken in user mode */
 		if (flags & BPF_F_USER_STACK)
-			count_drop(DROP_USER_STACK_MISSING);
+			count_drop(size ? DROP_USER_STACK_UNREADABLE : DROP_USER_STACK_MISSING);
 		return 0;
 	}
 	return store_stack(stacks, trace, size / sizeof(__u64));

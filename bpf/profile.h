@@ -29,7 +29,7 @@ enum pid_state {
 
 /* Why a sample or part of it was lost; the index of the drops map. */
 enum drop_reason {
-	DROP_USER_STACK_MISSING = 0,	/* bpf_get_stack() found no user stack */
+	DROP_USER_STACK_MISSING = 0,	/* no user stack: the task has no user registers */
 	DROP_STACKS_MAP_FULL,		/* a new stack had no room: sample kept without it */
 	DROP_COUNTS_MAP_FULL,		/* the sample itself was lost */
 	DROP_PID_MAP_FULL,		/* a new process could not be tracked */
@@ -37,6 +37,7 @@ enum drop_reason {
 	DROP_PY_STACKS_MAP_FULL,	/* a new Python stack had no room: sample kept without it */
 	DROP_PY_READ_FAILED,		/* Python memory unreadable: the Python stack is cut there */
 	DROP_UNWIND_FAILED,		/* the native walk could not start: frame pointers used */
+	DROP_USER_STACK_UNREADABLE,	/* bpf_get_stack() failed reading the user stack */
 	DROP_REASON_MAX,
 };
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import logfmtkv
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.pprof import read_profile
@@ -67,6 +69,23 @@ def workload_config(folder: Path, output: Path, *, ebpf: str = "", rules: str = 
     (``service_name`` is the executable's name), into ``output``. ``ebpf`` adds
     lines (arguments) to pyroscope.ebpf, ``rules`` relabel rules."""
     return _WORKLOAD_CONFIG.format(folder=folder, output=output, ebpf=ebpf, rules=rules)
+
+
+def parse_log(text: str, log_format: str = "logfmt") -> list[dict[str, str]]:
+    """Every line the agent logged, read strictly (logfmt as go-logfmt reads it, or
+    JSON); each holds ts (RFC 3339, UTC, milliseconds), level, logger and msg."""
+    records = []
+    for line in text.splitlines():
+        if log_format == "json":
+            record = json.loads(line)
+        else:
+            record = logfmtkv.parse(line, strict=True, duplicates="error")
+        assert list(record)[:4] == ["ts", "level", "logger", "msg"], line
+        assert all(isinstance(value, str) for value in record.values()), line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["ts"]), line
+        assert record["level"] in ("debug", "info", "warn", "error"), line
+        records.append(record)
+    return records
 
 
 def loaded_programs() -> dict[int, str]:

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,30 +37,42 @@ def bpf_ready() -> None:
         pytest.skip(blocker)
 
 
+def compile_workload(source: str, binary: Path, *flags: str, link: Sequence[str] = ()) -> Path:
+    """Build ``tests/workloads/<source>`` into ``binary`` with exactly ``flags``:
+    ``gcc FLAGS -o BINARY SOURCE LINK`` (g++ for a .cpp source), where ``link``
+    holds what must follow the source, such as ``-ldl``."""
+    compiler = "g++" if source.endswith(".cpp") else "gcc"
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is needed to build tests/workloads/{source}")
+    command = [compiler, *flags, "-o", str(binary), str(WORKLOADS / source), *link]
+    subprocess.run(command, check=True)
+    return binary
+
+
 @pytest.fixture(scope="session")
-def build_workload(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """Compile ``tests/workloads/<name>.c`` once per session; return the binary."""
-    out = tmp_path_factory.mktemp("workloads")
-    built: dict[tuple[str, tuple[str, ...]], Path] = {}
+def compile_c(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build ``tests/workloads/<name>.c`` once per session with exactly the given
+    gcc flags. The binary is named ``name`` (profiles and service_name show it),
+    in one folder per set of flags."""
+    folders: dict[tuple[str, ...], Path] = {}
 
     def build(name: str, *flags: str) -> Path:
-        key = (name, flags)
-        if key not in built:
-            binary = out / (name + "".join(flags).replace("-", "_").replace("/", "_"))
-            subprocess.run(
-                [
-                    "gcc",
-                    "-O0",
-                    "-fno-omit-frame-pointer",
-                    *flags,
-                    "-o",
-                    str(binary),
-                    str(WORKLOADS / f"{name}.c"),
-                ],
-                check=True,
-            )
-            built[key] = binary
-        return built[key]
+        if flags not in folders:
+            folders[flags] = tmp_path_factory.mktemp("workloads")
+        binary = folders[flags] / name
+        if not binary.exists():
+            compile_workload(f"{name}.c", binary, *flags)
+        return binary
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def build_workload(compile_c: Callable[..., Path]) -> Callable[..., Path]:
+    """``compile_c`` at -O0 with frame pointers, then the given flags."""
+
+    def build(name: str, *flags: str) -> Path:
+        return compile_c(name, "-O0", "-fno-omit-frame-pointer", *flags)
 
     return build
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from agent.pprof import top_functions
-from tests.agent import cpu_seconds, loaded_programs, profiles_in, programs_held_by, workload_config
+from tests.agent import (
+    cpu_seconds,
+    loaded_programs,
+    parse_log,
+    profiles_in,
+    programs_held_by,
+    workload_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
@@ -98,6 +105,14 @@ def test_sigterm_stops_it_cleanly_with_the_bpf_program_unloaded(agent_run):
         "walk_python",
     ]
     assert agent_run["left"] == set()
+
+
+def test_every_line_it_logs_is_logfmt(agent_run):
+    records = parse_log(agent_run["log"])
+    messages = [record["msg"] for record in records]
+    assert messages[0].startswith("configuration "), messages
+    assert "agent started components=4" in messages and "agent stopped" in messages
+    assert f"pyroscope.file.out: writing profiles under {agent_run['output']}" in messages
 
 
 def test_one_profile_per_target_per_interval_with_the_target_labels(agent_run):

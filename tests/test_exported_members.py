@@ -11,6 +11,7 @@ ROOMS = [
     "agent.config",
     "agent.discovery",
     "agent.ebpf",
+    "agent.flamegraph",
     "agent.pprof",
     "agent.python",
     "agent.symbols",

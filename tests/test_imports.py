@@ -1,6 +1,7 @@
-"""A configuration imports what it uses: the Kubernetes client (about 20 MB of RSS) loads
-only when a ``discovery.kubernetes`` component starts, never for a host configuration or
-``check-config``. Each case runs in a fresh interpreter, whose ``sys.modules`` is the oracle."""
+"""A configuration imports what it uses: the Kubernetes client (about 40 MB of RSS) loads
+only when a ``discovery.kubernetes`` component reads a ``kubeconfig_file``, never for a host
+configuration, ``check-config``, or the in-cluster and ``api_server`` ways of reaching the API
+server. Each case runs in a fresh interpreter, whose ``sys.modules`` is the oracle."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent import free_port
-from tests.discovery.apiserver import LoopbackApiServer, make_pod
+from tests.discovery.apiserver import LoopbackApiServer, make_pod, write_kubeconfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT = ("kubernetes", "urllib3")
@@ -87,18 +88,26 @@ def test_a_host_configuration_runs_without_the_kubernetes_client(tmp_path):
 
 
 @pytest.mark.usefixtures("bpf_ready")
-def test_discovery_kubernetes_imports_the_client_when_it_starts(tmp_path):
+@pytest.mark.parametrize(
+    ("way", "imported"), [("api_server", []), ("kubeconfig_file", ["kubernetes", "urllib3"])]
+)
+def test_discovery_kubernetes_imports_the_client_only_for_a_kubeconfig(tmp_path, way, imported):
     api = LoopbackApiServer()
     api.start()
     try:
         api.apply(make_pod("web-1", namespace="shop", node="node-1"))
+        value = api.url
+        if way == "kubeconfig_file":
+            value = str(tmp_path / "kubeconfig")
+            write_kubeconfig(value, api.url)
         config = tmp_path / "k8s.alloy"
         config.write_text(
-            f'discovery.kubernetes "pods" {{\n  role = "pod"\n  api_server = "{api.url}"\n}}\n'
+            f'discovery.kubernetes "pods" {{\n  role = "pod"\n  {way} = "{value}"\n}}\n'
             f'pyroscope.file "out" {{\n  directory = "{tmp_path / "out"}"\n}}\n'
         )
-        result = run_python(RUN, str(free_port()), "kubernetes", str(config), cwd=tmp_path)
+        until = imported[0] if imported else ""
+        result = run_python(RUN, str(free_port()), until, str(config), cwd=tmp_path)
     finally:
         api.stop()
-    assert result == {"ready": True, "imported": list(CLIENT)}
-    assert api.queries("list"), "the component listed pods through the client"
+    assert result == {"ready": True, "imported": imported}
+    assert api.queries("list"), "the component listed pods"

@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 
 from agent.config.component import URL, ArgumentError, Capsule, Duration, Secret
 from agent.config.duration import parse_duration
-from agent.config.evaluate import UNKNOWN, Scope, evaluate
+from agent.config.evaluate import UNKNOWN, Scope, evaluate, is_unknown
 from agent.config.lexer import Position, error_at
 from agent.config.parser import Attribute, Block, Expr, ListExpr, ObjectExpr
 from agent.config.stdlib import type_name
 
-__all__ = ["decode"]
+__all__ = ["alloy_type", "decode"]
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def decode(block: Block, arguments_class: type[T], scope: Scope) -> T:
 
     Values that depend on exports the scope marks ``UNKNOWN`` take the field's
     default, or an empty value of the field's type, so that everything else in
-    the block can still be checked.
+    the block can still be checked; one whose type is known must fit the field.
     """
     fields = {f.name: f for f in dataclasses.fields(arguments_class) if f.init}
     hints = _hints(arguments_class)
@@ -91,7 +91,7 @@ def _fill_unknowns(
     values: dict[str, Any], fields: dict[str, dataclasses.Field[Any]], hints: dict[str, Any]
 ) -> None:
     """Replace values not known yet with the default, or an empty value of the type."""
-    for name in [name for name, value in values.items() if value is UNKNOWN]:
+    for name in [name for name, value in values.items() if is_unknown(value)]:
         if _is_required(fields[name]):
             values[name] = _placeholder(hints[name])
         else:
@@ -123,8 +123,10 @@ def _decode_expr(expr: Expr, hint: Any, scope: Scope) -> Any:
 
 
 def _convert(value: Any, hint: Any, pos: Position) -> Any:
-    """Convert an evaluated value to the field type ``hint`` (UNKNOWN passes through)."""
-    if value is UNKNOWN:
+    """Convert an evaluated value to the field type ``hint`` (UNKNOWN passes through,
+    once its type, if known, is checked)."""
+    if is_unknown(value):
+        _check_unknown(value, hint, pos)
         return UNKNOWN
     if _is_optional(hint):
         return None if value is None else _convert(value, _without_none(hint), pos)
@@ -146,7 +148,50 @@ def _convert(value: Any, hint: Any, pos: Position) -> Any:
 
 
 def _element(value: Any, hint: Any) -> Any:
-    return _placeholder(hint) if value is UNKNOWN else value
+    return _placeholder(hint) if is_unknown(value) else value
+
+
+def _check_unknown(value: Any, hint: Any, pos: Position) -> None:
+    """A value not known yet whose Alloy type is known must be one the field accepts."""
+    target = _without_none(hint)
+    expected = alloy_type(target)
+    if value.type is None or expected is None:
+        return
+    accepted = _ACCEPTS.get(typing.get_origin(target) or target, (expected,))
+    if value.type not in accepted:
+        raise error_at(pos, f"expected {expected}, got {value.type}")
+
+
+def alloy_type(hint: Any) -> str | None:
+    """The Alloy type of values of the field type ``hint``; None for a union (the
+    content of ``local.file``: a string or a secret)."""
+    if _is_optional(hint):
+        return alloy_type(_without_none(hint))
+    if _is_union(hint):
+        return None
+    origin = typing.get_origin(hint) or hint
+    return _TYPE_NAMES.get(origin, "capsule")
+
+
+_TYPE_NAMES = {
+    list: "array",
+    dict: "object",
+    str: "string",
+    URL: "string",
+    Duration: "string",
+    Secret: "secret",
+    int: "number",
+    float: "number",
+    bool: "bool",
+}
+# The types that the converters below accept beyond their own.
+_ACCEPTS = {
+    str: ("string", "number"),
+    URL: ("string", "number"),
+    int: ("number", "string"),
+    float: ("number", "string"),
+    Secret: ("secret", "string"),
+}
 
 
 def _expect(value: Any, kind: type, name: str, pos: Position) -> Any:

@@ -32,17 +32,35 @@ from agent.config.parser import (
 )
 from agent.config.stdlib import CallError, Function, build_identifiers, type_name
 
-__all__ = ["UNKNOWN", "Reference", "Scope", "evaluate", "references"]
+__all__ = ["UNKNOWN", "Reference", "Scope", "evaluate", "is_unknown", "references", "unknown"]
 
 
 class _Unknown:
-    """A value that depends on exports not known yet (while a configuration is only checked)."""
+    """A value that depends on exports not known yet (while a configuration is only checked).
+
+    ``type`` is its Alloy type (``"capsule"``, ``"array"``, ...) when the exporting
+    kind declares it, so that a value of the wrong type is rejected before anything runs.
+    """
+
+    __slots__ = ("type",)
+
+    def __init__(self, type_: str | None = None) -> None:
+        self.type = type_
 
     def __repr__(self) -> str:
-        return "UNKNOWN"
+        return "UNKNOWN" if self.type is None else f"UNKNOWN({self.type})"
 
 
 UNKNOWN: Any = _Unknown()
+
+
+def unknown(type_: str | None) -> Any:
+    """A value not known yet, of Alloy type ``type_`` (None: of any type)."""
+    return UNKNOWN if type_ is None else _Unknown(type_)
+
+
+def is_unknown(value: Any) -> bool:
+    return isinstance(value, _Unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +180,7 @@ def _eval_chain(expr: Identifier | Access, scope: Scope) -> Any:
 
 
 def _access(value: Any, name: str, pos: Position) -> Any:
-    if value is UNKNOWN:
+    if is_unknown(value):
         return UNKNOWN
     if not isinstance(value, dict):
         raise error_at(pos, f'cannot access field "{name}" on value of type {type_name(value)}')
@@ -173,7 +191,7 @@ def _access(value: Any, name: str, pos: Position) -> Any:
 
 def _eval_index(expr: Index, scope: Scope) -> Any:
     value, index = evaluate(expr.value, scope), evaluate(expr.index, scope)
-    if value is UNKNOWN or index is UNKNOWN:
+    if is_unknown(value) or is_unknown(index):
         return UNKNOWN
     if isinstance(value, list):
         if not _is_number(index):
@@ -194,7 +212,7 @@ def _eval_call(expr: Call, scope: Scope) -> Any:
     if not isinstance(function, Function):
         raise error_at(expr.function.pos, f"expected function, got {type_name(function)}")
     args = [evaluate(arg, scope) for arg in expr.args]
-    if any(arg is UNKNOWN for arg in args):
+    if any(is_unknown(arg) for arg in args):
         return UNKNOWN
     try:
         return function.call(args)
@@ -205,7 +223,7 @@ def _eval_call(expr: Call, scope: Scope) -> Any:
 
 def _eval_unary(expr: Unary, scope: Scope) -> Any:
     value = evaluate(expr.operand, scope)
-    if value is UNKNOWN:
+    if is_unknown(value):
         return UNKNOWN
     if expr.op == "!":
         if not isinstance(value, bool):
@@ -218,7 +236,7 @@ def _eval_unary(expr: Unary, scope: Scope) -> Any:
 
 def _eval_binary(expr: Binary, scope: Scope) -> Any:
     left, right = evaluate(expr.left, scope), evaluate(expr.right, scope)
-    if left is UNKNOWN or right is UNKNOWN:
+    if is_unknown(left) or is_unknown(right):
         return UNKNOWN
     if expr.op in ("==", "!="):
         return _equal(left, right) == (expr.op == "==")

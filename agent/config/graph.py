@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agent.config.component import ComponentOptions, Health
-from agent.config.decode import decode
-from agent.config.evaluate import UNKNOWN, Reference, Scope, references
+from agent.config.decode import alloy_type, decode
+from agent.config.evaluate import UNKNOWN, Reference, Scope, references, unknown
 from agent.config.lexer import decode_source, error_at
-from agent.config.parser import Attribute, Block, Expr, File, Statement, parse
+from agent.config.parser import Attribute, Block, Expr, Statement, parse
 from agent.errors import ConfigError
 from agent.supervise import SupervisedThread
 
@@ -64,8 +65,11 @@ class Graph:
         nodes: list[_Node],
         environ: Mapping[str, str],
         registry: CollectorRegistry | None = None,
+        shared: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self._nodes = nodes
+        self.settings: Mapping[str, Any] = settings or {}
         self._by_id = {node.id: node for node in nodes}
         self._environ = environ
         self._stop = threading.Event()
@@ -73,7 +77,7 @@ class Graph:
         self._announced: dict[str, dict[str, Any]] = {}  # exports passed to on_exports
         self._wakeup = threading.Condition()
         self._worker: threading.Thread | None = None
-        self._shared: dict[str, Any] = {}
+        self._shared: dict[str, Any] = dict(shared or {})
         self._shared_lock = threading.Lock()
         self._registry = registry
 
@@ -86,21 +90,31 @@ class Graph:
         environ: Mapping[str, str] | None = None,
         filename: str = "<config>",
         registry: CollectorRegistry | None = None,
+        shared: Mapping[str, Any] | None = None,
+        blocks: Mapping[str, type] | None = None,
     ) -> Graph:
         """Parse and check a configuration: a path to read, or (a ``str``) the text itself.
 
         ``kinds`` maps component names (``"pyroscope.ebpf"``) to classes with an
-        ``Arguments`` dataclass. ``environ`` is what ``sys.env`` reads
-        (``os.environ`` when omitted); components register their metrics in
-        ``registry``. Raises ConfigError; nothing is started.
+        ``Arguments`` dataclass. ``blocks`` maps the names of unlabelled blocks
+        that configure the agent itself (``"logging"``) to their dataclass; each
+        decoded block, or its defaults when absent, is in ``settings``.
+        ``environ`` is what ``sys.env`` reads (``os.environ`` when omitted);
+        components register their metrics in ``registry``; ``shared`` starts the
+        components' ``shared`` dictionary (what the agent hands every component).
+        Raises ConfigError; nothing is started.
         """
         if isinstance(source, os.PathLike):
             filename = os.fspath(source)
             source = _read(Path(source))
-        nodes = _declare(parse(source, filename), kinds)
-        ordered = _sort(nodes)
-        graph = cls(ordered, os.environ if environ is None else environ, registry)
-        scope = Scope({node.id: UNKNOWN for node in ordered}, graph._environ)
+        blocks = blocks or {}
+        file = parse(source, filename)
+        declared = [s for s in file.body if not (isinstance(s, Block) and s.name in blocks)]
+        ordered = _sort(_declare(declared, kinds))
+        environ = os.environ if environ is None else environ
+        scope = Scope({node.id: _unknown_exports(node.kind) for node in ordered}, environ)
+        settings = _decode_settings(file.body, blocks, scope)
+        graph = cls(ordered, environ, registry, shared, settings)
         for node in ordered:
             node.arguments = decode(node.block, node.kind.Arguments, scope)
         return graph
@@ -203,7 +217,9 @@ class Graph:
             for node in self._nodes
             if node.component is not None
         }
-        unknown = {node.id: UNKNOWN for node in self._nodes if node.component is None}
+        unknown = {
+            node.id: _unknown_exports(node.kind) for node in self._nodes if node.component is None
+        }
         return Scope(exports | unknown, self._environ)
 
     def _on_exports(self, component_id: str, exports: dict[str, Any]) -> None:
@@ -263,10 +279,33 @@ def _read(path: Path) -> str:
     return decode_source(data, str(path))
 
 
-def _declare(file: File, kinds: Mapping[str, type]) -> list[_Node]:
+def _decode_settings(
+    body: tuple[Statement, ...], blocks: Mapping[str, type], scope: Scope
+) -> dict[str, Any]:
+    """The agent's own blocks (``logging``): each at most once, unlabelled, referencing
+    no component; defaults for those absent."""
+    found: dict[str, Block] = {}
+    for statement in body:
+        if not isinstance(statement, Block) or statement.name not in blocks:
+            continue
+        if statement.label is not None:
+            raise error_at(statement.pos, f'block "{statement.name}" requires empty label')
+        if statement.name in found:
+            first = found[statement.name].pos
+            raise error_at(statement.pos, f"block {statement.name} already declared at {first}")
+        for expr in _expressions(statement.body):
+            references(expr, ())  # names nothing but the standard library
+        found[statement.name] = statement
+    return {
+        name: decode(found[name], arguments, scope) if name in found else arguments()
+        for name, arguments in blocks.items()
+    }
+
+
+def _declare(body: list[Statement], kinds: Mapping[str, type]) -> list[_Node]:
     """One node per top-level block, with its references checked."""
     nodes: dict[str, _Node] = {}
-    for index, statement in enumerate(file.body):
+    for index, statement in enumerate(body):
         node = _declare_one(statement, kinds, index)
         if node.id in nodes:
             first = nodes[node.id].block.pos
@@ -308,6 +347,18 @@ def _check_export(reference: Reference, kind: type) -> None:
     name = reference.fields[0]
     if name not in {field.name for field in dataclasses.fields(exports)}:
         raise error_at(reference.pos, f'field "{name}" does not exist')
+
+
+def _unknown_exports(kind: type) -> Any:
+    """The exports of a component not created yet: each of its declared ``Exports``
+    unknown but of its type, so that a reference is type-checked at load."""
+    exports = getattr(kind, "Exports", None)
+    if exports is None:
+        return UNKNOWN
+    hints = typing.get_type_hints(exports)
+    return {
+        field.name: unknown(alloy_type(hints[field.name])) for field in dataclasses.fields(exports)
+    }
 
 
 def _sort(nodes: list[_Node]) -> list[_Node]:

@@ -7,6 +7,7 @@ are squashed into ``endpoint``, ``discovery.kubernetes`` and ``discovery.docker`
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from agent.config.component import URL, ArgumentError, Secret, block
@@ -18,9 +19,16 @@ __all__ = [
     "OAuth2",
     "ProxyArguments",
     "TLSConfig",
+    "ssl_context",
 ]
 
-TLS_VERSIONS = ("TLS10", "TLS11", "TLS12", "TLS13")
+_SSL_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+TLS_VERSIONS = tuple(_SSL_VERSIONS)
 _AUTH_METHODS = ("authorization", "basic_auth", "bearer_token", "bearer_token_file", "oauth2")
 
 
@@ -150,3 +158,19 @@ class HTTPClientArguments(ProxyArguments):
         if len(configured) > 1:
             message = f"at most one of {', '.join(_AUTH_METHODS[:-1])} and oauth2 may be set"
             raise ArgumentError(configured[1], message)
+
+
+def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
+    """A client's TLS settings; a given CA replaces the system's, as in Go.
+
+    Raises ``OSError`` (``ssl.SSLError`` included) for a file that cannot be read or used.
+    """
+    tls = tls or TLSConfig()
+    context = ssl.create_default_context(cafile=tls.ca_file or None, cadata=tls.ca_pem or None)
+    context.minimum_version = _SSL_VERSIONS[tls.min_version or "TLS12"]
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

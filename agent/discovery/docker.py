@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
-from agent.config.httpclient import HTTPClientArguments, TLSConfig
+from agent.config.httpclient import HTTPClientArguments, ssl_context
 from agent.discovery.exports import PublishedTargets, TargetsExports
 from agent.errors import DiscoveryError
 
@@ -281,7 +281,7 @@ def _open_http(arguments: DockerArguments) -> httpx.Client:
     if parts.scheme in ("http", "https"):
         verify: ssl.SSLContext | bool = True
         if parts.scheme == "https":
-            verify = _ssl_context(arguments.tls_config or TLSConfig())
+            verify = ssl_context(arguments.tls_config)
         return httpx.Client(
             base_url=arguments.host,
             timeout=timeout,
@@ -289,16 +289,6 @@ def _open_http(arguments: DockerArguments) -> httpx.Client:
             follow_redirects=arguments.follow_redirects,
         )
     raise DockerError(arguments.host, "host must start with unix://, tcp://, http:// or https://")
-
-
-def _ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=tls.ca_file or None, cadata=tls.ca_pem or None)
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _negotiate(server_version: str) -> str:

@@ -17,11 +17,9 @@ from prometheus_client import Counter
 
 from agent.config.component import ComponentOptions, Health
 
-__all__ = ["PublishedTargets", "TargetsExports"]
+__all__ = ["PublishedTargets", "TargetsExports", "component_counter"]
 
 log = logging.getLogger(__name__)
-
-_ERRORS_KEY = "discovery.errors"
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,11 @@ class PublishedTargets:
         self._publish_lock = threading.Lock()
         self._targets: list[dict[str, str]] = []
         self._health = Health("unknown", "not run yet", time.time())
-        self._errors = _errors_counter(options)
+        self._errors = component_counter(
+            options,
+            "emberscope_discovery_errors",
+            "Failed attempts of a discovery component to read its source.",
+        )
 
     def exports(self) -> dict[str, Any]:
         with self._lock:
@@ -74,18 +76,14 @@ class PublishedTargets:
             self._options.on_exports({"targets": [dict(target) for target in targets]})
 
 
-def _errors_counter(options: ComponentOptions) -> Counter | None:
-    """This component's child of the agent's one discovery errors counter."""
+def component_counter(options: ComponentOptions, name: str, documentation: str) -> Any:
+    """This component's child of the agent's one counter ``name`` (labelled by
+    ``component_id``); None when the component has no registry."""
     if options.registry is None:
         return None
     with options.shared_lock:
-        counter = options.shared.get(_ERRORS_KEY)
+        counter = options.shared.get(name)
         if counter is None:
-            counter = Counter(
-                "emberscope_discovery_errors",
-                "Failed attempts of a discovery component to read its source.",
-                ["component_id"],
-                registry=options.registry,
-            )
-            options.shared[_ERRORS_KEY] = counter
+            counter = Counter(name, documentation, ["component_id"], registry=options.registry)
+            options.shared[name] = counter
     return counter.labels(options.id)

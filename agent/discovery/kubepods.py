@@ -1,37 +1,26 @@
 """The pod watch of ``discovery.kubernetes`` and the targets of each pod.
 
-``PodWatcher`` is the list+watch loop on the ``kubernetes`` client; every client
-exception is translated here into ``KubernetesError``. Targets are those of
-Prometheus's pod discovery: one target per container and declared port, one per
-container without ports, regular containers first and then init containers, no targets while
-the pod has no IP. The group-level pod labels are merged into every target, as Alloy does.
-Pods are the API's JSON (plain dicts): the client's models would cost time and memory.
-The client is imported by the functions that call it, so loading this module does not load it
-(see ``agent/discovery/kubernetes.py``).
+``PodWatcher`` is the list+watch loop on an ``ApiClient`` (``agent/discovery/kubeapi.py``).
+Targets are those of Prometheus's pod discovery: one target per container and declared port,
+one per container without ports, regular containers first and then init containers, no
+targets while the pod has no IP. The group-level pod labels are merged into every target, as
+Alloy does. Pods are the API's JSON (plain dicts).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.errors import DiscoveryError
+from agent.discovery.kubeapi import ApiClient, ApiServer, Gone, KubernetesError, Timeouts
 from agent.supervise import SupervisedThread
 
-if TYPE_CHECKING:
-    from kubernetes import client
-
-    from agent.discovery.kubernetes import SelectorConfig
-
 __all__ = [
-    "KubernetesError",
     "PodWatcher",
     "Timings",
     "pod_targets",
@@ -43,24 +32,6 @@ log = logging.getLogger(__name__)
 _META = "__meta_kubernetes_"
 _POD = _META + "pod_"
 _INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
-
-
-class KubernetesError(DiscoveryError):
-    """The API server is unreachable, refused a request or sent something unusable.
-
-    Every ``kubernetes.client.ApiException``, urllib3 error and configuration error of
-    this module is translated into it (chained), so none escapes the module.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("Kubernetes API", reason)
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-class _Gone(KubernetesError):
-    """410 Gone: the held resourceVersion is too old; only a new list helps."""
 
 
 @dataclass(frozen=True)
@@ -81,25 +52,25 @@ class PodWatcher:
 
     A 410 relists at once; a dropped, refused or silent connection resumes from the held
     version after a backoff. The pods are kept meanwhile, so targets survive an outage.
+    ``selectors`` are the list and watch requests' ``fieldSelector``/``labelSelector``.
     """
 
     def __init__(
         self,
-        api: client.CoreV1Api,
+        server: ApiServer,
         namespace: str | None,
-        selector: SelectorConfig | None,
+        selectors: dict[str, str],
         on_change: Callable[[], None],
         timings: Timings,
     ) -> None:
-        self._api = api
-        self._namespace = namespace
-        self._selectors = _selector_arguments(selector)
+        self._api = ApiClient(server)
+        self._path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+        self._selectors = selectors
         self._on_change = on_change
         self._timings = timings
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pods: dict[str, list[dict[str, str]]] = {}
-        self._response: Any = None
         self._version: str | None = None
         self.listed = False
         self.error: str | None = None
@@ -110,15 +81,11 @@ class PodWatcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Prompt even mid-read: the open watch response is shut down under the reader."""
+        """Prompt even mid-read: the open watch is interrupted under the reader."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            try:
-                response.shutdown()
-            except (ValueError, OSError):
-                pass  # already released: the reader sees the stop flag instead
+        self._api.interrupt()
         self._thread.join(timeout=5)
+        self._api.close()
 
     def targets(self) -> list[dict[str, str]]:
         with self._lock:
@@ -142,7 +109,7 @@ class PodWatcher:
                     self._list()
                 self._watch()
                 backoff = self._timings.backoff_initial
-            except _Gone:
+            except Gone:
                 log.debug("discovery.kubernetes: resourceVersion %s gone, relisting", self._version)
                 self._version = None
             except KubernetesError as exc:
@@ -154,55 +121,44 @@ class PodWatcher:
                 backoff = min(backoff * 2, self._timings.backoff_max)
 
     def _list(self) -> None:
-        timeout = (self._timings.connect_timeout, self._timings.list_read_timeout)
-        with _translated():
-            response = self._call(_preload_content=False, _request_timeout=timeout)
-            body = json.loads(_checked(response).data)
+        timeouts = Timeouts(self._timings.connect_timeout, self._timings.list_read_timeout)
+        body = self._api.get(self._path, self._selectors, timeouts)
+        try:
+            version = body["metadata"]["resourceVersion"]
+        except (KeyError, TypeError) as exc:
+            message = "unusable answer from the API server: a list without resourceVersion"
+            raise KubernetesError(message) from exc
         pods = {_key(pod): pod_targets(pod) for pod in body.get("items") or []}
         with self._lock:
             self._pods = pods  # a resync replaces everything, deletions included
-        self._version = body["metadata"]["resourceVersion"]
+        self._version = version
         self.listed, self.error = True, None
         log.debug("discovery.kubernetes: listed %d pods at %s", len(pods), self._version)
         self._on_change()
 
     def _watch(self) -> None:
-        """Until the server ends the watch (``timeout_seconds``) or the stop is set."""
-        from kubernetes import watch
-
-        timeout = (self._timings.connect_timeout, self._timings.watch_read_timeout)
-        with _translated():
-            self._response = self._call(
-                watch=True,
-                resource_version=self._version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self._timings.watch_timeout_seconds,
-                _preload_content=False,
-                _request_timeout=timeout,
-            )
-            try:
-                _checked(self._response)
-                if self.error:
-                    self.error = None
-                    self._on_change()
-                for line in watch.watch.iter_resp_lines(self._response):
-                    if self._stop.is_set():
-                        return
-                    self._handle(json.loads(line))
-            finally:
-                self._response.release_conn()
-                self._response = None
-
-    def _call(self, **kwargs: Any) -> Any:
-        if self._namespace is None:
-            return self._api.list_pod_for_all_namespaces(**self._selectors, **kwargs)
-        return self._api.list_namespaced_pod(self._namespace, **self._selectors, **kwargs)
+        """Until the server ends the watch (``timeoutSeconds``) or the stop is set."""
+        timeouts = Timeouts(self._timings.connect_timeout, self._timings.watch_read_timeout)
+        params = {
+            **self._selectors,
+            "resourceVersion": self._version or "",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self._timings.watch_timeout_seconds),
+        }
+        with self._api.watch(self._path, params, timeouts) as events:
+            if self.error:
+                self.error = None
+                self._on_change()
+            for event in events:
+                if self._stop.is_set():
+                    return
+                self._handle(event)
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == HTTPStatus.GONE:
-                raise _Gone(obj.get("message", "resourceVersion too old"))
+                raise Gone(obj.get("message", "resourceVersion too old"))
             raise KubernetesError(f"watch error {obj.get('code')}: {obj.get('message')}")
         self._version = obj.get("metadata", {}).get("resourceVersion", self._version)
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
@@ -218,40 +174,6 @@ class PodWatcher:
 def _key(pod: dict[str, Any]) -> str:
     metadata = pod.get("metadata") or {}
     return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
-
-
-def _selector_arguments(selector: SelectorConfig | None) -> dict[str, str]:
-    """Selectors go to the API server on every list and watch, never applied here."""
-    arguments = {}
-    if selector and selector.field:
-        arguments["field_selector"] = selector.field
-    if selector and selector.label:
-        arguments["label_selector"] = selector.label
-    return arguments
-
-
-def _checked(response: Any) -> Any:
-    if not 200 <= response.status <= 299:
-        body = response.data.decode("utf-8", "replace")[:200]
-        response.release_conn()
-        raise KubernetesError(f"API server answered {response.status} {response.reason}: {body}")
-    return response
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """The one place where the client's exceptions become ``KubernetesError``."""
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        yield
-    except ApiException as exc:
-        raise KubernetesError(f"API server answered {exc.status} {exc.reason}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise KubernetesError(f"cannot reach the API server: {exc}") from exc
-    except ValueError as exc:  # json.JSONDecodeError included
-        raise KubernetesError(f"unusable answer from the API server: {exc}") from exc
 
 
 def sanitize_label_name(name: str) -> str:

@@ -10,14 +10,11 @@ Arguments with Alloy's names, defaults and checks::
       }
     }
 
-Every role Alloy knows is accepted here; only ``pod`` is discovered at run time, through the
-``kubernetes`` client's list+watch rather than kopf:
+Every role Alloy knows is accepted here; only ``pod`` is discovered at run time, through a
+list+watch of our own (``agent/discovery/kubeapi.py``) rather than kopf:
 kopf's ``on.event`` handlers never learn that a relist ended, so a pod deleted while the watch
 was away would keep its targets, and kopf retries API outages internally, leaving no way to
 report them as unhealthy. The selectors are sent with every list and watch request.
-
-The client (about 20 MB of RSS) is imported when a watch starts, not with this module: a
-configuration without ``discovery.kubernetes``, and ``check-config``, never load it.
 """
 
 from __future__ import annotations
@@ -26,15 +23,13 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.config.component import ArgumentError, ComponentOptions, Health, block
 from agent.config.httpclient import HTTPClientArguments
 from agent.discovery.exports import PublishedTargets, TargetsExports
-from agent.discovery.kubepods import KubernetesError, PodWatcher, Timings
-
-if TYPE_CHECKING:
-    from kubernetes import client
+from agent.discovery.kubeapi import KubernetesError, find_api_server
+from agent.discovery.kubepods import PodWatcher, Timings
 
 __all__ = [
     "AttachMetadata",
@@ -199,7 +194,7 @@ class KubernetesDiscovery:
         backoff = self._timings.backoff_initial
         while not (stop.is_set() or self._restart.is_set()):
             try:
-                api = _core_api(arguments)
+                server = find_api_server(arguments, self._service_account_dir)
                 namespaces = _namespaces(arguments, self._service_account_dir)
                 break
             except KubernetesError as exc:
@@ -208,10 +203,10 @@ class KubernetesDiscovery:
                 backoff = min(backoff * 2, self._timings.backoff_max)
         else:
             return
-        selector = next((s for s in arguments.selectors if s.role == "pod"), None)
+        selectors = _selector_parameters(arguments.selectors)
         with self._lock:
             self._watchers = [
-                PodWatcher(api, namespace, selector, self._refresh, self._timings)
+                PodWatcher(server, namespace, selectors, self._refresh, self._timings)
                 for namespace in namespaces
             ]
         for watcher in self._watchers:
@@ -243,38 +238,15 @@ class KubernetesDiscovery:
         self._published.publish(targets)
 
 
-def _core_api(arguments: KubernetesArguments) -> client.CoreV1Api:
-    """In-cluster service account by default, else ``kubeconfig_file`` or ``api_server``."""
-    from kubernetes import client, config  # the first use in the process loads the client
-
-    configuration = client.Configuration()
-    try:
-        if arguments.kubeconfig_file:
-            config.load_kube_config(arguments.kubeconfig_file, client_configuration=configuration)
-        elif arguments.api_server:
-            _configure_http(configuration, arguments)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-    except (config.ConfigException, OSError, ValueError) as exc:
-        raise KubernetesError(f"cannot configure the Kubernetes client: {exc}") from exc
-    return client.CoreV1Api(client.ApiClient(configuration))
-
-
-def _configure_http(configuration: client.Configuration, arguments: KubernetesArguments) -> None:
-    """``api_server`` with the bearer token and TLS options; other HTTP options are ignored."""
-    configuration.host = arguments.api_server.rstrip("/")
-    token = arguments.bearer_token
-    if arguments.bearer_token_file:
-        with open(arguments.bearer_token_file, encoding="utf-8") as file:
-            token = file.read().strip()
-    if token:
-        configuration.api_key = {"authorization": f"Bearer {token}"}
-    tls = arguments.tls_config
-    if tls:
-        configuration.ssl_ca_cert = tls.ca_file or None
-        configuration.cert_file = tls.cert_file or None
-        configuration.key_file = tls.key_file or None
-        configuration.verify_ssl = not tls.insecure_skip_verify
+def _selector_parameters(selectors: list[SelectorConfig]) -> dict[str, str]:
+    """The pod selectors, sent to the API server on every list and watch, never applied here."""
+    selector = next((s for s in selectors if s.role == "pod"), None)
+    parameters = {}
+    if selector and selector.field:
+        parameters["fieldSelector"] = selector.field
+    if selector and selector.label:
+        parameters["labelSelector"] = selector.label
+    return parameters
 
 
 def _namespaces(arguments: KubernetesArguments, service_account_dir: str) -> list[str | None]:

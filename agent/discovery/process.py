@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration, Health, block
 from agent.discovery.containers import parse_container_id
-from agent.discovery.exports import PublishedTargets, TargetsExports
+from agent.discovery.exports import PublishedTargets, TargetsExports, component_counter
 from agent.discovery.procevents import ProcEvent, ProcEventKind, ProcEvents, open_proc_events
 from agent.discovery.targets import container_id_of
 from agent.errors import DiscoveryError
@@ -76,11 +76,13 @@ class DiscoverConfig:
 
 
 class _Skip(Exception):
-    """The process is left out; ``vanished`` when it exited before it could be read."""
+    """The process is left out; ``vanished`` when it exited before it could be read,
+    ``reason`` when a file of it could not be read."""
 
-    def __init__(self, vanished: bool = False) -> None:
-        super().__init__()
+    def __init__(self, vanished: bool = False, reason: str = "") -> None:
+        super().__init__(reason)
         self.vanished = vanished
+        self.reason = reason
 
 
 class ProcessDiscovery:
@@ -125,6 +127,8 @@ class ProcessDiscovery:
         self._processes: dict[int, dict[str, str]] = {}
         self._exited: dict[int, float] = {}  # pid -> when its exit was seen; still a target
         self._skipped: set[int] = set()  # not retried until the next full refresh
+        self._skip_logged: set[int] = set()  # why they were skipped was logged: not again
+        self._skip_counter = _skip_counter(options)
         self._full_refresh_due = True
         self._changed_at: float | None = None  # the first change not exported yet
         self._exported_at = -math.inf
@@ -277,6 +281,7 @@ class ProcessDiscovery:
         try:
             labels = _read_process(self._proc_root, pid, config)
         except _Skip as skip:
+            self._note_skip(pid, skip)
             self._forget(pid, "missed" if skip.vanished else "skipped")
             return
         self._put_process(pid, labels)
@@ -298,9 +303,23 @@ class ProcessDiscovery:
             if self._processes.pop(pid, None) is not None:
                 self._note_change()
 
+    def _note_skip(self, pid: int, skip: _Skip) -> None:
+        """A process that cannot be read is logged once (a full refresh meets it again
+        every ``refresh_interval``), and counted each time."""
+        if not skip.reason:
+            return
+        if self._skip_counter is not None:
+            self._skip_counter.inc()
+        with self._lock:
+            first = pid not in self._skip_logged
+            self._skip_logged.add(pid)
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "%s: pid %d skipped: %s", self._options.id, pid, skip.reason)
+
     def _mark_exited(self, pid: int, now: float) -> None:
         with self._lock:
             self._skipped.discard(pid)  # the pid may be reused
+            self._skip_logged.discard(pid)
             if pid in self._processes:
                 self._exited.setdefault(pid, now)
 
@@ -335,6 +354,7 @@ class ProcessDiscovery:
             if full:
                 self._counts["full_refreshes"] += 1
                 self._skipped = set()
+                self._skip_logged &= pids  # the pids of processes gone may be reused
             for pid in self._processes.keys() - pids:
                 self._exited.setdefault(pid, now)
             unread = pids - self._skipped if full else pids - self._processes.keys() - self._skipped
@@ -352,7 +372,8 @@ class ProcessDiscovery:
         full refresh, and begins its grace if it was a target."""
         try:
             labels = _read_process(self._proc_root, pid, config)
-        except _Skip:
+        except _Skip as skip:
+            self._note_skip(pid, skip)
             with self._lock:
                 self._skipped.add(pid)
                 if pid in self._processes:
@@ -427,7 +448,8 @@ def _put_user(labels: dict[str, str], pid: int, path: str, config: DiscoverConfi
     """UID and user name only log on failure; they never skip the process (as in Alloy)."""
     try:
         status = _read(pid, path, _STATUS_LIMIT)
-    except _Skip:
+    except _Skip as skip:
+        log.debug("pid %d: no user: %s", pid, skip.reason or "it exited")
         return
     line = next((line for line in status.splitlines() if line.startswith(b"Uid:")), b"")
     fields = line.split()
@@ -476,12 +498,20 @@ def _readlink(pid: int, path: str) -> bytes:
 
 
 def _skip(pid: int, path: str, problem: OSError | str) -> _Skip:
-    """Vanished processes are skipped silently; other failures are logged."""
+    """Vanished processes are skipped silently; other failures say why."""
     if isinstance(problem, FileNotFoundError | ProcessLookupError):
         return _Skip(vanished=True)
     reason = problem if isinstance(problem, str) else problem.strerror or str(problem)
-    log.warning("pid %d skipped: cannot read %s: %s", pid, path, reason)
-    return _Skip()
+    return _Skip(reason=f"cannot read {path}: {reason}")
+
+
+def _skip_counter(options: ComponentOptions) -> Any:
+    return component_counter(
+        options,
+        "emberscope_discovery_process_skipped",
+        "Processes discovery.process left out because a file of theirs under /proc "
+        "could not be read, counted at each attempt (each process is logged once).",
+    )
 
 
 def _text(raw: bytes) -> str:

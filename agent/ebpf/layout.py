@@ -70,6 +70,7 @@ class DropReason(enum.IntEnum):
     PY_STACKS_MAP_FULL = 5
     PY_READ_FAILED = 6
     UNWIND_FAILED = 7
+    USER_STACK_UNREADABLE = 8
 
 
 class UnwindStat(enum.IntEnum):

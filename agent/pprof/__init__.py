@@ -1,6 +1,22 @@
-"""Build pprof CPU profiles from symbolized stacks, and read them back."""
+"""Build pprof CPU profiles from symbolized stacks, read them back and merge them."""
 
-from agent.pprof.builder import ProfileBuilder
-from agent.pprof.summary import FunctionShare, format_table, read_profile, top_functions
+from agent.pprof.builder import ProfileBuilder, encode_profile
+from agent.pprof.merge import merge_profiles
+from agent.pprof.summary import (
+    FunctionShare,
+    format_table,
+    read_profile,
+    top_functions,
+    value_index,
+)
 
-__all__ = ["FunctionShare", "ProfileBuilder", "format_table", "read_profile", "top_functions"]
+__all__ = [
+    "FunctionShare",
+    "ProfileBuilder",
+    "encode_profile",
+    "format_table",
+    "merge_profiles",
+    "read_profile",
+    "top_functions",
+    "value_index",
+]

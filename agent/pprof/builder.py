@@ -13,12 +13,21 @@ from collections.abc import Mapping, Sequence
 from agent.pprof import profile_pb2
 from agent.symbols.frames import Frame, MappedFile
 
-__all__ = ["ProfileBuilder"]
+__all__ = ["ProfileBuilder", "encode_profile"]
 
 _NANOS_PER_SECOND = 1_000_000_000
 
 _LabelKey = tuple[tuple[int, int], ...]
 _StackKey = tuple[tuple[int, ...], _LabelKey]
+
+
+def encode_profile(profile: profile_pb2.Profile) -> bytes:
+    """The profile serialized and gzipped.
+
+    Level 1 matches Alloy's ``gzip.BestSpeed``; mtime 0 makes equal profiles
+    encode to equal bytes.
+    """
+    return gzip.compress(profile.SerializeToString(), compresslevel=1, mtime=0)
 
 
 class ProfileBuilder:
@@ -92,13 +101,8 @@ class ProfileBuilder:
         return profile
 
     def encode(self) -> bytes:
-        """Return the profile serialized and gzipped.
-
-        Level 1 matches Alloy's ``gzip.BestSpeed``; mtime 0 makes equal
-        profiles encode to equal bytes.
-        """
-        data = self.build().SerializeToString()
-        return gzip.compress(data, compresslevel=1, mtime=0)
+        """Return the profile serialized and gzipped."""
+        return encode_profile(self.build())
 
     def _fill_samples(self, profile: profile_pb2.Profile) -> None:
         for (location_ids, label_key), count in self._counts.items():

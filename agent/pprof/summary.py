@@ -12,9 +12,10 @@ from google.protobuf.message import DecodeError
 
 from agent.pprof import profile_pb2
 
-__all__ = ["FunctionShare", "format_table", "read_profile", "top_functions"]
+__all__ = ["FunctionShare", "format_table", "read_profile", "top_functions", "value_index"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_MIN_NAME_WIDTH = 20  # below this a cut name says too little: the line is let wrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShar
     """
     if limit < 0:
         raise ValueError(f"limit must be zero or more, not {limit}")
-    index = _value_index(profile)
+    index = value_index(profile)
     names = _location_names(profile)
     self_values: Counter[str] = Counter()
     total_values: Counter[str] = Counter()
@@ -82,23 +83,38 @@ def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShar
     return rows[:limit]
 
 
-def format_table(rows: Sequence[FunctionShare]) -> str:
-    """Lay rows out as an aligned text table with percentages, one per line."""
+def format_table(rows: Sequence[FunctionShare], width: int | None = None) -> str:
+    """Lay rows out as an aligned text table with percentages, one per line.
+
+    With ``width``, names too long for a line of that many columns are cut in
+    the middle (``std::vector<…>::push_back``): both ends tell functions apart.
+    """
     lines = [("function", "self%", "total%")]
     lines += [
         (row.name, f"{row.self_fraction * 100:.1f}", f"{row.total_fraction * 100:.1f}")
         for row in rows
     ]
-    name_width = max(len(line[0]) for line in lines)
     self_width = max(len(line[1]) for line in lines)
     total_width = max(len(line[2]) for line in lines)
+    if width is not None:
+        room = max(width - self_width - total_width - 4, _MIN_NAME_WIDTH)
+        lines = [(_cut_middle(name, room), self_, total) for name, self_, total in lines]
+    name_width = max(len(line[0]) for line in lines)
     return "\n".join(
         f"{name:<{name_width}}  {self_:>{self_width}}  {total:>{total_width}}"
         for name, self_, total in lines
     )
 
 
-def _value_index(profile: profile_pb2.Profile) -> int:
+def _cut_middle(name: str, width: int) -> str:
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (width - 1 - head) :]}"
+
+
+def value_index(profile: profile_pb2.Profile) -> int:
+    """The index of the values read in each sample: the default sample type's, else the last."""
     if not profile.sample_type:
         raise ValueError("profile has no sample_type")
     if profile.default_sample_type:

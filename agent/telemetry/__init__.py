@@ -1,5 +1,6 @@
-"""The telemetry room: the agent's metrics, health and debug info over HTTP."""
+"""The telemetry room: the agent's metrics, health and debug info over HTTP, and its log lines."""
 
+from agent.telemetry.logs import LOG_FORMATS, LOG_LEVELS, LogFormatter, LoggingArguments
 from agent.telemetry.metrics import (
     BoundEbpfMetrics,
     EbpfMetrics,
@@ -11,6 +12,7 @@ from agent.telemetry.metrics import (
     new_registry,
     read_program_stats,
 )
+from agent.telemetry.profiles import PROFILES_PATH, ProfilesPage
 from agent.telemetry.server import ComponentGraph, TelemetryServer, parse_listen_addr, to_json
 
 __all__ = [
@@ -18,6 +20,12 @@ __all__ = [
     "ComponentGraph",
     "EbpfMetrics",
     "HttpMetrics",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "LogFormatter",
+    "LoggingArguments",
+    "PROFILES_PATH",
+    "ProfilesPage",
     "ProgramStats",
     "SamplerCollector",
     "SamplerReading",

@@ -1,8 +1,10 @@
-"""The agent's HTTP server: ``/metrics``, health, readiness and components as JSON.
+"""The agent's HTTP server: ``/metrics``, health, readiness and components as JSON,
+and the recent profiles' page (``/profiles/``, see ``profiles.py``) when given one.
 
 The paths and the JSON shape follow Alloy's (``--server.http.listen-addr``,
 ``/-/healthy``, ``/-/ready``, ``/api/v0/web/components[/<id>]``), so that the
-tools pointed at an Alloy agent work here too:
+tools pointed at an Alloy agent work here too. ``/-/live`` is ours: the
+liveness probe, which fails only when the agent itself is stuck.
 
     server = TelemetryServer(parse_listen_addr("127.0.0.1:12345"), registry, graph)
     server.start()
@@ -35,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from agent.config.component import Duration, Health, Secret
 from agent.telemetry.metrics import HttpMetrics
+from agent.telemetry.profiles import ProfilesPage
 
 __all__ = ["ComponentGraph", "TelemetryServer", "parse_listen_addr", "to_json"]
 
@@ -45,7 +48,7 @@ Answer = tuple[int, str, bytes]  # status, content type, body
 _COMPONENTS_PATH = "/api/v0/web/components"
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alloy shows for a health never updated
 _REDACTED = "(redacted)"
-_PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})  # answered by their own worker
+_PROBE_PATHS = frozenset({"/-/healthy", "/-/ready", "/-/live"})  # answered by their own worker
 
 # Connections the kernel queues until the event loop accepts them (capped by
 # net.core.somaxconn), and how many the loop accepts at one wake-up: a burst
@@ -128,9 +131,11 @@ class TelemetryServer:
         client_timeout: float = _CLIENT_TIMEOUT,
         answer_timeout: float = _ANSWER_TIMEOUT,
         max_connections: int = _MAX_CONNECTIONS,
+        profiles: ProfilesPage | None = None,
     ) -> None:
         self.registry = registry
         self.graph = graph
+        self.profiles = profiles  # the recent profiles' page under /profiles/, if served
         self._sock = _listen(address)
         self._connections = _Connections(
             self.route, HttpMetrics(registry), client_timeout, answer_timeout, max_connections
@@ -162,11 +167,15 @@ class TelemetryServer:
             return self.healthy
         if path == "/-/ready":
             return self.ready
+        if path == "/-/live":
+            return self.live
         if path == _COMPONENTS_PATH:
             return lambda: _json_answer(self.component_list())
         component_id = path.removeprefix(_COMPONENTS_PATH + "/")
         if component_id != path and component_id in self.graph.order:
             return lambda: _json_answer(self.component_detail(component_id))
+        if self.profiles is not None:
+            return self.profiles.route(path)
         return None
 
     # --- the answers ---
@@ -183,14 +192,29 @@ class TelemetryServer:
         return HTTPStatus.OK, "text/plain", b"All Emberscope components are healthy.\n"
 
     def ready(self) -> Answer:
-        """200 once every component has started and reports itself healthy, else 503."""
+        """200 once the configuration is loaded (every component started) and the
+        sampler runs, else 503. As Alloy's, it does not wait for remote services."""
         if not self.graph.started:
             return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"Emberscope is not ready.\n"
-        unhealthy = self._unhealthy()
-        if unhealthy:
-            body = "Emberscope is not ready: unhealthy components:\n" + "\n".join(unhealthy)
+        waiting = self._problems("readiness_problem")
+        if waiting:
+            body = "Emberscope is not ready:\n" + "\n".join(waiting)
             return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body.encode() + b"\n"
         return HTTPStatus.OK, "text/plain", b"Emberscope is ready.\n"
+
+    def live(self) -> Answer:
+        """200 unless a component says it is stuck (its loop makes no progress), else 500.
+
+        A remote dependency that is down (Pyroscope, the API server) makes a
+        component unhealthy, never stuck: restarting the agent would not bring
+        it back, and would lose what the agent holds. The HTTP server's own
+        progress is shown by answering at all, within the probe's timeout.
+        """
+        stuck = self._problems("liveness_problem")
+        if stuck:
+            body = "stuck components:\n" + "\n".join(stuck)
+            return HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", body.encode() + b"\n"
+        return HTTPStatus.OK, "text/plain", b"Emberscope is live.\n"
 
     def component_list(self) -> list[dict[str, Any]]:
         return [self._summary(component_id) for component_id in self.graph.order]
@@ -212,6 +236,15 @@ class TelemetryServer:
             for component_id in self.graph.order
             if (health := self.graph.health(component_id)).state != "healthy"
         ]
+
+    def _problems(self, method: str) -> list[str]:
+        """``id: problem`` of each component whose optional ``method()`` names one."""
+        problems = []
+        for component_id, component in self.graph.components():
+            check = getattr(component, method, None)
+            if check is not None and (problem := check()):
+                problems.append(f"{component_id}: {problem}")
+        return problems
 
     def _summary(self, component_id: str) -> dict[str, Any]:
         name, _, label = component_id.rpartition(".")

@@ -4,6 +4,7 @@ from agent.write.fanout import Fanout
 from agent.write.files import FileReceiver
 from agent.write.profile import LabeledProfile, Receiver
 from agent.write.pyroscope import PyroscopeWrite, PyroscopeWriteArguments
+from agent.write.recent import RECENT_PROFILES_KEY, RecentProfiles, target_id
 
 __all__ = [
     "Fanout",
@@ -11,5 +12,8 @@ __all__ = [
     "LabeledProfile",
     "PyroscopeWrite",
     "PyroscopeWriteArguments",
+    "RECENT_PROFILES_KEY",
     "Receiver",
+    "RecentProfiles",
+    "target_id",
 ]

@@ -141,6 +141,8 @@ class FileReceiver:
         self._arguments = arguments
 
     def run(self, stop: threading.Event) -> None:
+        directory = Path(self._arguments.directory).resolve()
+        log.info("%s: writing profiles under %s", self._options.id, directory)
         while not stop.is_set():
             self._ready.wait(timeout=1.0)
             self._ready.clear()

@@ -20,7 +20,6 @@ import base64
 import json
 import logging
 import re
-import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from agent.config.component import (
     Health,
     block,
 )
-from agent.config.httpclient import HTTPClientArguments, TLSConfig
+from agent.config.httpclient import HTTPClientArguments, TLSConfig, ssl_context
 from agent.errors import ConfigError, PushError
 from agent.write.profile import LabeledProfile, shortened
 from agent.write.push import push_pb2, types_pb2
@@ -76,12 +75,6 @@ _RETRYABLE_CODES = (
 )
 # What Pyroscope's answer says of a profile over its max_profile_size_bytes limit.
 _SIZE_LIMIT_NAME = "max_profile_size_byte"
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
 
 
 def _unsupported(options: HTTPClientArguments) -> list[str]:
@@ -215,19 +208,6 @@ def _url_credentials(url: URL) -> tuple[str, str] | None:
     return unquote(user), unquote(password)
 
 
-def _ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
-    """The client's TLS settings; a given CA replaces the system's, as in Go."""
-    tls = tls or TLSConfig()
-    context = ssl.create_default_context(cafile=tls.ca_file or None, cadata=tls.ca_pem or None)
-    context.minimum_version = _TLS_VERSIONS[tls.min_version or "TLS12"]
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _read_secret(path: str, argument: str) -> str:
     """A credential file is read at each push, so a rotated secret is picked up."""
     try:
@@ -246,7 +226,7 @@ class _HttpPusher:
         self._url_credentials = _url_credentials(options.url)
         self._scrubbed = _scrubbed(options.url, options.proxy_url)
         try:
-            verify = _ssl_context(options.tls_config)
+            verify = ssl_context(options.tls_config)
         except OSError as exc:
             message = f"endpoint {_display_url(options.url)}: tls_config: {exc}"
             raise ConfigError(message) from exc

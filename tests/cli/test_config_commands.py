@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+WRITE = 'pyroscope.write "w" {\n  endpoint {\n    url = "http://127.0.0.1:4040"\n  }\n}\n'
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,48 @@ def test_the_shipped_configurations_are_valid(emberscope, name):
             "4:3",
             "bogus",
         ),
+        ('logging {\n  level = "loud"\n}\n', "2:3", "level: must be one of debug,"),
+        ('logging {\n  format = "text"\n}\n', "2:3", "format: must be one of logfmt, json"),
+        ('logging "main" {\n}\n', "1:1", 'block "logging" requires empty label'),
+        ("logging {\n}\nlogging {\n}\n", "3:1", "block logging already declared at"),
+        ("logging {\n  write_to = []\n}\n", "2:3", 'unrecognized attribute name "write_to"'),
+        (
+            'logging {\n  level = discovery.process.p.targets\n}\ndiscovery.process "p" {\n}\n',
+            "2:11",
+            'component "discovery.process.p.targets" does not exist or is out of scope',
+        ),
+        # A reference is type-checked at load, before the component it names runs.
+        (
+            'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = pyroscope.write.w.receiver\n}\n'
+            + WRITE,
+            "3:16",
+            "expected array, got capsule",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = []\n  forward_to = [discovery.relabel.r.output]\n}\n'
+            'discovery.relabel "r" {\n  targets = []\n}\n',
+            "3:17",
+            "expected capsule, got array",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = pyroscope.write.w.receiver\n  forward_to = []\n}\n'
+            + WRITE,
+            "2:13",
+            "expected array, got capsule",
+        ),
+        (
+            'pyroscope.ebpf "a" {\n  targets = [pyroscope.write.w.receiver]\n  forward_to = []\n}\n'
+            + WRITE,
+            "2:14",
+            "expected object, got capsule",
+        ),
+        (
+            'discovery.relabel "a" {\n  targets = discovery.process.p.targets\n'
+            "  rule {\n    action = discovery.process.p.targets\n  }\n}\n"
+            'discovery.process "p" {\n}\n',
+            "4:14",
+            "expected string, got array",
+        ),
         (
             'discovery.relabel "a" {\n  targets = discovery.relabel.b.output\n}\n'
             'discovery.relabel "b" {\n  targets = discovery.relabel.a.output\n}\n',
@@ -56,6 +99,13 @@ def test_each_error_names_file_line_column_and_exits_1(emberscope, tmp_path, tex
     assert f"{config}:{where}:" in result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_logging_block_is_checked_and_may_read_the_environment(emberscope, tmp_path):
+    config = tmp_path / "logging.alloy"
+    config.write_text('logging {\n  level = sys.env("NO_SUCH_VARIABLE") + "warn"\n}\n')
+    result = emberscope("check-config", str(config))
+    assert (result.returncode, result.stdout) == (0, f"{config}: valid\n"), result.stderr
 
 
 def test_a_missing_file_is_one_line(emberscope, tmp_path):

@@ -23,9 +23,9 @@ def unused_pid() -> int:
         (["--frobnicate", "--all"], 2, "unrecognized arguments: --frobnicate"),
         (["--sample-rate", "0", "--all"], 2, "invalid sample rate '0'"),
         (["--pid", "abc"], 2, "invalid pid 'abc'"),
-        (["--duration", "1s"], 1, "choose exactly one of --pid PID, --all or -- COMMAND"),
-        (["--all", "--pid", "1"], 1, "choose exactly one"),
-        (["--all", "--no-user", "--no-kernel"], 1, "leave nothing to collect"),
+        (["--duration", "1s"], 2, "choose exactly one of --pid PID, --all or -- COMMAND"),
+        (["--all", "--pid", "1"], 2, "choose exactly one"),
+        (["--all", "--no-user", "--no-kernel"], 2, "leave nothing to collect"),
     ],
 )
 def test_usage_errors(emberscope, args, code, message):

@@ -61,6 +61,11 @@ def perf_self_shares(binary: Path, seconds: int, tmp_path: Path) -> dict[str, fl
         check=True,
         capture_output=True,
     )
+    return perf_report_shares(data)
+
+
+def perf_report_shares(data: Path) -> dict[str, float]:
+    """Each function's self share of the samples in ``data``, as `perf report` counts them."""
     report = subprocess.run(
         [
             "perf",
@@ -242,7 +247,8 @@ def test_an_unselected_process_does_not_appear(build_workload, emberscope, tmp_p
 
 
 def test_a_selected_process_that_exits_keeps_its_samples(build_workload, emberscope, tmp_path):
-    short = subprocess.Popen([str(build_workload("three_leaves")), "2"])
+    # 4 s of work: more than the CLI's start-up takes on a loaded machine, less than the run.
+    short = subprocess.Popen([str(build_workload("three_leaves")), "4"])
     out = tmp_path / "short.pb.gz"
     started = time.monotonic()
     result = emberscope(
@@ -250,7 +256,7 @@ def test_a_selected_process_that_exits_keeps_its_samples(build_workload, embersc
         "--pid",
         str(short.pid),
         "--duration",
-        "6s",
+        "7s",
         "--sample-rate",
         RATE,
         "--output",
@@ -258,10 +264,39 @@ def test_a_selected_process_that_exits_keeps_its_samples(build_workload, embersc
     )
     short.wait()
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started >= 6
+    assert time.monotonic() - started >= 7
     rows = {row.name: row for row in top_functions(read_profile(out.read_bytes()), 50)}
     assert set(LEAVES) <= rows.keys()
     assert rows["main"].total_fraction > 0.95
+
+
+def test_each_sample_keeps_its_comm_though_its_process_exited_first(
+    build_workload, emberscope, go_pprof, tmp_path
+):
+    binary = build_workload("three_leaves")
+    out = tmp_path / "comm.pb.gz"
+    result = emberscope(
+        "profile",
+        "--duration",
+        "10s",
+        "--sample-rate",
+        RATE,
+        "--output",
+        str(out),
+        "--",
+        "sh",
+        "-c",
+        f"{binary} 1; {binary} 1",  # both have exited when the profile is written
+    )
+    assert result.returncode == 0, result.stderr
+    samples = stacks(read_profile(out.read_bytes()))
+    leaves = [labels for names, _, _, labels in samples if names[0] in LEAVES]
+    assert {labels["comm"] for labels in leaves} == {"three_leaves"}
+    assert len({labels["pid"] for labels in leaves}) == 2
+    tags = go_pprof(out.read_bytes(), "-tags")
+    totals = dict(re.findall(r"^ (comm|pid): Total (\S+)$", tags, re.MULTILINE))
+    assert totals["comm"] == totals["pid"], tags  # every sample has both
+    assert re.search(r"^\s+\S+ \(\s*[\d.]+%\): three_leaves$", tags, re.MULTILINE), tags
 
 
 def test_sigint_ends_the_run_early_and_still_writes_the_profile(build_workload, tmp_path):

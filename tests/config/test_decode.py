@@ -8,7 +8,7 @@ import pytest
 
 from agent.config import ArgumentError, Capsule, Duration, Secret, block
 from agent.config.decode import decode
-from agent.config.evaluate import UNKNOWN, Scope
+from agent.config.evaluate import UNKNOWN, Scope, unknown
 from agent.config.parser import parse
 from agent.errors import ConfigError
 
@@ -193,3 +193,34 @@ def test_unknown_exports_take_defaults_or_empty_values():
     assert args.sizes == [0, 2]
     assert args.labels == {"a": ""}
     assert args.endpoint == Endpoint("")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("forward_to = w.receiver", "expected array, got capsule"),
+        ("forward_to = [x.output]", "expected capsule, got array"),
+        ("targets = w.receiver", "expected array, got capsule"),
+        ("targets = [w.receiver]", "expected object, got capsule"),
+        ("name = x.output", "expected string, got array"),
+        ("name = w.token", "expected string, got secret"),
+        ("enabled = x.count", "expected bool, got number"),
+        ("interval = x.count", "expected string, got number"),
+        ("labels = x.output", "expected object, got array"),
+    ],
+)
+def test_unknown_exports_of_a_known_type_must_fit_the_argument(body, message):
+    scope = Scope(
+        {
+            "x": {"output": unknown("array"), "count": unknown("number")},
+            "w": {"receiver": unknown("capsule"), "token": unknown("secret")},
+        }
+    )
+    assert error_of(REQUIRED.replace("targets = []\n", "") + body, scope).endswith(message)
+
+
+def test_unknown_exports_of_a_fitting_type_are_accepted():
+    scope = Scope({"x": {"count": unknown("number"), "token": unknown("string")}})
+    body = "count = x.count\nname = x.count\ntoken = x.token\nsizes = [x.count]"
+    args = decode_body(REQUIRED + body, scope)
+    assert (args.count, args.name, args.token, args.sizes) == (1, "", None, [0])

@@ -1,7 +1,7 @@
 """The Helm chart's static files and the plain manifests: YAML, schema, RBAC, DaemonSet, config.
 
-The manifest is the chart rendered with default values by tools/chart-render (`make
-manifests`); tests/deploy/test_render.py renders the chart itself and checks the two agree.
+The manifest is the chart rendered with default values by helm (`make manifests`);
+tests/deploy/test_render.py renders the chart itself and checks the two agree.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def test_daemonset_env_comes_from_the_downward_api() -> None:
 def test_daemonset_probes_and_port() -> None:
     agent = container()
     assert agent["ports"] == [{"name": "http-metrics", "containerPort": 12345, "protocol": "TCP"}]
-    assert agent["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http-metrics"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/-/live", "port": "http-metrics"}
     assert agent["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http-metrics"}
 
 

@@ -1,6 +1,8 @@
 """A loopback Kubernetes API server for pods: list and chunked watch, as the real one speaks them.
 
-Serves ``/api/v1/pods`` and ``/api/v1/namespaces/<ns>/pods``. Lists are a ``PodList`` with
+Serves ``/api/v1/pods`` and ``/api/v1/namespaces/<ns>/pods``, and for kubectl the discovery
+documents (``/api``, ``/apis``, ``/api/v1``), one pod by name and its JSON merge PATCH (what
+``kubectl annotate`` and ``kubectl label`` send). Lists are a ``PodList`` with
 ``metadata.resourceVersion``; ``?watch=true`` streams newline-delimited events after the given
 resourceVersion, with BOOKMARKs when asked, and an ERROR 410 event when that version has been
 compacted away. ``fieldSelector`` and ``labelSelector`` are honoured, and every request's path
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,13 +39,16 @@ class LoopbackApiServer:
         self._generation = 0  # bumped to end every open watch
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
+        self.tls: ssl.SSLContext | None = None  # set before start: serve HTTPS, as the real one
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -93,6 +99,21 @@ class LoopbackApiServer:
             self._events.append((self._version, kind, copy.deepcopy(pod)))
         self._cond.notify_all()
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._cond:
+            pod = self._pods.get((namespace, name))
+            return copy.deepcopy(pod) if pod is not None else None
+
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply a JSON merge patch (RFC 7386) and record a MODIFIED event; None if no pod."""
+        with self._cond:
+            pod = self._pods.get((namespace, name))
+            if pod is None:
+                return None
+            patched = _merge_patch(copy.deepcopy(pod), patch)
+            self._change((namespace, name), "MODIFIED", patched, True)
+            return copy.deepcopy(patched)
+
     def list_pods(self, namespace: str | None, query: dict[str, list[str]]) -> dict[str, Any]:
         with self._cond:
             items = [
@@ -139,18 +160,42 @@ def _handler(api: LoopbackApiServer) -> type[BaseHTTPRequestHandler]:
             query = parse_qs(url.query)
             api.requests.append(("GET", url.path, query))
             namespace = _namespace_of(url.path)
-            if namespace is False:
+            if url.path in _DISCOVERY:
+                self._send_json(200, _DISCOVERY[url.path])
+            elif (pod_key := _pod_of(url.path)) is not None:
+                pod = api.get_pod(*pod_key)
+                if pod is None:
+                    self._send_json(404, _NOT_FOUND)
+                else:
+                    self._send_json(200, pod)
+            elif namespace is False:
                 self._send_json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
             elif _true(_first(query, "watch")):
                 self._stream(namespace, query)
             else:
                 self._send_json(200, api.list_pods(namespace, query))
 
+        def do_PATCH(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            api.requests.append(("PATCH", url.path, parse_qs(url.query)))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            pod_key = _pod_of(url.path)
+            if pod_key is None:
+                self._send_json(405, {"kind": "Status", "code": 405})
+            elif self.headers.get("Content-Type") != "application/merge-patch+json":
+                self._send_json(415, {"kind": "Status", "code": 415})
+            else:
+                pod = api.patch_pod(*pod_key, json.loads(body))
+                if pod is None:
+                    self._send_json(404, _NOT_FOUND)
+                else:
+                    self._send_json(200, pod)
+
         def do_POST(self) -> None:  # noqa: N802 - recorded so tests can assert there is none
             api.requests.append(("POST", self.path, {}))
             self._send_json(405, {"kind": "Status", "code": 405})
 
-        do_PATCH = do_PUT = do_DELETE = do_POST  # noqa: N815
+        do_PUT = do_DELETE = do_POST  # noqa: N815
 
         def _send_json(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -176,13 +221,60 @@ def _handler(api: LoopbackApiServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(b"0\r\n\r\n")
                 else:
                     self.close_connection = True
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
                 self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
 
     return Handler
+
+
+_NOT_FOUND = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
+# What kubectl reads before it touches a resource: the legacy discovery documents.
+_DISCOVERY: dict[str, dict[str, Any]] = {
+    "/api": {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    },
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {
+                "name": "pods",
+                "singularName": "pod",
+                "namespaced": True,
+                "kind": "Pod",
+                "verbs": ["get", "list", "watch", "patch"],
+                "shortNames": ["po"],
+            }
+        ],
+    },
+}
+
+
+def _pod_of(path: str) -> tuple[str, str] | None:
+    """(namespace, name) of ``/api/v1/namespaces/<ns>/pods/<name>``."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
+        return parts[3], parts[5]
+    return None
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = target if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
 
 
 def _namespace_of(path: str) -> str | None | bool:
@@ -298,12 +390,13 @@ def container_id(pod: str, container: str) -> str:
     return "containerd://" + hashlib.sha256(f"{pod}/{container}".encode()).hexdigest()
 
 
-def write_kubeconfig(path: str, server: str) -> None:
-    """JSON is YAML: a kubeconfig pointing at ``server`` with a bearer token."""
+def write_kubeconfig(path: str, server: str, ca: str | None = None) -> None:
+    """JSON is YAML: a kubeconfig pointing at ``server`` (trusting ``ca``) with a bearer token."""
+    cluster = {"server": server, **({"certificate-authority": ca} if ca else {})}
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "clusters": [{"name": "test", "cluster": cluster}],
         "users": [{"name": "test", "user": {"token": "test-token"}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
         "current-context": "test",

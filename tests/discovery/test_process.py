@@ -8,7 +8,6 @@ import logging
 import os
 import pwd
 import queue
-import shutil
 import statistics
 import subprocess
 import threading
@@ -17,11 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from agent.config.component import ArgumentError, ComponentOptions, Duration
 from agent.discovery import DiscoverConfig, ProcessDiscovery, parse_container_id
 from agent.discovery.procevents import ProcEvents
 from agent.errors import DiscoveryError
+from tests.agent import wait_for
+from tests.conftest import compile_workload
 from tests.discovery.test_procevents import exec_, fork, message
 
 CONTAINER = "c0ffee" + "0" * 58
@@ -29,20 +31,6 @@ OTHER = "beef" + "1" * 60
 ALL_LABELS = DiscoverConfig(username=True, uid=True, cgroup_path=True)
 CAPTURED = {"open_events": None}  # a captured tree gets no kernel events: it is listed
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the process events need root")
-BURNER_C = r"""
-#include <stdlib.h>
-#include <time.h>
-/* Spin on the CPU for argv[1] milliseconds, then exit. */
-int main(int argc, char **argv) {
-    long ms = argc > 1 ? atol(argv[1]) : 30;
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    do {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-    } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
-    return 0;
-}
-"""
 
 
 class Recorder:
@@ -141,13 +129,8 @@ def nobody_sleep(tmp_path) -> Iterator[subprocess.Popen]:
 @pytest.fixture(scope="module")
 def burner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``burner MS``: a C program that spins for MS milliseconds."""
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the burner")
     directory = tmp_path_factory.mktemp("burner").resolve()
-    (directory / "burner.c").write_text(BURNER_C)
-    binary = directory / "burner"
-    subprocess.run(["gcc", "-O1", "-o", str(binary), str(directory / "burner.c")], check=True)
-    return binary
+    return compile_workload("burner.c", directory / "burner", "-O1")
 
 
 def test_a_real_process_has_its_labels(running, nobody_sleep, tmp_path):
@@ -438,8 +421,37 @@ def test_odd_files_are_not_waited_on_nor_read_whole(running, tmp_path, caplog):
     recorder.wait_for(lambda targets: len(targets) == 1, 5)
     assert len(by_pid(recorder.calls[-1], 300)["__meta_process_commandline"]) == 65536
     warnings = sorted(r.getMessage() for r in caplog.records)
-    assert [w.split(":")[0] for w in warnings] == ["pid 100 skipped", "pid 200 skipped"]
+    assert [w.split(": ")[1] for w in warnings] == ["pid 100 skipped", "pid 200 skipped"]
     assert warnings[0].endswith("not a regular file")
+
+
+def test_an_unreadable_process_is_logged_once_then_only_counted(odd_tree, caplog):
+    caplog.set_level(logging.WARNING, logger="agent.discovery.process")
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    discovery = ProcessDiscovery(
+        ComponentOptions("discovery.process.test", recorder, {}, threading.Lock(), registry),
+        ProcessDiscovery.Arguments(refresh_interval=Duration(0.05)),
+        proc_root=str(odd_tree),
+        **CAPTURED,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=discovery.run, args=(stop,), daemon=True)
+    thread.start()
+
+    def skipped() -> float:
+        labels = {"component_id": "discovery.process.test"}
+        return registry.get_sample_value("emberscope_discovery_process_skipped_total", labels)
+
+    try:
+        wait_for(lambda: (skipped() or 0) >= 5, 10, "five full refreshes")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        f"discovery.process.test: pid 400 skipped: cannot read {odd_tree}/400/exe: Invalid argument"
+    ]
 
 
 def test_default_labels(running, odd_tree):

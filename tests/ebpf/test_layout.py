@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.ebpf import layout
+from tests.conftest import compile_workload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,17 +37,7 @@ STRUCTS = {
 @pytest.fixture(scope="module")
 def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], int]:
     binary = tmp_path_factory.mktemp("layout") / "layout_sizes"
-    subprocess.run(
-        [
-            "gcc",
-            "-I",
-            str(REPO / "bpf"),
-            "-o",
-            str(binary),
-            str(REPO / "tests/workloads/layout_sizes.c"),
-        ],
-        check=True,
-    )
+    compile_workload("layout_sizes.c", binary, "-I", str(REPO / "bpf"))
     lines = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     return {(s, f): int(v) for s, f, v in (line.split() for line in lines.splitlines())}
 

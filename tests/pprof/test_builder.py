@@ -42,9 +42,12 @@ def test_all_is_the_sorted_public_surface():
     assert agent.pprof.__all__ == [
         "FunctionShare",
         "ProfileBuilder",
+        "encode_profile",
         "format_table",
+        "merge_profiles",
         "read_profile",
         "top_functions",
+        "value_index",
     ]
 
 

@@ -128,6 +128,21 @@ def test_format_table_aligns_columns():
     assert format_table([]) == "function  self%  total%"
 
 
+def test_format_table_cuts_long_names_in_the_middle_to_the_width():
+    long = (
+        "std::vector<std::pair<std::string, int>>::_M_realloc_insert<std::pair<std::string, int>>"
+    )
+    rows = [FunctionShare(long, 0.5, 0.5), FunctionShare("main", 0.0, 1.0)]
+    assert format_table(rows, 40).splitlines() == [
+        "function                   self%  total%",
+        "std::vector<…tring, int>>   50.0    50.0",
+        "main                         0.0   100.0",
+    ]
+    assert format_table(rows, 200) == format_table(rows)  # room enough: nothing cut
+    narrow = format_table(rows, 10).splitlines()[1].split("  ")[0]
+    assert len(narrow) == 20  # never narrower than 20 columns: the line wraps instead
+
+
 def parse_top(text: str) -> dict[str, tuple[float, float]]:
     """Map each function in ``pprof -top`` output to its (flat%, cum%)."""
     rows = text.split("flat%", 1)[1].splitlines()[1:]

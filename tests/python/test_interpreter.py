@@ -23,6 +23,7 @@ from agent.python import interpreter as interpreter_module
 from agent.python import runtime_file
 from agent.python.interpreter import Interpreter, InterpreterFinder, InterpreterNotReady
 from agent.python.runtime_file import PythonFile, Refused, read_python_file
+from tests.conftest import compile_workload
 from tests.python.conftest import DEBIAN_PYTHON, pyenv_python
 
 # Reports, as one JSON line, what the finder must find, for the main
@@ -57,30 +58,6 @@ print(json.dumps({
 time.sleep(60)
 """
 
-# An embedding host: maps libpython (argv[1]) but initialises it only once a
-# line arrives on stdin, then runs argv[2]. argv[3], if given, is how many
-# pthread keys to take first.
-HOST = r"""
-#include <dlfcn.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-int main(int argc, char **argv) {
-    pthread_key_t key;
-    for (int i = argc > 3 ? atoi(argv[3]) : 0; i > 0; i--) pthread_key_create(&key, NULL);
-    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_GLOBAL);
-    if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
-    void (*initialize)(void) = (void (*)(void))dlsym(lib, "Py_Initialize");
-    int (*run)(const char *) = (int (*)(const char *))dlsym(lib, "PyRun_SimpleString");
-    printf("loaded\n");
-    fflush(stdout);
-    char line[8];
-    if (!fgets(line, sizeof line, stdin)) return 1;
-    initialize();
-    return run(argv[2]);
-}
-"""
 PYENV_MINORS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 
 # glibc's struct pthread: specific_1stblock at 0x310, 16-byte {seq, data} entries.
@@ -113,13 +90,11 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedding host, built with gcc."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
+    """An embedding host: maps libpython (argv[1]) but initialises it only once a
+    line arrives on stdin, then runs argv[2]. argv[3], if given, is how many
+    pthread keys to take first."""
     root = tmp_path_factory.mktemp("host")
-    (root / "host.c").write_text(HOST)
-    subprocess.run(["gcc", "-o", root / "host", root / "host.c", "-ldl"], check=True)
-    return root / "host"
+    return compile_workload("python_host.c", root / "host", link=["-ldl"])
 
 
 def start_host(

@@ -1,4 +1,4 @@
-"""Fixtures that build small C workloads with gcc and run them.
+"""Fixtures that build small C workloads of tests/workloads and run them.
 
 Each program prints ``name 0xaddress`` for its functions, then ``ready``, and
 waits for stdin to close, so a test can resolve the runtime addresses of a
@@ -7,7 +7,6 @@ live process and compare them with the names the program gave.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,105 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PROGRAM = r"""
-#include <stdio.h>
-#define NOINLINE __attribute__((noinline))
-
-NOINLINE int alpha(int x) { return x * 3 + 1; }
-NOINLINE static int beta(int x) { return alpha(x) ^ 5; }
-NOINLINE int gamma_(int x) { return beta(x) - alpha(x); }
-#ifdef WITH_LIB
-void lib_report(void);
-#endif
-
-int main(void) {
-    printf("alpha %p\nbeta %p\ngamma_ %p\n", (void *)alpha, (void *)beta, (void *)gamma_);
-#ifdef WITH_LIB
-    lib_report();
-#endif
-    printf("ready\n");
-    fflush(stdout);
-    while (getchar() != EOF) {}
-    return gamma_(1) == 12345;
-}
-"""
-
-LIBRARY = r"""
-#include <stdio.h>
-#define NOINLINE __attribute__((noinline))
-
-NOINLINE static int lib_local(int x) { return x + 7; }
-NOINLINE int lib_work(int x) { return lib_local(x) * 2; }
-void lib_report(void) {
-    printf("lib_local %p\nlib_work %p\nlib_report %p\n",
-           (void *)lib_local, (void *)lib_work, (void *)lib_report);
-}
-"""
-
-DLOPENER = r"""
-#include <dlfcn.h>
-#include <stdio.h>
-
-int main(int argc, char **argv) {
-    char line[16];
-    printf("ready\n");
-    fflush(stdout);
-    if (argc < 2 || !fgets(line, sizeof line, stdin)) return 1;
-    void *handle = dlopen(argv[1], RTLD_NOW);
-    if (!handle) return 2;
-    printf("lib_work %p\nready\n", dlsym(handle, "lib_work"));
-    fflush(stdout);
-    while (getchar() != EOF) {}
-    return 0;
-}
-"""
-
-# Symbols placed by hand to pin SymbolTable's rules (see test_elf.py).
-ASSEMBLY = r"""
-    .text
-    .globl  sized
-    .type   sized, @function
-sized:
-    .fill 16, 1, 0x90
-    .size   sized, 16
-label_after_sized:
-    .fill 8, 1, 0x90
-    .globl  outer
-    .type   outer, @function
-outer:
-    .fill 8, 1, 0x90
-    .type   inner, @function
-inner:
-    .fill 4, 1, 0x90
-    .size   inner, 4
-    .fill 20, 1, 0x90
-    .size   outer, 32
-    .globl  real_name
-    .type   real_name, @function
-    .weak   weak_name
-    .type   weak_name, @function
-    .type   local_name, @function
-    .type   notype_name, @notype
-real_name:
-weak_name:
-local_name:
-notype_name:
-    .fill 8, 1, 0x90
-    .size   real_name, 8
-    .size   weak_name, 8
-    .size   local_name, 8
-text_tail:
-    .fill 4, 1, 0x90
-
-    .section .tailcode, "ax", @progbits
-    .p2align 6
-tail_label:
-    .fill 4, 1, 0x90
-
-    .data
-data_label:
-    .quad 0
-"""
+from tests.conftest import compile_workload
 
 
 @dataclass(frozen=True)
@@ -132,49 +33,37 @@ class Binaries:
     lib32: Path | None
 
 
-def _compile(*args: str | Path) -> None:
-    subprocess.run(["gcc", *map(str, args)], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="session")
 def binaries(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
     root = tmp_path_factory.mktemp("workloads")
-    sources = {"prog.c": PROGRAM, "lib.c": LIBRARY, "dlopener.c": DLOPENER, "asm.s": ASSEMBLY}
-    for name, text in sources.items():
-        (root / name).write_text(text)
     flags = ["-O0", "-fno-omit-frame-pointer"]
-    _compile(*flags, "-fPIE", "-pie", "-o", root / "prog_pie", root / "prog.c")
-    _compile(*flags, "-no-pie", "-o", root / "prog_nopie", root / "prog.c")
+    program = "named_functions.c"
+    compile_workload(program, root / "prog_pie", *flags, "-fPIE", "-pie")
+    compile_workload(program, root / "prog_nopie", *flags, "-no-pie")
     # A text segment above 0 makes vaddr differ from file offset in the library.
-    _compile(
+    compile_workload(
+        "named_functions_lib.c",
+        root / "libdemo.so",
         *flags,
         "-shared",
         "-fPIC",
         "-Wl,-Ttext-segment=0x200000",
-        "-o",
-        root / "libdemo.so",
-        root / "lib.c",
     )
-    _compile(
+    compile_workload(
+        program,
+        root / "prog_lib",
         *flags,
         "-DWITH_LIB",
-        "-o",
-        root / "prog_lib",
-        root / "prog.c",
-        f"-L{root}",
-        "-ldemo",
-        f"-Wl,-rpath,{root}",
+        link=[f"-L{root}", "-ldemo", f"-Wl,-rpath,{root}"],
     )
     # The stripped copy keeps .dynsym only; the unstripped twin is its nm oracle.
-    _compile(*flags, "-rdynamic", "-o", root / "prog_rdynamic", root / "prog.c")
+    compile_workload(program, root / "prog_rdynamic", *flags, "-rdynamic")
     subprocess.run(
         ["strip", "--strip-all", "-o", str(root / "prog_stripped"), str(root / "prog_rdynamic")],
         check=True,
     )
-    _compile(*flags, "-o", root / "dlopener", root / "dlopener.c", "-ldl")
-    _compile("-shared", "-nostdlib", "-o", root / "libasm.so", root / "asm.s")
+    compile_workload("dlopen_on_request.c", root / "dlopener", *flags, link=["-ldl"])
+    compile_workload("placed_symbols.s", root / "libasm.so", "-shared", "-nostdlib")
     return Binaries(
         root=root,
         pie=root / "prog_pie",
@@ -190,23 +79,11 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> Binaries:
 
 
 def _build_lib32(root: Path) -> Path | None:
-    (root / "lib32.c").write_text(
-        "int f32a(int x) { return x + 1; }\nint f32b(int x) { return f32a(x) * 2; }\n"
-    )
+    flags = ["-m32", "-O0", "-shared", "-fPIC", "-nostdlib"]
     try:
-        _compile(
-            "-m32",
-            "-O0",
-            "-shared",
-            "-fPIC",
-            "-nostdlib",
-            "-o",
-            root / "lib32.so",
-            root / "lib32.c",
-        )
+        return compile_workload("lib32.c", root / "lib32.so", *flags)
     except subprocess.CalledProcessError:
         return None
-    return root / "lib32.so"
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.symbols import Symbolizer
 from agent.symbols.cache import LruCache
+from tests.conftest import compile_workload
 
 
 def test_lru_evicts_the_least_recently_used_and_counts():
@@ -66,11 +66,7 @@ def no_build_id(binaries) -> tuple[Path, Path]:
     paths = []
     for name, flag in (("nobid_a", "-O0"), ("nobid_b", "-O1")):
         path = binaries.root / name
-        subprocess.run(
-            ["gcc", flag, "-Wl,--build-id=none", "-o", str(path), str(binaries.root / "prog.c")],
-            check=True,
-        )
-        paths.append(path)
+        paths.append(compile_workload("named_functions.c", path, flag, "-Wl,--build-id=none"))
     return paths[0], paths[1]
 
 

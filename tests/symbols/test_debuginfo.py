@@ -13,22 +13,9 @@ import pytest
 
 from agent.symbols import Symbolizer, debuginfo, read_elf
 from agent.symbols.debuginfo import find_debug_file
+from tests.conftest import compile_workload
 
 FUNCTIONS = ("alpha", "beta", "gamma_")
-
-SOURCE = r"""
-#include <stdio.h>
-#define NOINLINE __attribute__((noinline))
-NOINLINE int alpha(int x) { return x * 3 + 1; }
-NOINLINE static int beta(int x) { return alpha(x) ^ 5; }
-NOINLINE int gamma_(int x) { return beta(x) - alpha(x); }
-int main(void) {
-    printf("alpha %p\nbeta %p\ngamma_ %p\nready\n", (void *)alpha, (void *)beta, (void *)gamma_);
-    fflush(stdout);
-    while (getchar() != EOF) {}
-    return gamma_(1) == 12345;
-}
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +37,8 @@ def split(tmp_path_factory: pytest.TempPathFactory, readelf_build_id) -> Split:
     if shutil.which("gcc") is None or shutil.which("objcopy") is None:
         pytest.skip("gcc and binutils are needed")
     root = tmp_path_factory.mktemp("debuginfo")
-    (root / "prog.c").write_text(SOURCE)
     full, debug = root / "prog_full", root / "prog.debug"
-    run("gcc", "-g", "-O0", "-fno-omit-frame-pointer", "-o", full, root / "prog.c")
+    compile_workload("debuginfo_program.c", full, "-g", "-O0", "-fno-omit-frame-pointer")
     run("objcopy", "--only-keep-debug", full, debug)
     run("strip", "--strip-all", "-o", root / "prog_stripped", full)
     run("objcopy", f"--add-gnu-debuglink={debug}", root / "prog_stripped", root / "prog_linked")

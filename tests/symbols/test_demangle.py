@@ -10,40 +10,7 @@ import pytest
 
 from agent.symbols import Symbolizer
 from agent.symbols.demangle import Demangler, simplify_name
-
-PROGRAM = r"""
-#include <cstdio>
-namespace shapes {
-template <typename T> class Box {
-  public:
-    explicit Box(T v) : value_(v) {}
-    T get() const { return value_; }
-    bool operator<(const Box &other) const { return value_ < other.value_; }
-    T operator()(T x) const { return value_ + x; }
-  private:
-    T value_;
-};
-int area(int w, int h) { return w * h; }
-double area(double r) { return 3.0 * r * r; }
-template <typename F> int apply(F f, int x) { return f(x); }
-namespace {
-int hidden(int x) { return x + 1; }
-}
-int run() {
-    Box<int> a(1), b(2);
-    Box<double> c(0.5);
-    return a.get() + (a < b) + a(3) + area(2, 3) + (int)area(1.0) + (int)c(1.0) +
-           apply(hidden, 4);
-}
-}  // namespace shapes
-int main() {
-    int result = shapes::run();
-    std::printf("ready\n");
-    std::fflush(stdout);
-    while (std::getchar() != EOF) {}
-    return result == 12345;
-}
-"""
+from tests.conftest import compile_workload
 
 # mangled: (full, templates, simplified)
 EXPECTED = {
@@ -85,14 +52,9 @@ MODES = ("full", "templates", "simplified")
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed")
     root = tmp_path_factory.mktemp("demangle")
-    (root / "shapes.cpp").write_text(PROGRAM)
     # No PIE: the runtime address of a function is its symbol value.
-    args = ["g++", "-O0", "-no-pie", "-o", str(root / "shapes"), str(root / "shapes.cpp")]
-    subprocess.run(args, check=True)
-    return root / "shapes"
+    return compile_workload("shapes.cpp", root / "shapes", "-O0", "-no-pie")
 
 
 def symbol_values(path: Path) -> dict[str, int]:

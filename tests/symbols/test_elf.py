@@ -105,7 +105,7 @@ def test_reads_32bit_elf(binaries, nm):
     assert_matches_nm(read(binaries.lib32), nm(binaries.lib32))
 
 
-# SymbolTable rules, on symbols placed by hand in tests/symbols/conftest.py ASSEMBLY.
+# SymbolTable rules, on symbols placed by hand in tests/workloads/placed_symbols.s.
 
 
 @pytest.fixture(scope="module")

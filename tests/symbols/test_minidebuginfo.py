@@ -13,24 +13,9 @@ import pytest
 from agent.errors import SymbolError
 from agent.symbols import Symbolizer, read_elf
 from agent.symbols.minidebuginfo import parse_minidebuginfo, read_minidebuginfo
+from tests.conftest import compile_workload
 
 FUNCTIONS = ("alpha", "beta", "gamma_", "delta")
-
-SOURCE = r"""
-#include <stdio.h>
-#define NOINLINE __attribute__((noinline))
-NOINLINE int alpha(int x) { return x * 3 + 1; }
-NOINLINE static int beta(int x) { return alpha(x) ^ 5; }
-NOINLINE int gamma_(int x) { return beta(x) - alpha(x); }
-NOINLINE static int delta(int x) { return gamma_(x) + 2; }
-int main(void) {
-    printf("alpha %p\nbeta %p\ngamma_ %p\ndelta %p\nready\n",
-           (void *)alpha, (void *)beta, (void *)gamma_, (void *)delta);
-    fflush(stdout);
-    while (getchar() != EOF) {}
-    return delta(1) == 12345;
-}
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +71,9 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     if not all(shutil.which(tool) for tool in ("gcc", "objcopy", "nm", "xz")):
         pytest.skip("gcc, binutils and xz-utils are needed")
     root = tmp_path_factory.mktemp("minidebuginfo")
-    (root / "prog.c").write_text(SOURCE)
-    run("gcc", "-O0", "-g", "-fno-omit-frame-pointer", "-o", root / "prog", root / "prog.c")
+    compile_workload(
+        "minidebuginfo_program.c", root / "prog", "-O0", "-g", "-fno-omit-frame-pointer"
+    )
     mini_xz = add_minidebuginfo(root / "prog", root)
     stripped = root / "prog_stripped"
     run("strip", "--strip-all", "-o", stripped, root / "prog")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -24,45 +23,15 @@ import pytest
 
 from agent.symbols import Symbolizer, procmaps, resolver
 from agent.symbols.perfmap import PerfMap, parse_perf_map
-
-# Copies `ret` into an executable anonymous page, names two regions of it in
-# its own perf map (one name with spaces), and calls into it in a loop.
-JIT = r"""
-#include <stdio.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-int main(void) {
-    unsigned char *code = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
-                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (code == MAP_FAILED) return 1;
-    memset(code, 0xc3, 4096);
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/perf-%d.map", (int)getpid());
-    FILE *map = fopen(path, "w");
-    if (!map) return 2;
-    fprintf(map, "%lx 40 LazyCompile:*handler /app/server.js:10\n", (unsigned long)code);
-    fprintf(map, "%lx 20 jit_second\n", (unsigned long)(code + 0x40));
-    fclose(map);
-    void (*generated)(void) = (void (*)(void))code;
-    for (int i = 0; i < 100000; i++) generated();
-    printf("first %p\nsecond %p\nthird %p\nready\n", code + 4, code + 0x40, code + 0x80);
-    fflush(stdout);
-    while (getchar() != EOF) {}
-    return 0;
-}
-"""
+from tests.conftest import compile_workload
 
 
 @pytest.fixture(scope="module")
 def jit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
+    """A program that copies `ret` into an executable anonymous page, names two
+    regions of it in its own perf map (one name with spaces), and calls into it."""
     root = tmp_path_factory.mktemp("perfmap")
-    (root / "jit.c").write_text(JIT)
-    subprocess.run(["gcc", "-O0", "-o", str(root / "jit"), str(root / "jit.c")], check=True)
-    return root / "jit"
+    return compile_workload("perf_map_jit.c", root / "jit", "-O0")
 
 
 @pytest.fixture

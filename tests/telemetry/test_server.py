@@ -113,14 +113,43 @@ def test_ready_once_the_graph_started(client, graph):
     assert client.get("/-/ready").status_code == 200
 
 
-def test_ready_only_while_every_component_reports_itself_healthy(client, graph):
+class Sampling(Component):
+    """A component that says whether it runs and whether it is stuck, as pyroscope.ebpf does."""
+
+    def __init__(self) -> None:
+        super().__init__(Health("healthy"))
+        self.waiting = "starting"
+        self.stuck = ""
+
+    def readiness_problem(self) -> str:
+        return self.waiting
+
+    def liveness_problem(self) -> str:
+        return self.stuck
+
+
+def test_ready_while_remote_services_are_down_not_while_sampling_starts(client, graph):
     graph.started = True
-    graph.parts["pyroscope.write.cloud"].state = Health("unhealthy", "no collection for 60s")
+    graph.parts["pyroscope.ebpf.all"] = sampling = Sampling()
+    graph.parts["pyroscope.write.cloud"].state = Health("unhealthy", "connection refused")
     answer = client.get("/-/ready")
     assert answer.status_code == 503
-    assert "pyroscope.write.cloud: unhealthy: no collection for 60s" in answer.text
-    graph.parts["pyroscope.write.cloud"].state = Health("healthy")
+    assert answer.text == "Emberscope is not ready:\npyroscope.ebpf.all: starting\n"
+    sampling.waiting = ""
     assert client.get("/-/ready").status_code == 200
+
+
+def test_live_fails_only_for_a_stuck_component(client, graph):
+    graph.parts["pyroscope.ebpf.all"] = sampling = Sampling()
+    graph.parts["pyroscope.write.cloud"].state = Health("unhealthy", "connection refused")
+    assert client.get("/-/healthy").status_code == 500
+    assert client.get("/-/live").status_code == 200
+    sampling.stuck = "no collection round has ended for 41 s"
+    answer = client.get("/-/live")
+    assert answer.status_code == 500
+    assert answer.text == (
+        "stuck components:\npyroscope.ebpf.all: no collection round has ended for 41 s\n"
+    )
 
 
 def test_components_are_listed_in_the_shape_of_alloys_api(client):

@@ -74,6 +74,20 @@ pyroscope.ebpf "local_pods" {
 pyroscope.write "endpoint" {
   endpoint {
     url = {{ .Values.pyroscope.url | quote }}
+    {{- with .Values.pyroscope.auth }}
+    {{- if .usernameKey }}
+    basic_auth {
+      username = sys.env("PYROSCOPE_USERNAME")
+      password = sys.env("PYROSCOPE_PASSWORD")
+    }
+    {{- end }}
+    {{- if .bearerTokenKey }}
+    bearer_token = sys.env("PYROSCOPE_BEARER_TOKEN")
+    {{- end }}
+    {{- if .tenantIdKey }}
+    headers = { "X-Scope-OrgID" = sys.env("PYROSCOPE_TENANT_ID") }
+    {{- end }}
+    {{- end }}
   }
 }
 {{- end -}}
