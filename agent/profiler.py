@@ -12,11 +12,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.ebpf import NativeMode, PidEvent, PidEventType, PidState, PythonStack, RawSample, Session
+from agent.ebpf import (
+    NativeMode,
+    PidEvent,
+    PidEventType,
+    PidState,
+    PyGil,
+    PythonStack,
+    RawSample,
+    Session,
+)
 from agent.errors import ProcessError
 from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
@@ -58,6 +67,9 @@ _PENDING_S = 5.0
 _UNWIND_REFRESH_S = 60.0
 _MAPPINGS_WAIT_S = 0.25
 _UNKNOWN = "[unknown]"  # the name of a frame in no mapping the symbolizer knows
+# Whether a Python thread held the GIL when sampled: a pprof label of its samples.
+_GIL_LABELS = {PyGil.HELD: {"gil": "held"}, PyGil.RELEASED: {"gil": "released"}}
+_NO_LABELS: Mapping[str, str] = {}
 
 
 class Destination(Protocol):
@@ -67,8 +79,14 @@ class Destination(Protocol):
     collect_kernel: bool
 
     def add(
-        self, process: PidEvent, kernel: Sequence[Frame], user: Sequence[Frame], count: int
-    ) -> None: ...
+        self,
+        process: PidEvent,
+        kernel: Sequence[Frame],
+        user: Sequence[Frame],
+        count: int,
+        labels: Mapping[str, str],
+    ) -> None:
+        """``labels`` are the sample's own (``gil``), beside those of its target."""
 
 
 _UserStackKey = tuple[int, tuple[int, ...], PythonStack | None]  # pid, addresses, Python
@@ -124,7 +142,8 @@ class ProcessSelection:
 
 
 class ProcessProfile:
-    """One profile of many processes, each sample labelled with ``pid`` and ``comm``.
+    """One profile of many processes, each sample labelled with ``pid`` and ``comm``
+    (and ``gil`` for Python threads).
 
     ``comm`` is the command name the kernel saw at the process's first
     sample, so a process that exited before the profile is written keeps it.
@@ -144,12 +163,17 @@ class ProcessProfile:
         self._comms: dict[int, str] = {}
 
     def add(
-        self, process: PidEvent, kernel: Sequence[Frame], user: Sequence[Frame], count: int
+        self,
+        process: PidEvent,
+        kernel: Sequence[Frame],
+        user: Sequence[Frame],
+        count: int,
+        labels: Mapping[str, str],
     ) -> None:
         pid = process.pid
         if pid not in self._comms:
             self._comms[pid] = process.comm or read_comm(pid, self._proc_root)
-        labels = {"pid": str(pid), "comm": self._comms[pid]}
+        labels = {"pid": str(pid), "comm": self._comms[pid], **labels}
         self.builder.add_sample([*kernel, *user], count, labels)
 
 
@@ -206,6 +230,7 @@ class Profiler:
         self._refresh_settling()
         self._expire_pending()
         if self._python is not None:
+            self._python.keep_line_tables()
             self._python.retry()
 
     def reclassify(self) -> None:
@@ -393,6 +418,7 @@ class Profiler:
                     kernel_frames[kernel_key] if destination.collect_kernel else (),
                     user_frames[user_key] if destination.collect_user else (),
                     sample.count,
+                    _GIL_LABELS.get(sample.gil, _NO_LABELS),
                 )
             routed += sample.count
         self._refresh_native({sample.pid for sample in samples})

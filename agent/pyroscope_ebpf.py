@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -336,9 +336,14 @@ class _TargetProfile:
         self.collect_kernel = component.arguments.collect_kernel_profile
 
     def add(
-        self, process: PidEvent, kernel: Sequence[Frame], user: Sequence[Frame], count: int
+        self,
+        process: PidEvent,
+        kernel: Sequence[Frame],
+        user: Sequence[Frame],
+        count: int,
+        labels: Mapping[str, str],
     ) -> None:
-        self.component.add(self.target, [*kernel, *user], count)
+        self.component.add(self.target, [*kernel, *user], count, labels)
 
 
 class EbpfComponent:
@@ -462,12 +467,14 @@ class EbpfComponent:
             self._routes[target] = _TargetProfile(self, target)
         return self._routes[target]
 
-    def add(self, target: Target, frames: list[Frame], count: int) -> None:
+    def add(
+        self, target: Target, frames: list[Frame], count: int, labels: Mapping[str, str]
+    ) -> None:
         builder = self._builders.get(target)
         if builder is None:
             builder = ProfileBuilder(self.arguments.sample_rate, self._interval_start)
             self._builders[target] = builder
-        builder.add_sample(frames, count)
+        builder.add_sample(frames, count, labels or None)
 
     def take_profiles(self) -> dict[Target, ProfileBuilder]:
         """The interval's profiles, leaving empty ones for the next interval."""

@@ -6,12 +6,13 @@ Python processes with the unwinder on and off, at two stack depths.
 Userspace: CPU time of Profiler.collect() per sample, the first collection
 (cold caches) and the median of the following ones (warm).
 
-Run as root: `.venv/bin/python bench/python.py [--python PATH]`.
+Run as root: `.venv/bin/python bench/python_cost.py [--python PATH] [--object PATH]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bpf_cost import STATS, program_stats  # noqa: E402
 
-from agent.ebpf import PidState, Session, SessionOptions  # noqa: E402
+from agent.ebpf import DEFAULT_OBJECT_PATH, PidState, Session, SessionOptions  # noqa: E402
 from agent.pprof import ProfileBuilder  # noqa: E402
 from agent.profiler import ProcessProfile, Profiler  # noqa: E402
 from agent.python import PythonProcesses  # noqa: E402
@@ -44,14 +45,25 @@ def recurse(depth):
             work(1000)
     return recurse(depth - 1)
 
-recurse(int(sys.argv[1]))
+def chain(depth):  # as deep as recurse(depth), each frame a function of its own
+    last = depth - 2  # chain itself and f0 .. f{last} stand for depth + 1 frames
+    source = "".join(f"def f{i}():\\n    return f{i + 1}()\\n" for i in range(last))
+    exec(source + f"def f{last}():\\n    return recurse(0)\\n", globals())
+    globals()["f0"]()
+
+(chain if sys.argv[2:] == ["distinct"] else recurse)(int(sys.argv[1]))
 """
 RATE = 97
 COLLECTIONS = 7
 
 
-def start(python: str, script: Path, depth: int, count: int) -> list[subprocess.Popen]:
-    workloads = [subprocess.Popen([python, str(script), str(depth)]) for _ in range(count)]
+def start(
+    python: str, script: Path, depth: int, count: int, distinct: bool = False
+) -> list[subprocess.Popen]:
+    """``count`` processes looping under ``depth`` frames of one recursion
+    (or, ``distinct``, of as many functions)."""
+    args = [python, str(script), str(depth), *(["distinct"] if distinct else [])]
+    workloads = [subprocess.Popen(args) for _ in range(count)]
     time.sleep(1.0)  # past start-up: the interpreter and its key are ready
     return workloads
 
@@ -62,9 +74,12 @@ def stop(workloads: list[subprocess.Popen]) -> None:
         workload.wait()
 
 
-def kernel_cost(pids: list[int], python: bool, seconds: float) -> tuple[float, int]:
+def kernel_cost(
+    pids: list[int], python: bool, seconds: float, object_path: Path
+) -> tuple[float, int]:
     """ns per sample of do_sample (walk_python included) and the samples counted."""
-    with Session(SessionOptions(sample_rate=RATE, python_enabled=python)) as session:
+    options = SessionOptions(sample_rate=RATE, python_enabled=python, object_path=object_path)
+    with Session(options) as session:
         processes = PythonProcesses(session, 16384) if python else None
         for pid in pids:
             session.set_pid(pid, PidState.PROFILE)
@@ -99,10 +114,48 @@ def userspace_cost(pids: list[int], python: bool, seconds: float) -> list[tuple[
     return rows
 
 
+def compare(
+    python: str, script: Path, objects: list[Path], rounds: int, seconds: float, distinct: bool
+) -> dict[Path, list[float]]:
+    """ns per sample of each object at 53 Python frames, measured in turn
+    ``rounds`` times: load from other work on the machine hits each alike."""
+    found: dict[Path, list[float]] = {path: [] for path in objects}
+    workloads = start(python, script, 50, 2, distinct)
+    try:
+        pids = [w.pid for w in workloads]
+        for _ in range(rounds):
+            for path in objects:
+                found[path].append(kernel_cost(pids, True, seconds, path)[0])
+    finally:
+        stop(workloads)
+    return found
+
+
+def print_comparison(found: dict[Path, list[float]]) -> None:
+    print("\n| BPF object | ns per sample: median | lower quartile | upper quartile |")
+    print("|---|---:|---:|---:|")
+    for path, values in found.items():
+        low, median, high = statistics.quantiles(values, n=4)
+        print(f"| {path} | {median:.0f} | {low:.0f} | {high:.0f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--python", default=sys.executable, help="the interpreter profiled")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--object", type=Path, default=DEFAULT_OBJECT_PATH, help="the BPF object measured"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        help="only compare these objects (same profile.h) at 53 frames, in turns",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="turns of --compare")
+    parser.add_argument(
+        "--distinct", action="store_true", help="--compare with 50 distinct functions"
+    )
     args = parser.parse_args()
     version = subprocess.run(
         [args.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
@@ -116,6 +169,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "work.py"
         script.write_text(WORKLOAD)
+        if args.compare:
+            try:
+                found = compare(
+                    args.python, script, args.compare, args.rounds, args.seconds, args.distinct
+                )
+            finally:
+                STATS.write_text(old)
+            print_comparison(found)
+            return 0
         print("\n| Python stack depth | unwinder | ns per sample (BPF) | samples |")
         print("|---:|---|---:|---:|")
         try:
@@ -124,7 +186,7 @@ def main() -> int:
                 try:
                     pids = [w.pid for w in workloads]
                     for python in (False, True):
-                        ns, runs = kernel_cost(pids, python, args.seconds)
+                        ns, runs = kernel_cost(pids, python, args.seconds, args.object)
                         print(f"| {depth + 3} | {'on' if python else 'off'} | {ns:.0f} | {runs} |")
                 finally:
                     stop(workloads)

@@ -15,6 +15,7 @@
 #define MAX_PY_FRAMES		128	/* deeper Python stacks are truncated */
 #define PY_NAME_LEN		96	/* bytes of co_qualname (co_name before 3.11) kept */
 #define PY_FILE_LEN		160	/* bytes of co_filename kept: its tail when longer */
+#define PY_LINETABLE_LEN	1024	/* bytes of a line table sent (99% of 3.11+ stdlib's fit) */
 #define PY_NO_OFFSET		0xffff	/* a field this CPython version does not have */
 #define TASK_COMM_LEN		16
 #define CGROUP_NAME_LEN		96	/* the leaf of the cgroup path: holds a container ID */
@@ -53,6 +54,7 @@ enum py_stat {
 	PY_STAT_NO_THREAD_STATE,	/* the thread had no Python frame to walk */
 	PY_STAT_TRUNCATED,		/* stacks deeper than MAX_PY_FRAMES */
 	PY_STAT_SYMBOLS_NEW,		/* names copied into py_symbols (LRU: may evict) */
+	PY_STAT_LINES_LOST,		/* a new code object's line table unread or not sent */
 	PY_STAT_MAX,
 };
 
@@ -132,10 +134,17 @@ struct pid_config {
 	__u32 mappings_asked;	/* when a mappings event was last sent, in ~1 s units */
 };
 
+/* Whether the sampled thread held the GIL (sample_key.gil). */
+enum py_gil {
+	PY_GIL_UNKNOWN = 0,	/* not a Python thread, or the GIL unreadable */
+	PY_GIL_HELD = 1,
+	PY_GIL_RELEASED = 2,
+};
+
 /* Stacks are stored by a 64-bit hash of their contents; 0 means none. */
 struct sample_key {
 	__u32 pid;
-	__u32 _pad;
+	__u32 gil;		/* enum py_gil */
 	__u64 user_stack;
 	__u64 kernel_stack;
 	__u64 python_stack;
@@ -177,10 +186,13 @@ struct py_offsets {
 	__u16 code_first_line;
 	__u16 code_filename;
 	__u16 code_name;
+	__u16 code_linetable;	/* co_lnotab (3.8, 3.9) or co_linetable */
 	__u16 code_adaptive;	/* 3.11+, or PY_NO_OFFSET */
 	__u16 code_window;
 	__u16 unicode_ascii_data;
 	__u16 unicode_compact_data;
+	__u16 gil_last_holder;	/* in _gil_runtime_state: the thread state that took it last */
+	__u16 gil_locked;	/* ... and whether it is held (an int) */
 	__u8 owner_cstack;	/* owner value of shim frames; 0 when none */
 	__u8 entry_every_frame;	/* before 3.11 each frame has its own eval loop */
 };
@@ -188,6 +200,7 @@ struct py_offsets {
 /* One Python process: the py_procs value. */
 struct py_proc {
 	__u64 code_type;	/* &PyCode_Type: frames whose code is not a code object are skipped */
+	__u64 gil;		/* the main interpreter's _gil_runtime_state; 0: not known */
 	__u32 tss_key;		/* pthread key of the thread state */
 	__u16 tsd_base;		/* glibc: struct pthread.specific_1stblock */
 	__u16 tsd_stride;	/* bytes per key */
@@ -231,6 +244,20 @@ struct py_symbol {
 	__u8 file_truncated;	/* file holds the tail of the name */
 	char name[PY_NAME_LEN];
 	char file[PY_FILE_LEN];
+};
+
+/*
+ * The line table of a code object seen for the first time (a py_lines
+ * record): userspace keeps it, so lines are known after the process exits.
+ * The record ends after the copied bytes.
+ */
+struct py_code_lines {
+	__u32 pid;
+	__u32 first_line;
+	__u64 code;
+	__u32 table_len;	/* the whole table's length in bytes */
+	__u32 copied;		/* bytes of table sent: fewer than table_len when cut */
+	__u8 table[PY_LINETABLE_LEN];
 };
 
 /* Key 0 of the control map: which counts/stacks buffer samples go to. */

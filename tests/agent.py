@@ -180,6 +180,7 @@ class Sample:
     count: int
     pid: int
     comm: str
+    gil: str = ""  # the gil label of a Python thread's sample: held or released
 
     @property
     def python(self) -> list[Site]:
@@ -214,6 +215,7 @@ def read_samples(path: Path) -> list[Sample]:
                 sample.value[0] // profile.period,
                 int(labels["pid"]),
                 labels["comm"],
+                labels.get("gil", ""),
             )
         )
     return samples

@@ -57,7 +57,7 @@ class Recorder:
     def __init__(self) -> None:
         self.samples: list[tuple[int, list[str], int]] = []
 
-    def add(self, process, kernel, user, count) -> None:
+    def add(self, process, kernel, user, count, labels) -> None:
         self.samples.append((process.pid, [f.name for f in [*kernel, *user]], count))
 
 

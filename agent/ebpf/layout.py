@@ -12,6 +12,7 @@ __all__ = [
     "PERF_MAX_STACK_DEPTH",
     "PY_FILE_LEN",
     "PY_FRAME_ENTRY",
+    "PY_LINETABLE_LEN",
     "PY_NAME_LEN",
     "PY_NO_OFFSET",
     "PY_STACK_TRUNCATED",
@@ -23,7 +24,9 @@ __all__ = [
     "PidEventType",
     "PidState",
     "ProfileConfig",
+    "PyCodeLines",
     "PyFrameRecord",
+    "PyGil",
     "PyOffsets",
     "PyProc",
     "PyStack",
@@ -44,6 +47,7 @@ STACK_TRUNCATED_IP = 0xFFFF_FFFF_FFFF_FFFE
 MAX_PY_FRAMES = 128
 PY_NAME_LEN = 96
 PY_FILE_LEN = 160
+PY_LINETABLE_LEN = 1024
 PY_NO_OFFSET = 0xFFFF
 TASK_COMM_LEN = 16
 CGROUP_NAME_LEN = 96
@@ -87,6 +91,13 @@ class PyStat(enum.IntEnum):
     NO_THREAD_STATE = 1
     TRUNCATED = 2
     SYMBOLS_NEW = 3
+    LINES_LOST = 4
+
+
+class PyGil(enum.IntEnum):
+    UNKNOWN = 0
+    HELD = 1
+    RELEASED = 2
 
 
 class PidEventType(enum.IntEnum):
@@ -127,7 +138,7 @@ class PidConfig(ctypes.Structure):
 class SampleKey(ctypes.Structure):
     _fields_ = [
         ("pid", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("gil", ctypes.c_uint32),
         ("user_stack", ctypes.c_uint64),
         ("kernel_stack", ctypes.c_uint64),
         ("python_stack", ctypes.c_uint64),
@@ -169,10 +180,13 @@ class PyOffsets(ctypes.Structure):
             "code_first_line",
             "code_filename",
             "code_name",
+            "code_linetable",
             "code_adaptive",
             "code_window",
             "unicode_ascii_data",
             "unicode_compact_data",
+            "gil_last_holder",
+            "gil_locked",
         )
     ] + [
         ("owner_cstack", ctypes.c_uint8),
@@ -183,6 +197,7 @@ class PyOffsets(ctypes.Structure):
 class PyProc(ctypes.Structure):
     _fields_ = [
         ("code_type", ctypes.c_uint64),
+        ("gil", ctypes.c_uint64),
         ("tss_key", ctypes.c_uint32),
         ("tsd_base", ctypes.c_uint16),
         ("tsd_stride", ctypes.c_uint16),
@@ -227,6 +242,17 @@ class PySymbol(ctypes.Structure):
         ("file_truncated", ctypes.c_uint8),
         ("name", ctypes.c_char * PY_NAME_LEN),
         ("file", ctypes.c_char * PY_FILE_LEN),
+    ]
+
+
+class PyCodeLines(ctypes.Structure):
+    _fields_ = [
+        ("pid", ctypes.c_uint32),
+        ("first_line", ctypes.c_uint32),
+        ("code", ctypes.c_uint64),
+        ("table_len", ctypes.c_uint32),
+        ("copied", ctypes.c_uint32),
+        ("table", ctypes.c_uint8 * PY_LINETABLE_LEN),
     ]
 
 

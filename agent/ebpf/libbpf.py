@@ -81,6 +81,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__attach_perf_event": (BpfLink, [BpfProgram, _c_int]),
     "bpf_link__destroy": (_c_int, [BpfLink]),
     "ring_buffer__new": (RingBuffer, [_c_int, RingBufferCallback, _c_void_p, _c_void_p]),
+    "ring_buffer__add": (_c_int, [RingBuffer, _c_int, RingBufferCallback, _c_void_p]),
     "ring_buffer__poll": (_c_int, [RingBuffer, _c_int]),
     "ring_buffer__epoll_fd": (_c_int, [RingBuffer]),
     "ring_buffer__free": (None, [RingBuffer]),

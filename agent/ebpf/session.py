@@ -36,6 +36,7 @@ from agent.ebpf.layout import (
     PidEventType,
     PidState,
     ProfileConfig,
+    PyGil,
     PyProc,
     PyStack,
     PyStat,
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_OBJECT_PATH",
     "PidEvent",
     "PythonFrameRecord",
+    "PythonLineTable",
     "PythonStack",
     "RawSample",
     "Session",
@@ -69,12 +71,15 @@ DEFAULT_OBJECT_PATH = Path(__file__).resolve().with_name("profile.bpf.o")
 _MAPS = (
     "control", "pids", "counts_0", "counts_1", "stacks_0", "stacks_1",
     "events", "drops", "sample_total", "buffer_sync", "sync_inner",
-    "py_procs", "py_symbols", "py_stacks_0", "py_stacks_1", "py_stats", "programs",
+    "py_procs", "py_symbols", "py_stacks_0", "py_stacks_1", "py_stats", "py_lines", "programs",
     "unwind_rows", "unwind_mappings", "unwind_stats",
 )  # fmt: skip
 _PROGRAM_SLOTS = {"walk_python": 0, "walk_native": 1}  # PROG_WALK_* in profile.bpf.c
 _PY_STACKS_SIZE = 4096  # unique Python stacks per buffer (2 KiB each)
 _PY_FRAME = struct.Struct("<QIi")  # struct py_frame: code, first_line, lasti
+_PY_LINES_BYTES = 256 * 1024  # the line tables ring: at most 1 KiB per new code object
+# struct py_code_lines up to its table: pid, first_line, code, table_len, copied
+_PY_LINES_HEADER = struct.Struct("<IIQII")
 _BATCH_SIZE = 256  # entries per bpf_map_lookup_and_delete_batch call
 _BPF_ANY, _BPF_EXIST = 0, 2  # bpf_map_update_elem flags
 _BPF_F_NO_PREALLOC = 1
@@ -116,6 +121,19 @@ class PythonFrameRecord:
     """The last frame of one run of the C eval loop (toward the root)."""
 
 
+@dataclass(frozen=True, slots=True)
+class PythonLineTable:
+    """The line table of a code object the kernel saw for the first time
+    (profile.h py_code_lines): ``co_lnotab`` or ``co_linetable``'s bytes,
+    only the first PY_LINETABLE_LEN of them when ``cut``."""
+
+    pid: int
+    code: int
+    first_line: int
+    table: bytes
+    cut: bool
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PythonStack:
     """Python frames leaf first, identified by the kernel's 64-bit hash of
@@ -141,6 +159,8 @@ class RawSample:
     kernel_stack: tuple[int, ...]
     count: int
     python_stack: PythonStack | None = None
+    gil: PyGil = PyGil.UNKNOWN
+    """Whether the sampled thread held the GIL (Python samples only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +191,9 @@ class Session:
         self._links: list[BpfLink] = []
         self._ring: RingBuffer | None = None
         self._ring_callback = RingBufferCallback(self._on_ring_record)
+        self._lines_callback = RingBufferCallback(self._on_line_table)
         self._events: list[PidEvent] = []
+        self._line_tables: list[PythonLineTable] = []
         self._fds: dict[str, int] = {}
         self._max_entries: dict[str, int] = {}
         self._active_buffer = 0
@@ -210,6 +232,8 @@ class Session:
             tracefs.ensure_tracefs()
             self._attach_tracepoints()
             self._ring = lib.ring_buffer__new(self._fds["events"], self._ring_callback, None, None)
+            if self.options.python_enabled:
+                lib.ring_buffer__add(self._ring, self._fds["py_lines"], self._lines_callback, None)
             self._attach_perf_events()
         except BaseException:
             self.close()
@@ -227,6 +251,7 @@ class Session:
             "py_symbols": options.symbols_map_size if python else 1,
             "py_stacks_0": _PY_STACKS_SIZE if python else 1,
             "py_stacks_1": _PY_STACKS_SIZE if python else 1,
+            "py_lines": _PY_LINES_BYTES if python else mmap.PAGESIZE,
             "unwind_rows": options.unwind_table_rows if native else 1,
             "unwind_mappings": options.unwind_mappings if native else 1,
         }
@@ -477,10 +502,28 @@ class Session:
         return bool(ready)
 
     def poll_events(self, timeout_ms: int = 0) -> list[PidEvent]:
-        """Wait up to ``timeout_ms`` for pid events and return those read."""
+        """Wait up to ``timeout_ms`` for pid events and return those read.
+
+        Line tables read meanwhile wait for :meth:`take_line_tables`.
+        """
         self._lib.ring_buffer__poll(self._ring, timeout_ms)
         events, self._events = self._events, []
         return events
+
+    def take_line_tables(self) -> list[PythonLineTable]:
+        """The line tables of new code objects read by the last polls."""
+        tables, self._line_tables = self._line_tables, []
+        return tables
+
+    def _on_line_table(self, _ctx: int, data: int, size: int) -> int:
+        record = ctypes.string_at(data, size)
+        if size >= _PY_LINES_HEADER.size:
+            pid, first_line, code, table_len, copied = _PY_LINES_HEADER.unpack_from(record)
+            table = record[_PY_LINES_HEADER.size : _PY_LINES_HEADER.size + copied]
+            self._line_tables.append(
+                PythonLineTable(pid, code, first_line, table, len(table) < table_len)
+            )
+        return 0
 
     def _on_ring_record(self, _ctx: int, data: int, size: int) -> int:
         if size >= ctypes.sizeof(PidEventRecord):
@@ -523,6 +566,7 @@ class Session:
                 stacks.get(key.kernel_stack, ()),
                 count,
                 python_stacks.get(key.python_stack),
+                PyGil(key.gil),
             )
             for key, count in counts
         ]

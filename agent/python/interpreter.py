@@ -58,6 +58,8 @@ class Interpreter:
     """Absolute address of ``PyCode_Type``."""
     tss_key: int
     """The pthread key of the thread-state TSS (glibc, below 32)."""
+    gil_address: int
+    """The main interpreter's ``_gil_runtime_state``: who holds the GIL."""
 
 
 class InterpreterFinder:
@@ -148,13 +150,15 @@ def _attach(
     tss_vaddr = found.runtime + found.offsets.runtime_tss_key
     if not _mapped_from(maps, entry, found.segments, bias, tss_vaddr):
         raise InterpreterNotReady(f"_PyRuntime of {entry.path} is not mapped in pid {pid} yet")
+    runtime = bias + found.runtime
     return Interpreter(
         path=entry.path,
         version=found.version,
         offsets=found.offsets,
-        runtime_address=bias + found.runtime,
+        runtime_address=runtime,
         code_type_address=bias + found.code_type,
         tss_key=_read_tss_key(pid, proc_root, bias + tss_vaddr, found.version),
+        gil_address=_find_gil(pid, proc_root, runtime, found.offsets),
     )
 
 
@@ -190,6 +194,20 @@ def _same_file(one: MapEntry, other: MapEntry) -> bool:
 
 def _file_id(entry: MapEntry) -> tuple[int, int, int]:
     return entry.dev_major, entry.dev_minor, entry.inode
+
+
+def _find_gil(pid: int, proc_root: str, runtime: int, offsets: PythonOffsets) -> int:
+    """Where the main interpreter's GIL is: in ``_PyRuntime`` up to 3.11, then
+    behind a pointer of the interpreter, which is set once it is created."""
+    if offsets.runtime_gil is not None:
+        return runtime + offsets.runtime_gil
+    assert offsets.interpreter_gil is not None  # every version has one or the other
+    with ProcessMemory(pid, proc_root) as memory:
+        interpreter = memory.read_pointer(runtime + offsets.runtime_main_interpreter)
+        gil = memory.read_pointer(interpreter + offsets.interpreter_gil) if interpreter else 0
+    if not gil:
+        raise InterpreterNotReady(f"pid {pid}: the main interpreter has no GIL yet")
+    return gil
 
 
 def _read_tss_key(pid: int, proc_root: str, address: int, version: tuple[int, ...]) -> int:

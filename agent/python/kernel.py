@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.ebpf.layout import PY_NO_OFFSET, PyOffsets, PyProc
+from agent.python.interpreter import Interpreter
 from agent.python.offsets import PythonOffsets
 
 __all__ = ["kernel_config"]
@@ -14,16 +15,17 @@ _GLIBC_TSD = (0x310, 16, 8)
 _POINTER = 8
 
 
-def kernel_config(offsets: PythonOffsets, code_type: int, tss_key: int) -> PyProc:
-    """The ``py_procs`` value for a process of this version."""
+def kernel_config(interpreter: Interpreter) -> PyProc:
+    """The ``py_procs`` value for a process."""
     base, stride, data = _GLIBC_TSD
     return PyProc(
-        code_type=code_type,
-        tss_key=tss_key,
+        code_type=interpreter.code_type_address,
+        gil=interpreter.gil_address,
+        tss_key=interpreter.tss_key,
         tsd_base=base,
         tsd_stride=stride,
         tsd_data=data,
-        offsets=_kernel_offsets(offsets),
+        offsets=_kernel_offsets(interpreter.offsets),
     )
 
 
@@ -36,6 +38,7 @@ def _kernel_offsets(offsets: PythonOffsets) -> PyOffsets:
         offsets.code_first_line + 4,
         offsets.code_filename + _POINTER,
         offsets.code_name + _POINTER,
+        offsets.code_linetable + _POINTER,
     ]
     return PyOffsets(
         tstate_frame=offsets.tstate_frame,
@@ -49,10 +52,13 @@ def _kernel_offsets(offsets: PythonOffsets) -> PyOffsets:
         code_first_line=offsets.code_first_line,
         code_filename=offsets.code_filename,
         code_name=offsets.code_name,
+        code_linetable=offsets.code_linetable,
         code_adaptive=_or_none(offsets.code_adaptive),
         code_window=max(code_bytes),
         unicode_ascii_data=offsets.unicode_ascii_data,
         unicode_compact_data=offsets.unicode_compact_data,
+        gil_last_holder=offsets.gil_last_holder,
+        gil_locked=offsets.gil_locked,
         owner_cstack=offsets.owner_cstack or 0,
         entry_every_frame=offsets.frame_owner is None,
     )

@@ -32,23 +32,41 @@ class LineTable:
 
     :meth:`line` answers as ``PyCode_Addr2Line`` does, except that 0 stands
     for CPython's -1 (no line). A malformed table raises :class:`PythonError`.
+
+    A ``cut`` table is the start of a longer one: its last entry may be
+    incomplete and is dropped, and :meth:`covers` says which offsets the
+    rest describes.
     """
 
-    __slots__ = ("first_line", "_starts", "_lines", "_end")
+    __slots__ = ("first_line", "_starts", "_lines", "_end", "_known_end")
 
-    def __init__(self, version: tuple[int, int], linetable: bytes, first_line: int) -> None:
+    def __init__(
+        self, version: tuple[int, int], linetable: bytes, first_line: int, cut: bool = False
+    ) -> None:
         self.first_line = first_line
         if version[0] != 3 or version[1] < 8:
             raise PythonError(f"no line table format known for CPython {version[0]}.{version[1]}")
+        if cut and version < (3, 11):
+            linetable = linetable[: len(linetable) // 2 * 2]  # whole pairs only
         if version < (3, 10):
-            ranges, end = _parse_lnotab(linetable, first_line), None
+            # the last pair's line runs to the end of the bytecode, wherever that is
+            ranges, last = _parse_lnotab(linetable, first_line)
+            end, known_end = None, last if cut else None
         elif version == (3, 10):
             ranges, end = _parse_linetable_310(linetable, first_line)
+            known_end = end if cut else None
         else:
-            ranges, end = _parse_locations(linetable, first_line)
+            ranges, end = _parse_locations(linetable, first_line, cut)
+            known_end = end if cut else None
         self._starts = [start for start, _ in ranges]
         self._lines = [line for _, line in ranges]
         self._end = end
+        self._known_end = known_end
+
+    def covers(self, byte_offset: int) -> bool:
+        """Whether the table describes ``byte_offset``: false only past the end
+        of what a cut table kept."""
+        return self._known_end is None or byte_offset < self._known_end
 
     def line(self, byte_offset: int) -> int:
         """The line of the instruction ``byte_offset`` bytes into the bytecode.
@@ -78,11 +96,12 @@ def _check_pairs(table: bytes, name: str) -> None:
         raise PythonError(f"{name} has an odd length ({len(table)} bytes), so a pair is cut short")
 
 
-def _parse_lnotab(table: bytes, first_line: int) -> list[tuple[int, int]]:
+def _parse_lnotab(table: bytes, first_line: int) -> tuple[list[tuple[int, int]], int]:
     """3.8/3.9 ``co_lnotab``: (byte increment, signed line increment) pairs.
 
     As ``PyCode_Addr2Line`` in 3.8: an increment pair applies from the offset
-    it reaches, and the last line runs to the end of the bytecode.
+    it reaches, and the last line runs to the end of the bytecode. Also
+    returns the offset the last pair reaches.
     """
     _check_pairs(table, "co_lnotab")
     ranges = [(0, first_line)]
@@ -91,7 +110,7 @@ def _parse_lnotab(table: bytes, first_line: int) -> list[tuple[int, int]]:
         offset += table[index]
         line += table[index + 1] - 256 if table[index + 1] >= 128 else table[index + 1]
         _append(ranges, offset, line)
-    return ranges
+    return ranges, offset
 
 
 def _parse_linetable_310(table: bytes, first_line: int) -> tuple[list[tuple[int, int]], int]:
@@ -113,11 +132,14 @@ def _parse_linetable_310(table: bytes, first_line: int) -> tuple[list[tuple[int,
     return ranges, offset
 
 
-def _parse_locations(table: bytes, first_line: int) -> tuple[list[tuple[int, int]], int]:
+def _parse_locations(
+    table: bytes, first_line: int, cut: bool = False
+) -> tuple[list[tuple[int, int]], int]:
     """3.11+ PEP 657 location table (Objects/locations.md in CPython).
 
     Every entry starts with a byte that has bit 7 set: bits 3-6 give its
-    code, bits 0-2 its length in code units minus one.
+    code, bits 0-2 its length in code units minus one. In a ``cut`` table
+    an entry that runs past the end is dropped.
     """
     ranges: list[tuple[int, int]] = []
     offset, line, pos = 0, first_line, 0
@@ -126,24 +148,36 @@ def _parse_locations(table: bytes, first_line: int) -> tuple[list[tuple[int, int
         if not head & 0x80:
             raise PythonError(f"location entry at byte {pos} lacks its start bit: 0x{head:02x}")
         code, length = (head >> 3) & 15, ((head & 7) + 1) * 2
-        pos += 1
-        if code == _CODE_NONE:
+        try:
+            delta, pos = _read_location(table, pos + 1, code)
+        except PythonError:
+            if cut:
+                break
+            raise
+        if delta is None:
             _append(ranges, offset, 0)
         else:
-            if code == _CODE_NO_COLUMNS:
-                delta, pos = _read_signed_varint(table, pos)
-            elif code == _CODE_LONG:
-                delta, pos = _read_signed_varint(table, pos)
-                for _ in range(3):  # end line delta, column + 1, end column + 1
-                    _, pos = _read_varint(table, pos)
-            elif code >= 10:  # one-line forms: line += code - 10, then two column bytes
-                delta, pos = code - 10, _skip_column_bytes(table, pos, 2)
-            else:  # short forms: same line, one column byte
-                delta, pos = 0, _skip_column_bytes(table, pos, 1)
             line += delta
             _append(ranges, offset, line)
         offset += length
     return ranges, offset
+
+
+def _read_location(table: bytes, pos: int, code: int) -> tuple[int | None, int]:
+    """The line delta of the entry whose data starts at ``pos`` (None: no
+    line), and where the next entry starts."""
+    if code == _CODE_NONE:
+        return None, pos
+    if code == _CODE_NO_COLUMNS:
+        return _read_signed_varint(table, pos)
+    if code == _CODE_LONG:
+        delta, pos = _read_signed_varint(table, pos)
+        for _ in range(3):  # end line delta, column + 1, end column + 1
+            _, pos = _read_varint(table, pos)
+        return delta, pos
+    if code >= 10:  # one-line forms: line += code - 10, then two column bytes
+        return code - 10, _skip_column_bytes(table, pos, 2)
+    return 0, _skip_column_bytes(table, pos, 1)  # short forms: same line, one column byte
 
 
 def _skip_column_bytes(table: bytes, pos: int, count: int) -> int:

@@ -5,7 +5,8 @@
 describe themselves: ``_PyRuntime`` starts with ``_Py_DebugOffsets``, which
 :func:`parse_debug_offsets` reads out of the ELF file. What that struct does
 not carry (the TSS key's place in ``_PyRuntime``, the shim owner value)
-comes from :data:`_EXTRA`, per minor version.
+(and ``_PyRuntime.interpreters.main``) comes from :data:`_EXTRA`, per minor
+version.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class PythonOffsets:
     """``co_code_adaptive``, the instructions, from 3.11."""
     unicode_ascii_data: int
     unicode_compact_data: int
+    runtime_main_interpreter: int
+    """``interpreters.main`` in ``_PyRuntime``."""
+    runtime_gil: int | None
+    """The ``_gil_runtime_state`` in ``_PyRuntime`` (``ceval.gil``), up to 3.11."""
+    interpreter_gil: int | None
+    """From 3.12 each interpreter points to its GIL: ``PyInterpreterState.ceval.gil``."""
+    gil_last_holder: int
+    """In ``_gil_runtime_state``: the thread state that took the GIL last ..."""
+    gil_locked: int
+    """... and whether the GIL is held now."""
 
     @property
     def instr_is_pointer(self) -> bool:
@@ -65,7 +76,7 @@ class PythonOffsets:
         return 2 if self.version == (3, 10) else 1
 
 
-def _legacy(version: tuple[int, int], tss_key: int, lasti: int) -> PythonOffsets:
+def _legacy(version: tuple[int, int], tss_key: int, lasti: int, gil: int) -> PythonOffsets:
     """3.8–3.10: heap ``PyFrameObject``s linked by ``f_back``."""
     return PythonOffsets(
         version=version,
@@ -85,13 +96,18 @@ def _legacy(version: tuple[int, int], tss_key: int, lasti: int) -> PythonOffsets
         code_adaptive=None,
         unicode_ascii_data=48,
         unicode_compact_data=72,
+        runtime_main_interpreter=40,
+        runtime_gil=gil,
+        interpreter_gil=None,
+        gil_last_holder=8,
+        gil_locked=16,
     )
 
 
 _TABLE = {
-    (3, 8): _legacy((3, 8), tss_key=1392, lasti=104),
-    (3, 9): _legacy((3, 9), tss_key=584, lasti=104),
-    (3, 10): _legacy((3, 10), tss_key=584, lasti=96),
+    (3, 8): _legacy((3, 8), tss_key=1392, lasti=104, gil=1152),
+    (3, 9): _legacy((3, 9), tss_key=584, lasti=104, gil=352),
+    (3, 10): _legacy((3, 10), tss_key=584, lasti=96, gil=352),
     (3, 11): PythonOffsets(
         version=(3, 11),
         runtime_tss_key=592,
@@ -110,6 +126,11 @@ _TABLE = {
         code_adaptive=184,
         unicode_ascii_data=48,
         unicode_compact_data=72,
+        runtime_main_interpreter=48,
+        runtime_gil=360,
+        interpreter_gil=None,
+        gil_last_holder=8,
+        gil_locked=16,
     ),
     (3, 12): PythonOffsets(
         version=(3, 12),
@@ -129,11 +150,16 @@ _TABLE = {
         code_adaptive=192,
         unicode_ascii_data=40,
         unicode_compact_data=56,
+        runtime_main_interpreter=48,
+        runtime_gil=None,
+        interpreter_gil=384,
+        gil_last_holder=8,
+        gil_locked=16,
     ),
 }
 
 # What _Py_DebugOffsets leaves out, per minor version it describes.
-_EXTRA = {(3, 13): {"runtime_tss_key": 2160, "owner_cstack": 3}}
+_EXTRA = {(3, 13): {"runtime_tss_key": 2160, "owner_cstack": 3, "runtime_main_interpreter": 640}}
 
 # _Py_DebugOffsets as laid out in 3.13: every member a u64 after the cookie.
 DEBUG_OFFSETS_SIZE = 584
@@ -151,7 +177,11 @@ _DEBUG_FIELDS = {
     "code_first_line": 39,  # code_object.firstlineno
     "code_adaptive": 43,  # code_object.co_code_adaptive
     "unicode_ascii_data": 70,  # unicode_object.asciiobject_size
+    "interpreter_gil": 14,  # interpreter_state.ceval_gil
 }
+# interpreter_state.gil_runtime_state, ..._locked and ..._holder: offsets in
+# the interpreter, of its own GIL and of two of its members
+_GIL_INDEXES = (15, 17, 18)
 _VERSION_INDEX = 1
 _FREE_THREADED_INDEX = 2
 
@@ -190,10 +220,14 @@ def parse_debug_offsets(data: bytes) -> PythonOffsets:
     # asciiobject_size is where compact ASCII data starts; the compact
     # (non-ASCII) header adds utf8_length and utf8 pointer.
     found["unicode_compact_data"] = found["unicode_ascii_data"] + 16
+    gil, locked, holder = (words[index] for index in _GIL_INDEXES)
     return PythonOffsets(
         version=version,
         cframe_frame=None,
         frame_is_entry=None,
+        runtime_gil=None,
+        gil_last_holder=holder - gil,
+        gil_locked=locked - gil,
         **found,
         **_EXTRA[version],
     )

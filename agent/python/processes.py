@@ -66,10 +66,7 @@ class PythonProcesses:
             self._waiting.setdefault(pid, time.monotonic() + _LOADED_WITHIN_S)
             return
         self._waiting.pop(pid, None)
-        self._session.set_python(
-            pid,
-            kernel_config(interpreter.offsets, interpreter.code_type_address, interpreter.tss_key),
-        )
+        self._session.set_python(pid, kernel_config(interpreter))
         self.symbolizer.add_process(pid, interpreter.offsets)
         self._interpreters[pid] = interpreter
         log.debug("pid %d: CPython %s at %s", pid, interpreter.version, interpreter.path)
@@ -86,6 +83,11 @@ class PythonProcesses:
                 self.add(pid)
             else:
                 del self._waiting[pid]
+
+    def keep_line_tables(self) -> None:
+        """Keep the line tables the kernel sent since: the processes may be
+        gone by the time their frames are named."""
+        self.symbolizer.keep(self._session.take_line_tables())
 
     def forget(self, pid: int) -> None:
         """The process exited or exec'd: nothing about it holds any more."""
@@ -113,6 +115,7 @@ class PythonProcesses:
         # userspace never deletes from the LRU map: what is not there was evicted
         counters["symbols_evicted"] = max(counters["symbols_new"] - symbols_in_map, 0)
         counters["unnamed_frames"] = self.symbolizer.unnamed_frames
+        counters["lines_unknown"] = self.symbolizer.lines_unknown
         return counters
 
     def debug_info(self) -> dict[str, object]:

@@ -1,20 +1,21 @@
 """Naming the Python frames the kernel recorded: qualified name, file and line.
 
-The kernel copies each code object's names into ``py_symbols`` once, so a
-process that has exited still gets names. Lines need the code object's line
-table, read here through ``/proc/<pid>/mem`` once per code object and kept;
-when the kernel's copy is gone (evicted from the LRU map) or cut short, the
-names are read from the process as well. Before 3.11 code objects have no
+The kernel copies each code object's names into ``py_symbols`` once, and
+sends its line table the first time it sees it (:meth:`PythonSymbolizer.keep`),
+so a process that has exited still gets names and lines. When the kernel's
+copy is gone (evicted from the LRU map) or cut short, they are read through
+``/proc/<pid>/mem``; a frame whose line cannot be had at all gets its
+function's first line, and is counted. Before 3.11 code objects have no
 qualified name: it comes from the source file (:mod:`agent.python.qualnames`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent.ebpf import PythonFrameRecord, PythonStack
+from agent.ebpf import PythonFrameRecord, PythonLineTable, PythonStack
 from agent.ebpf.layout import PySymbol
 from agent.errors import ProcessError, PythonError
 from agent.python.linetable import LineTable
@@ -61,8 +62,10 @@ class PythonSymbolizer:
         self._proc_root = proc_root
         self._processes: dict[int, PythonOffsets] = {}
         self._codes: LruCache[_CodeKey, _Code] = LruCache(cache_size)
+        self._tables: LruCache[_CodeKey, PythonLineTable] = LruCache(cache_size)
         self._qualnames = SourceQualnames(proc_root=proc_root)
         self.unnamed_frames = 0
+        self.lines_unknown = 0
 
     def add_process(self, pid: int, offsets: PythonOffsets) -> None:
         self._processes[pid] = offsets
@@ -72,6 +75,11 @@ class PythonSymbolizer:
 
     def stats(self) -> dict[str, int]:
         return {**self._codes.stats(), "unnamed_frames": self.unnamed_frames}
+
+    def keep(self, tables: Iterable[PythonLineTable]) -> None:
+        """Keep the line tables the kernel sent, for the code objects' first naming."""
+        for table in tables:
+            self._tables.put((table.pid, table.code, table.first_line), table)
 
     def resolve(self, pid: int, stack: PythonStack) -> list[PythonFrame]:
         """The stack's frames leaf first; a truncated stack ends in TRUNCATED_FRAME."""
@@ -104,11 +112,21 @@ class PythonSymbolizer:
             self.unnamed_frames += 1
         frame = code.frames.get(record.lasti)
         if frame is None:
-            line = 0
-            if code.lines is not None and offsets is not None:
-                line = code.lines.line(_byte_offset(offsets, record.lasti))
+            line = self._line(code.lines, offsets, record)
             frame = code.frames[record.lasti] = Frame(code.name, filename=code.filename, line=line)
         return frame
+
+    def _line(
+        self, lines: LineTable | None, offsets: PythonOffsets | None, record: PythonFrameRecord
+    ) -> int:
+        """The frame's line; its function's first line when its table could
+        not be had (or was cut before it)."""
+        if lines is not None and offsets is not None:
+            byte_offset = _byte_offset(offsets, record.lasti)
+            if lines.covers(byte_offset):
+                return lines.line(byte_offset)
+        self.lines_unknown += 1
+        return record.first_line
 
     def _load(self, key: _CodeKey, offsets: PythonOffsets | None, memory: _LazyMemory) -> _Code:
         pid, address, first_line = key
@@ -118,19 +136,39 @@ class PythonSymbolizer:
             name, filename = _symbol_names(symbol)
         lines = None
         if offsets is not None:
-            try:
-                process = memory.get()
-                if symbol is None or symbol.name_truncated or symbol.file_truncated:
-                    name, filename = _read_names(process, offsets, address)
-                table = process.read_bytes_object(
-                    process.read_pointer(address + offsets.code_linetable)
-                )
-                lines = LineTable(offsets.version, table, first_line)
-            except (ProcessError, PythonError) as exc:
-                log.debug("pid %d: code object %#x: %s", pid, address, exc)
+            if symbol is None or symbol.name_truncated or symbol.file_truncated:
+                try:
+                    name, filename = _read_names(memory.get(), offsets, address)
+                except (ProcessError, PythonError) as exc:
+                    log.debug("pid %d: code object %#x: %s", pid, address, exc)
+            lines = self._read_lines(key, offsets, memory)
             if name and offsets.version < (3, 11):
                 name = self._qualnames.qualname(pid, filename, first_line, name)
         return _Code(name or UNKNOWN_FUNCTION, filename, lines)
+
+    def _read_lines(
+        self, key: _CodeKey, offsets: PythonOffsets, memory: _LazyMemory
+    ) -> LineTable | None:
+        """The table the kernel sent whole, else the process's own, else the
+        start of the table the kernel cut."""
+        pid, address, first_line = key
+        sent = self._tables.get(key)
+        try:
+            if sent is not None and not sent.cut:
+                return LineTable(offsets.version, sent.table, first_line)
+            process = memory.get()
+            table = process.read_bytes_object(
+                process.read_pointer(address + offsets.code_linetable)
+            )
+            return LineTable(offsets.version, table, first_line)
+        except (ProcessError, PythonError) as exc:
+            log.debug("pid %d: line table of code object %#x: %s", pid, address, exc)
+        if sent is None:
+            return None
+        try:
+            return LineTable(offsets.version, sent.table, first_line, cut=True)
+        except PythonError:
+            return None
 
 
 class _LazyMemory:

@@ -48,6 +48,10 @@ _PYTHON_COUNTERS = {
     "symbols_evicted": "Names evicted from the full symbols map (symbols_map_size) "
     "to make room; their frames are named from process memory instead.",
     "unnamed_frames": "Python frames that could not be named (evicted and the process gone).",
+    "lines_lost": "Line tables of new code objects the kernel could not read or send "
+    "(its ring full); they are read from process memory instead.",
+    "lines_unknown": "Python frame locations given their function's first line: "
+    "its line table could not be had (or was cut before them) and the process was gone.",
 }
 
 

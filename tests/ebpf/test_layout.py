@@ -27,6 +27,7 @@ STRUCTS = {
     "py_stack": layout.PyStack,
     "py_symbol_key": layout.PySymbolKey,
     "py_symbol": layout.PySymbol,
+    "py_code_lines": layout.PyCodeLines,
     "unwind_row": layout.UnwindRow,
     "unwind_mapping_key": layout.UnwindMappingKey,
     "unwind_mapping": layout.UnwindMapping,
@@ -62,6 +63,7 @@ def test_enums_match_the_header(c_layout):
         **{f"PY_STAT_{m.name}": m.value for m in layout.PyStat},
         **{f"UNWIND_{m.name}": m.value for m in layout.UnwindStat},
         **{f"NATIVE_{m.name}": m.value for m in layout.NativeMode},
+        **{f"PY_GIL_{m.name}": m.value for m in layout.PyGil},
     }
     assert ours == enums
 
@@ -74,6 +76,7 @@ def test_enums_match_the_header(c_layout):
         "MAX_PY_FRAMES",
         "PY_NAME_LEN",
         "PY_FILE_LEN",
+        "PY_LINETABLE_LEN",
         "PY_NO_OFFSET",
         "PY_FRAME_ENTRY",
         "PY_STACK_TRUNCATED",
@@ -101,3 +104,9 @@ def test_python_stacks_convert_from_the_kernel_layout():
         (0x7F0000001010, 11, -1, False),
         (0x7F0000001020, 12, 0, True),
     ]
+
+
+def test_line_table_records_are_read_up_to_their_table():
+    from agent.ebpf.session import _PY_LINES_HEADER
+
+    assert _PY_LINES_HEADER.size == layout.PyCodeLines.table.offset

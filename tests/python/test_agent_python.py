@@ -164,6 +164,9 @@ def test_the_agent_profiles_python_functions_with_lines(tmp_path, python312):
     assert samples > 50
     assert _metric(run["metrics"], "emberscope_python_symbols_new_total") >= 3
     assert _metric(run["metrics"], "emberscope_python_symbols_evicted_total") == 0
+    # every new code object's line table reached userspace, and every frame had its line
+    assert _metric(run["metrics"], "emberscope_python_lines_lost_total") == 0
+    assert _metric(run["metrics"], "emberscope_python_lines_unknown_total") == 0
     python = run["debug"]["python"]
     assert python["processes"][str(run["pid"])]["version"].startswith("3.12.")
     assert python["not_unwound"] == {}

@@ -161,6 +161,11 @@ def dwarf_sources(minor: int) -> dict[str, tuple[str, str] | str]:
         "code_adaptive": ("PyCodeObject", "co_code_adaptive"),
         "unicode_ascii_data": "sizeof(PyASCIIObject)",
         "unicode_compact_data": "sizeof(PyCompactUnicodeObject)",
+        "runtime_main_interpreter": ("struct pyruntimestate", "interpreters.main"),
+        "runtime_gil": ("struct pyruntimestate", "ceval.gil"),
+        "interpreter_gil": ("PyInterpreterState", "ceval.gil"),
+        "gil_last_holder": ("struct _gil_runtime_state", "last_holder"),
+        "gil_locked": ("struct _gil_runtime_state", "locked"),
     }
 
 

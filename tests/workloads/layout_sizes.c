@@ -27,18 +27,23 @@ int main(void)
 	FIELD(pid_config, mappings_asked);
 	SIZE(sample_key);
 	FIELD(sample_key, pid);
+	FIELD(sample_key, gil);
 	FIELD(sample_key, user_stack);
 	FIELD(sample_key, kernel_stack);
 	FIELD(sample_key, python_stack);
 	SIZE(py_offsets);
 	FIELD(py_offsets, tstate_frame);
 	FIELD(py_offsets, frame_window);
+	FIELD(py_offsets, code_linetable);
 	FIELD(py_offsets, code_window);
 	FIELD(py_offsets, unicode_compact_data);
+	FIELD(py_offsets, gil_last_holder);
+	FIELD(py_offsets, gil_locked);
 	FIELD(py_offsets, owner_cstack);
 	FIELD(py_offsets, entry_every_frame);
 	SIZE(py_proc);
 	FIELD(py_proc, code_type);
+	FIELD(py_proc, gil);
 	FIELD(py_proc, tss_key);
 	FIELD(py_proc, tsd_base);
 	FIELD(py_proc, tsd_stride);
@@ -66,6 +71,13 @@ int main(void)
 	FIELD(py_symbol, file_truncated);
 	FIELD(py_symbol, name);
 	FIELD(py_symbol, file);
+	SIZE(py_code_lines);
+	FIELD(py_code_lines, pid);
+	FIELD(py_code_lines, first_line);
+	FIELD(py_code_lines, code);
+	FIELD(py_code_lines, table_len);
+	FIELD(py_code_lines, copied);
+	FIELD(py_code_lines, table);
 	SIZE(stack_trace);
 	FIELD(stack_trace, ips);
 	SIZE(pid_event);
@@ -112,10 +124,14 @@ int main(void)
 	printf("enum NATIVE_WAITING %d\nenum NATIVE_TABLES %d\nenum NATIVE_FRAME_POINTERS %d\n",
 	       NATIVE_WAITING, NATIVE_TABLES, NATIVE_FRAME_POINTERS);
 	printf("enum PY_STAT_SAMPLES %d\nenum PY_STAT_NO_THREAD_STATE %d\n"
-	       "enum PY_STAT_TRUNCATED %d\nenum PY_STAT_SYMBOLS_NEW %d\n",
-	       PY_STAT_SAMPLES, PY_STAT_NO_THREAD_STATE, PY_STAT_TRUNCATED, PY_STAT_SYMBOLS_NEW);
+	       "enum PY_STAT_TRUNCATED %d\nenum PY_STAT_SYMBOLS_NEW %d\n"
+	       "enum PY_STAT_LINES_LOST %d\n",
+	       PY_STAT_SAMPLES, PY_STAT_NO_THREAD_STATE, PY_STAT_TRUNCATED, PY_STAT_SYMBOLS_NEW,
+	       PY_STAT_LINES_LOST);
 	printf("enum PID_EVENT_NEW %d\nenum PID_EVENT_EXEC %d\nenum PID_EVENT_EXIT %d\n"
 	       "enum PID_EVENT_MAPPINGS %d\n",
 	       PID_EVENT_NEW, PID_EVENT_EXEC, PID_EVENT_EXIT, PID_EVENT_MAPPINGS);
+	printf("enum PY_GIL_UNKNOWN %d\nenum PY_GIL_HELD %d\nenum PY_GIL_RELEASED %d\n",
+	       PY_GIL_UNKNOWN, PY_GIL_HELD, PY_GIL_RELEASED);
 	return 0;
 }
