@@ -125,6 +125,15 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"where /metrics, health and components are served (default {DEFAULT_LISTEN_ADDR})",
     )
+    run.add_argument(
+        "--stop.timeout",
+        dest="stop_timeout",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="at SIGTERM, how long pyroscope.write may spend delivering before what is left "
+        "goes to its spool (default 20s; the whole stop takes at most 5s more)",
+    )
     run.set_defaults(handler=_run, default_log_level=logging.INFO)
 
     check_config = commands.add_parser("check-config", help="check a configuration file and exit")
@@ -184,11 +193,15 @@ def _configure_logging(default: int, verbosity: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
+    # the config and discovery rooms: not needed by `profile`
+    from agent.pipeline import DEFAULT_STOP_TIMEOUT, Agent
 
-    agent = Agent.load(args.config, os.environ, args.listen_addr)
+    stop_timeout = args.stop_timeout or DEFAULT_STOP_TIMEOUT
+    agent = Agent.load(args.config, os.environ, args.listen_addr, stop_timeout)
     _check_privileges()
-    agent.run_until(_stop_on_signals())
+    stop = _stop_on_signals()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.request_reload())
+    agent.run_until(stop)
     return 0
 
 

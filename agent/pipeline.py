@@ -20,14 +20,21 @@ from agent.discovery import (
     ProcessDiscovery,
     RelabelComponent,
 )
-from agent.errors import EmberscopeError
+from agent.errors import ConfigError, EmberscopeError
 from agent.pyroscope_ebpf import EbpfComponent
-from agent.telemetry import TelemetryServer, new_registry
+from agent.telemetry import ConfigMetrics, TelemetryServer, new_registry
 from agent.write import FileReceiver, PyroscopeWrite
 
-__all__ = ["KINDS", "Agent", "check"]
+__all__ = ["DEFAULT_STOP_TIMEOUT", "KINDS", "Agent", "check"]
 
 log = logging.getLogger(__name__)
+
+# Seconds pyroscope.write may spend delivering at stop (``--stop.timeout``); the
+# whole stop takes at most this and _STOP_MARGIN more: under the 30 s Kubernetes
+# gives a pod by default (terminationGracePeriodSeconds).
+DEFAULT_STOP_TIMEOUT = 20.0
+_STOP_MARGIN = 5.0
+_RELOAD_POLL_S = 0.2
 
 
 KINDS: Mapping[str, type] = {
@@ -46,6 +53,7 @@ class Agent:
     metrics, health and components served on ``listen_addr`` (None: not served).
 
     >>> agent = Agent.load(Path("examples/local.alloy"), os.environ, ("127.0.0.1", 12345))
+    >>> signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     >>> agent.run_until(stop)
     """
 
@@ -54,11 +62,22 @@ class Agent:
         graph: Graph,
         registry: CollectorRegistry,
         listen_addr: tuple[str, int] | None = None,
+        *,
+        path: os.PathLike[str] | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         self.graph = graph
         self.registry = registry
         self.listen_addr = listen_addr
         self.server: TelemetryServer | None = None
+        self.path = path
+        self.stop_timeout = stop_timeout
+        graph.stop_timeout = stop_timeout
+        self.last_reload_error = ""
+        self._metrics = ConfigMetrics(registry)
+        self._metrics.loaded(True)
+        self._reload_requested = threading.Event()
+        self._reloading = threading.Lock()
 
     @classmethod
     def load(
@@ -66,17 +85,20 @@ class Agent:
         path: os.PathLike[str],
         environ: Mapping[str, str],
         listen_addr: tuple[str, int] | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> Agent:
         """Parse and check ``path``; raise ConfigError before anything runs."""
         registry = new_registry()
         graph = Graph.load(path, KINDS, environ=environ, registry=registry)
-        return cls(graph, registry, listen_addr)
+        return cls(graph, registry, listen_addr, path=path, stop_timeout=stop_timeout)
 
     def start(self) -> None:
         """Listen first, so that a taken port fails before any BPF program loads."""
         if self.listen_addr is not None:
             try:
-                self.server = TelemetryServer(self.listen_addr, self.registry, self.graph)
+                self.server = TelemetryServer(
+                    self.listen_addr, self.registry, self.graph, reloader=self
+                )
             except OSError as exc:
                 host, port = self.listen_addr
                 raise EmberscopeError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
@@ -84,14 +106,44 @@ class Agent:
         self.graph.start()
         log.info("agent started components=%d", len(self.graph.order))
 
+    def request_reload(self) -> None:
+        """Ask ``run_until`` to reload the configuration; safe in a signal handler."""
+        self._reload_requested.set()
+
+    def reload(self) -> str:
+        """Read the configuration file again and apply it; return "" or, when it does
+        not load, the error, while the configuration running keeps running."""
+        with self._reloading:
+            try:
+                started = self.graph.reload(self.path)
+            except ConfigError as exc:
+                self.last_reload_error = str(exc)
+                self._metrics.loaded(False)
+                log.error("reload failed; the previous configuration keeps running: %s", exc)
+                return self.last_reload_error
+            self.last_reload_error = ""
+            self._metrics.loaded(True)
+            log.info(
+                "configuration reloaded components=%d started=%s",
+                len(self.graph.order),
+                ",".join(started) or "none",
+            )
+            return ""
+
     def run_until(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set, reloading when asked; then stop the components,
+        producers first, within ``stop_timeout`` and a margin."""
         self.start()
         try:
-            stop.wait()
+            while not stop.wait(_RELOAD_POLL_S):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload()
         finally:
             if self.server is not None:
                 self.server.stop()
-            still_running = self.graph.stop()
+            log.info("agent stopping: delivering for up to %gs", self.stop_timeout)
+            still_running = self.graph.stop(self.stop_timeout + _STOP_MARGIN)
             if still_running:
                 log.warning("components did not stop in time: %s", ", ".join(still_running))
             log.info("agent stopped")

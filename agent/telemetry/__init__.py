@@ -2,6 +2,7 @@
 
 from agent.telemetry.metrics import (
     BoundEbpfMetrics,
+    ConfigMetrics,
     EbpfMetrics,
     HttpMetrics,
     ProgramStats,
@@ -16,6 +17,7 @@ from agent.telemetry.server import ComponentGraph, TelemetryServer, parse_listen
 __all__ = [
     "BoundEbpfMetrics",
     "ComponentGraph",
+    "ConfigMetrics",
     "EbpfMetrics",
     "HttpMetrics",
     "ProgramStats",

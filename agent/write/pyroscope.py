@@ -403,7 +403,10 @@ class PyroscopeWrite:
         self._since = time.time()
         self._arguments = arguments
         # Replaced whole by update(), so append() reads one consistent pair.
-        self._state = (dict(arguments.external_labels), self._open(arguments))
+        self._state = (
+            dict(arguments.external_labels),
+            [self._open(options) for options in arguments.endpoint],
+        )
 
     def append(self, profile: LabeledProfile) -> None:
         external_labels, endpoints = self._state
@@ -432,19 +435,23 @@ class PyroscopeWrite:
         return Health("unhealthy", "; ".join(sender.failure for sender in failing), since)
 
     def update(self, arguments: PyroscopeWriteArguments) -> None:
-        """New endpoints replace the old ones (whose queues are dropped and counted);
-        a change of ``external_labels`` alone keeps the queues."""
-        same = arguments.endpoint == self._arguments.endpoint
-        endpoints = self._state[1] if same else self._open(arguments)
+        """Endpoints whose options stay keep their queues; new ones are opened, and
+        those no longer configured closed (their queues dropped and counted)."""
+        running = list(zip(self._arguments.endpoint, self._state[1], strict=True))
+        endpoints: list[_Endpoint] = []
+        opened = []
+        for options in arguments.endpoint:
+            same = [e for o, e in running if o == options and e not in endpoints]
+            if not same:
+                opened.append(self._open(options))
+            endpoints.append(same[0] if same else opened[-1])
         with self._lock:
-            old = self._state[1]
             self._state = (dict(arguments.external_labels), endpoints)
             self._arguments = arguments
-            if self._running and not same:
-                for sender, _ in endpoints:
+            if self._running:
+                for sender, _ in opened:
                     sender.start()
-        if not same:
-            _close(old)
+        _close([endpoint for _, endpoint in running if endpoint not in endpoints])
 
     def run(self, stop: threading.Event) -> None:
         with self._lock:
@@ -455,27 +462,30 @@ class PyroscopeWrite:
         with self._lock:
             self._running = False
             endpoints = self._state[1]
+        # The producers have stopped (the graph stops them first): deliver what is
+        # queued within the stop timeout; what is left is then counted as stopped.
+        deadline = time.monotonic() + self._options.stop_timeout
+        late = [sender.endpoint for sender, _ in endpoints if not sender.wait_idle(deadline)]
+        if late:
+            log.warning("%s: not all delivered at stop: %s", self._options.id, ", ".join(late))
         _close(endpoints)
 
-    def _open(self, arguments: PyroscopeWriteArguments) -> list[_Endpoint]:
-        endpoints = []
-        for options in arguments.endpoint:
-            pusher = _HttpPusher(options, self._transport)
-            backoff = Backoff(
-                float(options.min_backoff_period),
-                float(options.max_backoff_period),
-                options.max_backoff_retries,
-            )
-            sender = EndpointSender(
-                _display_url(options.url),
-                pusher.push,
-                backoff,
-                self._metrics,
-                queue_size=self._queue_size,
-                drop_reason=_drop_reason,
-            )
-            endpoints.append((sender, pusher))
-        return endpoints
+    def _open(self, options: EndpointOptions) -> _Endpoint:
+        pusher = _HttpPusher(options, self._transport)
+        backoff = Backoff(
+            float(options.min_backoff_period),
+            float(options.max_backoff_period),
+            options.max_backoff_retries,
+        )
+        sender = EndpointSender(
+            _display_url(options.url),
+            pusher.push,
+            backoff,
+            self._metrics,
+            queue_size=self._queue_size,
+            drop_reason=_drop_reason,
+        )
+        return sender, pusher
 
 
 def _metrics_of(

@@ -133,6 +133,7 @@ class EndpointSender:
         self._thread = SupervisedThread(
             f"push {endpoint}", self._run, on_crash=self._crashed, stop=self._closing
         )
+        self._in_flight = False  # the thread holds an item it has not delivered yet
         self.failure = ""  # the last error while pushes keep failing, else ""
         self.failure_since = 0.0
 
@@ -143,7 +144,16 @@ class EndpointSender:
         """Ask the thread to end after the push in flight, without waiting for it."""
         self._closing.set()
         with self._ready:
-            self._ready.notify()
+            self._ready.notify_all()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until nothing is queued or being pushed, or ``deadline`` (monotonic)
+        passes; return whether it is idle."""
+        with self._ready:
+            return self._ready.wait_for(
+                lambda: not self._queue and not self._in_flight,
+                max(0.0, deadline - time.monotonic()),
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop, wait up to ``timeout`` for the thread; what is still queued is dropped
@@ -162,7 +172,7 @@ class EndpointSender:
                 self._metrics.count_dropped(self.endpoint, oldest.size, "queue_full")
                 log.debug("queue for %s is full: dropped its oldest profile", self.endpoint)
             self._queue.append(_Queued(body, size))
-            self._ready.notify()
+            self._ready.notify_all()
 
     def _run(self, _stop: threading.Event) -> None:
         while (item := self._next()) is not None:
@@ -175,10 +185,13 @@ class EndpointSender:
 
     def _next(self) -> _Queued | None:
         with self._ready:
+            self._in_flight = False
+            self._ready.notify_all()
             while not self._queue and not self._closing.is_set():
                 self._ready.wait()
             if self._closing.is_set():
                 return None
+            self._in_flight = True
             return self._queue.popleft()
 
     def _deliver(self, item: _Queued) -> None:
