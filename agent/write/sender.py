@@ -124,6 +124,7 @@ class Backoff:
 class _Queued:
     body: bytes  # the serialized PushRequest
     size: int  # compressed pprof bytes, as the metrics count them
+    made_ns: int  # when it was handed over: its place in the spool
 
 
 _SPOOLED_REASONS = ("queue_full", "retries_exhausted", "stopped")  # the endpoint's fault
@@ -202,13 +203,17 @@ class EndpointSender:
             self._give_up_on(item, "stopped")
 
     def enqueue(self, body: bytes, size: int) -> None:
-        """Never blocks on the endpoint; with a spool, a full queue costs a disk write."""
+        """Never blocks on the endpoint. With a spool, while the endpoint fails a new
+        profile goes straight to disk, where a crash of the agent cannot take it."""
+        if self._spool is not None and self.failure:
+            self._give_up_on(_Queued(body, size, time.time_ns()), "queue_full")
+            return
         oldest = None
         with self._ready:
             if len(self._queue) >= self._queue_size:
                 oldest = self._queue.popleft()
                 log.debug("queue for %s is full: its oldest profile leaves it", self.endpoint)
-            self._queue.append(_Queued(body, size))
+            self._queue.append(_Queued(body, size, time.time_ns()))
             self._ready.notify_all()
         if oldest is not None:
             self._give_up_on(oldest, "queue_full")
@@ -219,7 +224,7 @@ class EndpointSender:
             self._metrics.count_dropped(self.endpoint, item.size, reason)
             return
         try:
-            if self._spool.put(item.body, item.size):
+            if self._spool.put(item.body, item.size, item.made_ns):
                 self._metrics.spooled.labels(self.endpoint).inc()
         except OSError as exc:
             log.warning("cannot spool a profile for %s: %s", self.endpoint, exc)

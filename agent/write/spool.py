@@ -2,22 +2,22 @@
 wait here, oldest first, across restarts of the agent.
 
     spool = Spool(Path("/var/lib/emberscope/spool/pyroscope_4040"), max_bytes=256 << 20)
-    spool.put(body, size)          # whole on disk, or not there: temp name, fsync, rename
+    spool.put(body, size, made_ns) # whole on disk, or not there: temp name, fsync, rename
     item = spool.oldest()          # None when empty; torn files are removed and counted
     spool.remove(item)             # once delivered
 
 A file is a 17-byte header (magic, format, the compressed pprof size the metrics
-count, the body's length and CRC-32) and the body. Names sort by the time they
-were spooled, so replay goes oldest first.
+count, the body's length and CRC-32) and the body. Names sort by the time the
+profile was handed to the sender, so replay goes oldest first.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,11 +58,13 @@ class Spool:
         self._lock = threading.Lock()
         self._sequence = 0
         directory.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, int] = {}  # name -> bytes on disk, oldest first
+        self._names: list[str] = []  # sorted: oldest first
+        self._files: dict[str, int] = {}  # name -> bytes on disk
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             if entry.name.startswith(_TEMP_PREFIX):
                 self._discard(entry.name, 0, "torn")  # a write a crash cut short
             elif entry.name.endswith(_SUFFIX) and entry.is_file():
+                self._names.append(entry.name)
                 self._files[entry.name] = entry.stat().st_size
 
     @property
@@ -73,30 +75,31 @@ class Spool:
     def bytes(self) -> int:
         return sum(self._files.values())
 
-    def put(self, body: bytes, size: int) -> bool:
-        """Write one body; False (and reported ``spool_full``) if it alone exceeds the cap.
-        Raises OSError when the disk refuses it."""
+    def put(self, body: bytes, size: int, made_ns: int) -> bool:
+        """Write one body, placed by ``made_ns`` among the others; False (and reported
+        ``spool_full``) if it alone exceeds the cap. Raises OSError when the disk refuses it."""
         length = _HEADER.size + len(body)
         if length > self.max_bytes:
             self._on_drop(size, "spool_full")
             return False
         with self._lock:
             self._sequence += 1
-            name = f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:08d}{_SUFFIX}"
-            while self._files and sum(self._files.values()) + length > self.max_bytes:
-                oldest = next(iter(self._files))
+            name = f"{made_ns:020d}-{os.getpid()}-{self._sequence:08d}{_SUFFIX}"
+            while self._names and sum(self._files.values()) + length > self.max_bytes:
+                oldest = self._names[0]
                 self._discard(oldest, self._read_size(oldest), "spool_full")
             self._write(
                 name, _HEADER.pack(_MAGIC, _FORMAT, size, len(body), zlib.crc32(body)) + body
             )
             self._files[name] = length
+            bisect.insort(self._names, name)
         return True
 
     def oldest(self) -> SpooledItem | None:
         """The oldest whole item; torn ones met on the way are removed and reported."""
         with self._lock:
-            while self._files:
-                name = next(iter(self._files))
+            while self._names:
+                name = self._names[0]
                 item = self._read(name)
                 if item is not None:
                     return item
@@ -106,6 +109,7 @@ class Spool:
     def remove(self, item: SpooledItem) -> None:
         with self._lock:
             if self._files.pop(item.name, None) is not None:
+                self._names.remove(item.name)
                 _unlink(self.directory / item.name)
 
     def _write(self, name: str, data: bytes) -> None:
@@ -156,7 +160,8 @@ class Spool:
         return _HEADER.unpack(header)[2]
 
     def _discard(self, name: str, size: int, reason: str) -> None:
-        self._files.pop(name, None)
+        if self._files.pop(name, None) is not None:
+            self._names.remove(name)
         _unlink(self.directory / name)
         if reason == "torn":
             log.warning("skipped a torn spool file %s", self.directory / name)

@@ -34,7 +34,7 @@ class Drops:
 def test_items_come_back_oldest_first_and_whole_after_a_restart(tmp_path):
     spool = Spool(tmp_path, max_bytes=1 << 20)
     for number in range(5):
-        spool.put(f"body {number}".encode(), size=100 + number)
+        spool.put(f"body {number}".encode(), size=100 + number, made_ns=number)
     again = Spool(tmp_path, max_bytes=1 << 20)  # a new agent on the same directory
     assert again.count == 5
     taken = []
@@ -49,19 +49,19 @@ def test_past_the_cap_the_oldest_are_dropped_and_counted(tmp_path):
     dropped = Drops()
     spool = Spool(tmp_path, max_bytes=3 * (17 + 1000), on_drop=dropped)
     for number in range(5):
-        spool.put(bytes([number]) * 1000, size=10)
+        spool.put(bytes([number]) * 1000, size=10, made_ns=number)
     assert spool.count == 3
     assert spool.bytes <= spool.max_bytes
     assert dropped.reasons == ["spool_full", "spool_full"]
     assert spool.oldest().body == bytes([2]) * 1000
-    assert not spool.put(b"x" * 5000, size=10)  # larger than the whole spool
+    assert not spool.put(b"x" * 5000, size=10, made_ns=9)  # larger than the whole spool
     assert dropped.reasons[-1] == "spool_full"
 
 
 def test_torn_files_are_skipped_counted_and_removed_never_returned(tmp_path):
     spool = Spool(tmp_path, max_bytes=1 << 20)
     for number in range(4):
-        spool.put(f"body {number}".encode() * 50, size=1)
+        spool.put(f"body {number}".encode() * 50, size=1, made_ns=number)
     names = sorted(os.listdir(tmp_path))
     cut = tmp_path / names[0]
     cut.write_bytes(cut.read_bytes()[:-7])  # cut short
@@ -112,12 +112,16 @@ def test_what_the_endpoint_could_not_take_is_replayed_oldest_first_when_it_answe
         assert drops(component, url) == {}
         assert len(os.listdir(tmp_path / re.sub(r"[^A-Za-z0-9._-]", "_", url))) == 6
 
-        pyroscope.start()  # back: one new profile, then the spool
-        component.append(profile(6))
+        component.append(profile(6))  # while the endpoint fails: straight to disk
+        wait_for(lambda: metric(component, spooled, url) == 7, 10, "the seventh spooled")
+        pyroscope.start()
         wait_for(lambda: len(pyroscope.receiver.requests) == 7, 10, "all seven delivered")
         numbers = [series(request)["n"] for request in pyroscope.receiver.requests]
-        assert numbers == ["6", "0", "1", "2", "3", "4", "5"]
-        assert metric(component, "emberscope_write_replayed_profiles_total", url) == 6
+        assert numbers == [str(n) for n in range(7)]
+        component.append(profile(7))  # the endpoint answers again: no disk
+        wait_for(lambda: len(pyroscope.receiver.requests) == 8, 10, "the eighth delivered")
+        assert metric(component, spooled, url) == 7
+        assert metric(component, "emberscope_write_replayed_profiles_total", url) == 7
         assert metric(component, "emberscope_write_spool_profiles", url) == 0
     finally:
         stop.set()
@@ -169,7 +173,7 @@ def test_a_torn_spool_file_is_never_sent(tmp_path):
     for number in range(3):
         labeled = profile(number)
         body = encode_push_request(series_labels(labeled.labels, {}), labeled.data)
-        spool.put(body, len(labeled.data))
+        spool.put(body, len(labeled.data), made_ns=number)
     torn = directory / sorted(os.listdir(directory))[1]
     torn.write_bytes(torn.read_bytes()[:40])
     component, stop, thread = start_write(spooled_write(url, tmp_path))
