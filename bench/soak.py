@@ -12,13 +12,16 @@ Scenarios (each ``--minutes`` long; the issue asks for 10):
   the spool grows within its cap, and all it holds is delivered afterwards;
 - ``kill_9``: the churn with Pyroscope down, the agent killed mid-run and
   started again with Pyroscope up: no BPF program or map left behind, the spool
-  replayed, nothing sent twice.
+  replayed, nothing sent twice;
+- ``api_flapping``: a pod's busy process in a kubelet-style cgroup, found by
+  ``discovery.kubernetes`` on a loopback API server that is down 20 s, up 10 s
+  in turn: intervals with a profile of the pod, and how long a change of the
+  pod takes to show once the server is back.
 
 Prints one row per scenario: RSS start/end/peak, the agent's CPU, samples
 expected (CPU time × sample_rate) against profiled, profiles produced (the
 agent's log) against delivered (received once) and dropped by reason. Run as
 root: ``.venv/bin/python bench/soak.py --minutes 10 [--write-results]``.
-The API-server scenario is not here yet (see README).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ from tests.agent import (  # noqa: E402
     run_agent,
     wait_for,
 )
+from tests.discovery.apiserver import LoopbackApiServer  # noqa: E402
+from tests.discovery.test_containers import Cgroups, cgroup2_root  # noqa: E402
+from tests.discovery.test_kubernetes_agent import WEB, kubelet_cgroup, pod_object  # noqa: E402
 from tests.test_pipeline import collected  # noqa: E402
 from tests.write.test_outage import RestartableReceiver  # noqa: E402
 from tests.write.test_pyroscope import series  # noqa: E402
@@ -101,6 +107,40 @@ pyroscope.write "soak" {{
   spool_max_bytes = {spool_max_bytes}
 }}
 """
+
+
+KUBERNETES_CONFIG = """
+discovery.kubernetes "pods" {{
+  role       = "pod"
+  api_server = "{api}"
+}}
+
+discovery.relabel "pods" {{
+  targets = discovery.kubernetes.pods.targets
+  rule {{
+    source_labels = ["__meta_kubernetes_pod_label_stage"]
+    target_label  = "stage"
+  }}
+  rule {{
+    target_label = "service_name"
+    replacement  = "pod"
+  }}
+}}
+
+pyroscope.ebpf "default" {{
+  targets          = discovery.relabel.pods.output
+  forward_to       = [pyroscope.write.soak.receiver]
+  collect_interval = "{interval}s"
+  sample_rate      = {rate}
+}}
+
+pyroscope.write "soak" {{
+  endpoint {{
+    url = "{url}"
+  }}
+}}
+"""
+FLAP_DOWN_S, FLAP_UP_S = 20, 10
 
 
 @dataclass
@@ -440,11 +480,66 @@ def still_loaded(
         time.sleep(0.2)
 
 
+def api_scenario(setup: Setup, minutes: float) -> Row:
+    row = Row(f"api_flapping (down {FLAP_DOWN_S} s, up {FLAP_UP_S} s)", minutes)
+    seconds = minutes * 60
+    api = LoopbackApiServer()
+    api.start()
+    api.apply(pod_object(WEB, labels={"stage": "start"}))
+    cgroups = Cgroups(cgroup2_root())
+    busy = subprocess.Popen([str(setup.busy), str(int(seconds) + 60)])
+    cgroups.move(busy.pid, kubelet_cgroup(WEB))
+    config = KUBERNETES_CONFIG.format(
+        api=api.url, interval=INTERVAL_S, rate=RATE, url=setup.receiver.receiver.url
+    )
+    try:
+        with run_agent(config, setup.folder) as agent:
+            agent.wait_for_sampling()
+            wait_for(lambda: setup.samples("pod"), 30, "a first profile of the pod")
+            watch = Watch(agent, row)
+            started_ns, cpu = time.time_ns(), process_cpu_s(busy.pid)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end - FLAP_UP_S:
+                api.stop()
+                time.sleep(min(FLAP_DOWN_S, max(0.0, end - FLAP_UP_S - time.monotonic())))
+                api.start()
+                time.sleep(FLAP_UP_S)
+            changed = time.monotonic()
+            api.apply(pod_object(WEB, labels={"stage": "final"}))
+            wait_for(lambda: "final" in stages(setup), 6 * INTERVAL_S, "the change")
+            row.facts["change shown after s"] = round(time.monotonic() - changed, 1)
+            row.expected = (process_cpu_s(busy.pid) - cpu) * RATE
+            ended_ns = time.time_ns()
+            watch.close()
+            write_drops(agent, row)
+            agent.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+        cgroups.close([busy.pid])
+        api.stop()
+    row.profiled = setup.samples("pod", started_ns)
+    setup.count_delivery(row, agent)
+    intervals = (ended_ns - started_ns) / 1e9 / INTERVAL_S
+    began = [
+        read_profile(r.request.series[0].samples[0].raw_profile).time_nanos
+        for r in setup.receiver.receiver.requests
+    ]
+    covered = {time_ns for time_ns in began if started_ns <= time_ns < ended_ns}
+    row.facts["intervals with a profile"] = f"{len(covered)} of {intervals:.0f}"
+    return row
+
+
+def stages(setup: Setup) -> set[str]:
+    return {series(r).get("stage", "") for r in list(setup.receiver.receiver.requests)}
+
+
 SCENARIOS = {
     "churn": churn_scenario,
     "pid_map_full": pid_map_scenario,
     "pyroscope_down": outage_scenario,
     "kill_9": kill_scenario,
+    "api_flapping": api_scenario,
 }
 
 
