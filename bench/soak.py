@@ -51,6 +51,7 @@ from tests.agent import (  # noqa: E402
     loaded_programs,
     run_agent,
     wait_for,
+    workload_config,
 )
 from tests.discovery.apiserver import LoopbackApiServer  # noqa: E402
 from tests.discovery.test_containers import Cgroups, cgroup2_root  # noqa: E402
@@ -65,36 +66,17 @@ SPOOL_MAX_BYTES = 64 << 20
 BUSY_C = ROOT / "tests" / "workloads" / "three_leaves.c"
 TRUE_PER_MINUTE = 300  # /bin/true besides the burners: pid map churn without samples
 
-CONFIG = """
-discovery.process "local" {{
-}}
-
-discovery.relabel "soak" {{
-  targets = discovery.process.local.targets
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = "{folder}/.*"
-    action        = "keep"
-  }}
-  rule {{
-    source_labels = ["__meta_process_exe"]
-    regex         = ".*/([^/]+)"
-    target_label  = "service_name"
-  }}
-  rule {{
+# The churn's own services (tests.agent.workload_config), each process its own
+# target (a pid label), pushed through a spool.
+EBPF_ARGUMENTS = (
+    '  collect_interval = "{interval}s"\n  sample_rate = {rate}\n  pid_map_size = {pid_map_size}\n'
+)
+PID_RULE = """  rule {
     source_labels = ["__process_pid__"]
     target_label  = "pid"
-  }}
-}}
-
-pyroscope.ebpf "default" {{
-  targets          = discovery.relabel.soak.output
-  forward_to       = [pyroscope.write.soak.receiver]
-  collect_interval = "{interval}s"
-  sample_rate      = {rate}
-  pid_map_size     = {pid_map_size}
-}}
-
+  }
+"""
+WRITE = """
 pyroscope.write "soak" {{
   endpoint {{
     url                 = "{url}"
@@ -246,14 +228,18 @@ class Setup:
     receiver: RestartableReceiver
 
     def config(self, pid_map_size: int = 2048) -> str:
-        return CONFIG.format(
-            folder=self.folder / "bin",
-            interval=INTERVAL_S,
-            rate=RATE,
-            pid_map_size=pid_map_size,
+        ebpf = EBPF_ARGUMENTS.format(interval=INTERVAL_S, rate=RATE, pid_map_size=pid_map_size)
+        config = workload_config(
+            self.folder / "bin", self.folder / "out", ebpf=ebpf, rules=PID_RULE
+        )
+        write = WRITE.format(
             url=self.receiver.receiver.url,
             spool=self.folder / "spool",
             spool_max_bytes=SPOOL_MAX_BYTES,
+        )
+        # pyroscope.file stays declared, and receives nothing
+        return (
+            config.replace("pyroscope.file.out.receiver", "pyroscope.write.soak.receiver") + write
         )
 
     def samples(self, service: str, since_ns: int = 0) -> int:
