@@ -185,7 +185,10 @@ class EndpointSender:
 
     def wait_idle(self, deadline: float) -> bool:
         """Wait until nothing is queued or being pushed, or ``deadline`` (monotonic)
-        passes; return whether it is idle."""
+        passes; return whether it is idle. With a spool, while the endpoint fails,
+        there is nothing to wait for: what is left goes to disk at close."""
+        if self._spool is not None and self.failure:
+            return False
         with self._ready:
             return self._ready.wait_for(
                 lambda: not self._queue and not self._in_flight,

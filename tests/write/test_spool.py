@@ -20,7 +20,14 @@ from agent.write.spool import Spool
 from tests.agent import run_agent, wait_for
 from tests.test_pipeline import collected
 from tests.write.test_outage import CONFIG, RestartableReceiver
-from tests.write.test_pyroscope import drops, metric, profile, series, write_to
+from tests.write.test_pyroscope import (
+    closed_port_url,
+    drops,
+    metric,
+    profile,
+    series,
+    write_to,
+)
 
 
 class Drops:
@@ -229,3 +236,19 @@ def test_a_two_minute_outage_loses_nothing_end_to_end(build_workload, tmp_path):
     assert len(received) == made
     assert len(set(received)) == len(received)  # nothing sent twice
     assert "dropped" not in agent.log
+
+
+def test_a_stop_while_the_endpoint_fails_spools_at_once(tmp_path):
+    url = closed_port_url()
+    arguments = spooled_write(
+        url, tmp_path, min_backoff_period=Duration(30), max_backoff_period=Duration(30)
+    )
+    component, stop, thread = start_write(arguments, stop_timeout=20)
+    for number in range(3):
+        component.append(profile(number))
+    wait_for(lambda: "failed" in component.health().message, 5, "a failed push")
+    stopped = time.monotonic()
+    stop.set()
+    thread.join(10)
+    assert time.monotonic() - stopped < 2  # not the 20 s of the stop timeout
+    assert metric(component, "emberscope_write_spooled_profiles_total", url) == 3
