@@ -449,14 +449,14 @@ def kill_scenario(setup: Setup, minutes: float) -> Row:
 def still_loaded(
     programs: set[int], maps: set[int], timeout: float = 10
 ) -> tuple[set[int], list[str]]:
-    """Which of a killed agent's programs and maps (name and holders) the kernel still
+    """Which of a killed agent's programs and maps (by name) the kernel still
     has after ``timeout`` s at most: it frees them once their last descriptor is closed
     and a grace period passed."""
     deadline = time.monotonic() + timeout
     while True:
         shown = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True)
         left_maps = [
-            f"{entry.get('name')} held by {[p.get('comm') for p in entry.get('pids', [])]}"
+            entry.get("name", str(entry["id"]))
             for entry in json.loads(shown.stdout or "[]")
             if entry["id"] in maps
         ]
