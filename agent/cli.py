@@ -175,6 +175,15 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="MIB",
         help=f"memory for them, over all targets; the oldest go first (default {RECENT_MAX_MIB})",
     )
+    run.add_argument(
+        "--stop.timeout",
+        dest="stop_timeout",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="at SIGTERM, how long pyroscope.write may spend delivering before what is left "
+        "goes to its spool (default 20s; the whole stop takes at most 5s more)",
+    )
     run.set_defaults(handler=_run, default_log_level=logging.INFO)
 
     _add_flamegraph_parser(add_command)
@@ -257,14 +266,18 @@ def _configure_logging(args: argparse.Namespace, block: LoggingArguments | None 
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.pipeline import Agent  # the config and discovery rooms: not needed by `profile`
+    # the config and discovery rooms: not needed by `profile`
+    from agent.pipeline import DEFAULT_STOP_TIMEOUT, Agent
 
     limits = (args.recent_intervals, args.recent_max_mib << 20)
-    agent = Agent.load(args.config, os.environ, args.listen_addr, limits)
+    stop_timeout = args.stop_timeout or DEFAULT_STOP_TIMEOUT
+    agent = Agent.load(args.config, os.environ, args.listen_addr, limits, stop_timeout)
     _configure_logging(args, agent.graph.settings["logging"])
     log.info("configuration %s, working directory %s", args.config.resolve(), Path.cwd())
     _check_privileges()
-    agent.run_until(_stop_on_signals())
+    stop = _stop_on_signals()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.request_reload())
+    agent.run_until(stop)
     return 0
 
 

@@ -20,15 +20,28 @@ from agent.discovery import (
     ProcessDiscovery,
     RelabelComponent,
 )
-from agent.errors import EmberscopeError
+from agent.errors import ConfigError, EmberscopeError
 from agent.local_file import LocalFile
 from agent.pyroscope_ebpf import EbpfComponent
-from agent.telemetry import LoggingArguments, ProfilesPage, TelemetryServer, new_registry
+from agent.telemetry import (
+    ConfigMetrics,
+    LoggingArguments,
+    ProfilesPage,
+    TelemetryServer,
+    new_registry,
+)
 from agent.write import RECENT_PROFILES_KEY, FileReceiver, PyroscopeWrite, RecentProfiles
 
-__all__ = ["BLOCKS", "KINDS", "Agent", "check"]
+__all__ = ["BLOCKS", "DEFAULT_STOP_TIMEOUT", "KINDS", "Agent", "check"]
 
 log = logging.getLogger(__name__)
+
+# Seconds pyroscope.write may spend delivering at stop (``--stop.timeout``); the
+# whole stop takes at most this and _STOP_MARGIN more: under the 30 s Kubernetes
+# gives a pod by default (terminationGracePeriodSeconds).
+DEFAULT_STOP_TIMEOUT = 20.0
+_STOP_MARGIN = 5.0
+_RELOAD_POLL_S = 0.2
 
 
 KINDS: Mapping[str, type] = {
@@ -51,6 +64,7 @@ class Agent:
     metrics, health and components served on ``listen_addr`` (None: not served).
 
     >>> agent = Agent.load(Path("examples/local.alloy"), os.environ, ("127.0.0.1", 12345))
+    >>> signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     >>> agent.run_until(stop)
     """
 
@@ -60,12 +74,23 @@ class Agent:
         registry: CollectorRegistry,
         listen_addr: tuple[str, int] | None = None,
         recent: RecentProfiles | None = None,
+        *,
+        path: os.PathLike[str] | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         self.graph = graph
         self.registry = registry
         self.listen_addr = listen_addr
         self.recent = recent
         self.server: TelemetryServer | None = None
+        self.path = path
+        self.stop_timeout = stop_timeout
+        graph.stop_timeout = stop_timeout
+        self.last_reload_error = ""
+        self._metrics = ConfigMetrics(registry)
+        self._metrics.loaded(True)
+        self._reload_requested = threading.Event()
+        self._reloading = threading.Lock()
 
     @classmethod
     def load(
@@ -74,6 +99,7 @@ class Agent:
         environ: Mapping[str, str],
         listen_addr: tuple[str, int] | None = None,
         recent_limits: tuple[int, int] | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> Agent:
         """Parse and check ``path``; raise ConfigError before anything runs.
 
@@ -88,7 +114,7 @@ class Agent:
         graph = Graph.load(
             path, KINDS, environ=environ, registry=registry, shared=shared, blocks=BLOCKS
         )
-        return cls(graph, registry, listen_addr, recent)
+        return cls(graph, registry, listen_addr, recent, path=path, stop_timeout=stop_timeout)
 
     def start(self) -> None:
         """Listen first, so that a taken port fails before any BPF program loads."""
@@ -96,7 +122,7 @@ class Agent:
             try:
                 page = ProfilesPage(self.recent) if self.recent is not None else None
                 self.server = TelemetryServer(
-                    self.listen_addr, self.registry, self.graph, profiles=page
+                    self.listen_addr, self.registry, self.graph, profiles=page, reloader=self
                 )
             except OSError as exc:
                 host, port = self.listen_addr
@@ -105,14 +131,44 @@ class Agent:
         self.graph.start()
         log.info("agent started components=%d", len(self.graph.order))
 
+    def request_reload(self) -> None:
+        """Ask ``run_until`` to reload the configuration; safe in a signal handler."""
+        self._reload_requested.set()
+
+    def reload(self) -> str:
+        """Read the configuration file again and apply it; return "" or, when it does
+        not load, the error, while the configuration running keeps running."""
+        with self._reloading:
+            try:
+                started = self.graph.reload(self.path)
+            except ConfigError as exc:
+                self.last_reload_error = str(exc)
+                self._metrics.loaded(False)
+                log.error("reload failed; the previous configuration keeps running: %s", exc)
+                return self.last_reload_error
+            self.last_reload_error = ""
+            self._metrics.loaded(True)
+            log.info(
+                "configuration reloaded components=%d started=%s",
+                len(self.graph.order),
+                ",".join(started) or "none",
+            )
+            return ""
+
     def run_until(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set, reloading when asked; then stop the components,
+        producers first, within ``stop_timeout`` and a margin."""
         self.start()
         try:
-            stop.wait()
+            while not stop.wait(_RELOAD_POLL_S):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload()
         finally:
             if self.server is not None:
                 self.server.stop()
-            still_running = self.graph.stop()
+            log.info("agent stopping: delivering for up to %gs", self.stop_timeout)
+            still_running = self.graph.stop(self.stop_timeout + _STOP_MARGIN)
             if still_running:
                 log.warning("components did not stop in time: %s", ", ".join(still_running))
             log.info("agent stopped")

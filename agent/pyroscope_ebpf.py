@@ -418,6 +418,13 @@ class EbpfComponent:
             return ""
         return self._health.message or "starting"
 
+    def restart_needed(self, arguments: EbpfArguments) -> bool:
+        """Whether new arguments need a new sampler, so a new BPF object: the graph
+        then stops this component (its last interval collected) and creates it again."""
+        return any(
+            getattr(arguments, name) != getattr(self.arguments, name) for name in SAMPLER_ARGUMENTS
+        )
+
     def update(self, arguments: EbpfArguments) -> None:
         _claim_sampler_settings(self._options, arguments)
         self.arguments = arguments

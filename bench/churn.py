@@ -67,10 +67,11 @@ class Churn:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, finish: bool = False) -> None:
+        """Stop starting batches; ``finish``: let the one running end and count it."""
         self._stop.set()
         current = self._current
-        if current is not None and current.poll() is None:
+        if not finish and current is not None and current.poll() is None:
             os.killpg(current.pid, signal.SIGTERM)
         self._thread.join()
 

@@ -163,6 +163,9 @@ class ComponentOptions:
     shared: dict[str, Any]  # per-agent singletons by name (the one BPF session, ...)
     shared_lock: threading.Lock
     registry: CollectorRegistry | None = None  # the agent's metrics; None: not exposed
+    # Seconds a component may still spend delivering what it holds once its stop is
+    # set (``emberscope run --stop.timeout``); the graph stops producers first.
+    stop_timeout: float = 10.0
 
 
 class Component(Protocol):

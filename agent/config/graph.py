@@ -3,12 +3,16 @@
     graph = Graph.load(Path("agent.alloy"), kinds)   # parse, check, decode: nothing runs
     graph.start()                                    # create in dependency order, run each
     ...
+    graph.reload(Path("agent.alloy"))                # apply a new configuration in place
     graph.stop()                                     # stop, join in reverse order
 
 A component reads another's exports through references such as
 ``discovery.relabel.local_pods.output``; they make the graph, and must not form
 a cycle. When a component calls ``on_exports``, one worker thread re-evaluates
 the arguments of every component that references it and calls ``update``.
+
+Stopping goes in reverse dependency order, one component at a time, so that a
+producer's last profiles reach receivers that are still running.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import threading
 import time
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,7 @@ class _Node:
     component: Any = None
     thread: SupervisedThread | None = None
     failure: Health | None = None  # set by the graph: evaluation, update or run failed
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 class Graph:
@@ -67,9 +72,13 @@ class Graph:
         registry: CollectorRegistry | None = None,
         shared: Mapping[str, Any] | None = None,
         settings: Mapping[str, Any] | None = None,
+        kinds: Mapping[str, type] | None = None,
+        blocks: Mapping[str, type] | None = None,
     ) -> None:
         self._nodes = nodes
         self.settings: Mapping[str, Any] = settings or {}
+        self._kinds = kinds or {}
+        self._blocks = blocks or {}
         self._by_id = {node.id: node for node in nodes}
         self._environ = environ
         self._stop = threading.Event()
@@ -80,6 +89,8 @@ class Graph:
         self._shared: dict[str, Any] = dict(shared or {})
         self._shared_lock = threading.Lock()
         self._registry = registry
+        self._changing = threading.RLock()  # one reload or re-evaluation at a time
+        self.stop_timeout = 10.0  # see ComponentOptions.stop_timeout
 
     @classmethod
     def load(
@@ -114,7 +125,7 @@ class Graph:
         environ = os.environ if environ is None else environ
         scope = Scope({node.id: _unknown_exports(node.kind) for node in ordered}, environ)
         settings = _decode_settings(file.body, blocks, scope)
-        graph = cls(ordered, environ, registry, shared, settings)
+        graph = cls(ordered, environ, registry, shared, settings, kinds, blocks)
         for node in ordered:
             node.arguments = decode(node.block, node.kind.Arguments, scope)
         return graph
@@ -165,27 +176,97 @@ class Graph:
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> list[str]:
-        """Stop every component, joining in reverse order; return the ids still running."""
+        """Stop the components one by one in reverse dependency order, each joined
+        before the next is stopped; return the ids still running after ``timeout``."""
         self._stop.set()
         with self._wakeup:
             self._wakeup.notify_all()
         deadline = time.monotonic() + timeout
-        threads = [(node.id, node.thread) for node in reversed(self._nodes) if node.thread]
+        with self._changing:
+            stuck = self._stop_nodes(reversed(self._nodes), deadline)
         if self._worker is not None:
-            threads.append(("config-graph", self._worker))
-        stuck = []
-        for name, thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                log.warning("%s did not stop within %.1fs", name, timeout)
-                stuck.append(name)
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+            if self._worker.is_alive():
+                stuck.append("config-graph")
         return stuck
+
+    def reload(self, source: str | os.PathLike[str], filename: str = "<config>") -> list[str]:
+        """Apply a new configuration to the running graph; return the ids started anew.
+
+        Raises ConfigError, changing nothing, when the new one does not load.
+        Components whose id and kind stay are kept and given their new arguments
+        through ``update``, unless ``restart_needed(arguments)`` says they must be
+        created again; the others are stopped, in reverse dependency order, before
+        the new ones start. A component that fails to start is marked unhealthy.
+        """
+        loaded = Graph.load(
+            source, self._kinds, environ=self._environ, filename=filename, blocks=self._blocks
+        )
+        with self._changing:
+            if self._stop.is_set() or self._worker is None:
+                raise RuntimeError("only a running graph can be reloaded")
+            kept = self._matching_nodes(loaded._nodes)
+            leaving = [node for node in reversed(self._nodes) if kept.get(node.id) is not node]
+            self._stop_nodes(leaving, time.monotonic() + self.stop_timeout)
+            self._nodes = [kept.get(node.id, node) for node in loaded._nodes]
+            self._by_id = {node.id: node for node in self._nodes}
+            with self._wakeup:
+                for node in leaving:
+                    self._announced.pop(node.id, None)
+            started = []
+            for node in self._nodes:
+                if node.component is None:
+                    started.append(node.id)
+                    self._start_or_mark(node)
+                else:
+                    self._reevaluate(node)
+        return started
+
+    def _matching_nodes(self, nodes: list[_Node]) -> dict[str, _Node]:
+        """The running nodes to keep for ``nodes`` of a new configuration, by id, each
+        given its new declaration: same id, same kind, and no restart asked for."""
+        kept = {}
+        for new in nodes:
+            old = self._by_id.get(new.id)
+            if old is None or old.kind is not new.kind or old.component is None:
+                continue
+            restart_needed = getattr(old.component, "restart_needed", None)
+            if restart_needed is not None and restart_needed(new.arguments):
+                log.info("component %s is created again for its new arguments", new.id)
+                continue
+            old.block, old.index, old.dependencies = new.block, new.index, new.dependencies
+            kept[new.id] = old
+        return kept
+
+    def _stop_nodes(self, nodes: Iterable[_Node], deadline: float) -> list[str]:
+        stuck = []
+        for node in nodes:
+            node.stop.set()
+            if node.thread is None:
+                continue
+            node.thread.join(max(0.0, deadline - time.monotonic()))
+            if node.thread.is_alive():
+                log.warning("%s did not stop in time", node.id)
+                stuck.append(node.id)
+        return stuck
+
+    def _start_or_mark(self, node: _Node) -> None:
+        try:
+            self._start_node(node)
+        except Exception as exc:  # the other components keep running
+            log.error("component %s cannot start: %s", node.id, exc)
+            node.failure = Health("unhealthy", f"cannot start: {exc}", time.time())
 
     def _start_node(self, node: _Node) -> None:
         arguments = decode(node.block, node.kind.Arguments, self._scope())
         on_exports = functools.partial(self._on_exports, node.id)
         options = ComponentOptions(
-            node.id, on_exports, self._shared, self._shared_lock, self._registry
+            node.id,
+            on_exports,
+            self._shared,
+            self._shared_lock,
+            self._registry,
+            self.stop_timeout,
         )
         node.component = node.kind(options, arguments)
         node.arguments = arguments
@@ -193,7 +274,7 @@ class Graph:
             node.id,
             functools.partial(self._run, node),
             on_crash=functools.partial(self._on_crash, node),
-            stop=self._stop,
+            stop=node.stop,
         )
         node.thread.start()
 
@@ -237,9 +318,10 @@ class Graph:
                 if self._stop.is_set():
                     return
                 changed, self._changed = self._changed, set()
-            for node in self._nodes:
-                if node.dependencies & changed and node.component is not None:
-                    self._reevaluate(node)
+            with self._changing:
+                for node in self._nodes:
+                    if node.dependencies & changed and node.component is not None:
+                        self._reevaluate(node)
 
     def _reevaluate(self, node: _Node) -> None:
         """Decode the arguments again; on failure keep the old ones and mark the component."""

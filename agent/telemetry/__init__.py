@@ -3,6 +3,7 @@
 from agent.telemetry.logs import LOG_FORMATS, LOG_LEVELS, LogFormatter, LoggingArguments
 from agent.telemetry.metrics import (
     BoundEbpfMetrics,
+    ConfigMetrics,
     EbpfMetrics,
     HttpMetrics,
     ProgramStats,
@@ -18,6 +19,7 @@ from agent.telemetry.server import ComponentGraph, TelemetryServer, parse_listen
 __all__ = [
     "BoundEbpfMetrics",
     "ComponentGraph",
+    "ConfigMetrics",
     "EbpfMetrics",
     "HttpMetrics",
     "LOG_FORMATS",

@@ -125,6 +125,27 @@ class EbpfMetrics:
         )
 
 
+class ConfigMetrics:
+    """The outcome of the last configuration reload, as Alloy's ``alloy_config_last_load_*``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.last_reload_successful = Gauge(
+            "emberscope_config_last_reload_successful",
+            "1 if the last load or reload of the configuration succeeded, else 0.",
+            registry=registry,
+        )
+        self.last_reload_success_time = Gauge(
+            "emberscope_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load or reload of the configuration.",
+            registry=registry,
+        )
+
+    def loaded(self, ok: bool) -> None:
+        self.last_reload_successful.set(1 if ok else 0)
+        if ok:
+            self.last_reload_success_time.set_to_current_time()
+
+
 class HttpMetrics:
     """The telemetry server's connections: open now, and those it dropped, by reason."""
 

@@ -48,6 +48,7 @@ Answer = tuple[int, str, bytes]  # status, content type, body
 _COMPONENTS_PATH = "/api/v0/web/components"
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # what Alloy shows for a health never updated
 _REDACTED = "(redacted)"
+_RELOAD_PATH = "POST /-/reload"  # the one path answered to a POST (see _Exchange.do_POST)
 _PROBE_PATHS = frozenset({"/-/healthy", "/-/ready", "/-/live"})  # answered by their own worker
 
 # Connections the kernel queues until the event loop accepts them (capped by
@@ -78,6 +79,14 @@ class ComponentGraph(Protocol):
     def arguments(self, component_id: str) -> Any: ...
 
     def components(self) -> list[tuple[str, Any]]: ...
+
+
+class Reloader(Protocol):
+    """What ``POST /-/reload`` calls (``agent.pipeline.Agent``)."""
+
+    last_reload_error: str  # "" when the last reload succeeded
+
+    def reload(self) -> str: ...  # "" or the error; the running configuration stays on error
 
 
 def parse_listen_addr(text: str) -> tuple[str, int]:
@@ -132,10 +141,12 @@ class TelemetryServer:
         answer_timeout: float = _ANSWER_TIMEOUT,
         max_connections: int = _MAX_CONNECTIONS,
         profiles: ProfilesPage | None = None,
+        reloader: Reloader | None = None,
     ) -> None:
         self.registry = registry
         self.graph = graph
         self.profiles = profiles  # the recent profiles' page under /profiles/, if served
+        self.reloader = reloader
         self._sock = _listen(address)
         self._connections = _Connections(
             self.route, HttpMetrics(registry), client_timeout, answer_timeout, max_connections
@@ -169,6 +180,8 @@ class TelemetryServer:
             return self.ready
         if path == "/-/live":
             return self.live
+        if path == _RELOAD_PATH and self.reloader is not None:
+            return self.reload
         if path == _COMPONENTS_PATH:
             return lambda: _json_answer(self.component_list())
         component_id = path.removeprefix(_COMPONENTS_PATH + "/")
@@ -182,6 +195,14 @@ class TelemetryServer:
 
     def metrics(self) -> Answer:
         return HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def reload(self) -> Answer:
+        """Read the configuration again: 200, or 400 with the error (the running one stays)."""
+        assert self.reloader is not None
+        error = self.reloader.reload()
+        if error:
+            return HTTPStatus.BAD_REQUEST, "text/plain", f"reload failed: {error}\n".encode()
+        return HTTPStatus.OK, "text/plain", b"configuration reloaded\n"
 
     def healthy(self) -> Answer:
         """200 when every component reports itself healthy, else 500 with those that do not."""
@@ -197,6 +218,8 @@ class TelemetryServer:
         if not self.graph.started:
             return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"Emberscope is not ready.\n"
         waiting = self._problems("readiness_problem")
+        if self.reloader is not None and self.reloader.last_reload_error:
+            waiting.append(f"config: last reload failed: {self.reloader.last_reload_error}")
         if waiting:
             body = "Emberscope is not ready:\n" + "\n".join(waiting)
             return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", body.encode() + b"\n"
@@ -524,6 +547,10 @@ class _Exchange(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.asked = self.path.split("?", 1)[0]
+
+    def do_POST(self) -> None:
+        """Only ``/-/reload`` takes a POST; the method is part of the path routed."""
+        self.asked = "POST " + self.path.split("?", 1)[0]
 
     def answer(self, status: int, content_type: str, body: bytes) -> bytes:
         """Every byte to send: what parsing wrote (a 100 Continue, say), then this answer."""

@@ -8,6 +8,7 @@ Arguments have Alloy's names, defaults and checks::
         headers = { "X-Scope-OrgID" = "team-a" }
       }
       external_labels = { env = "staging" }
+      spool_directory = "/var/lib/emberscope/spool"   // ours: keep what cannot be sent
     }
 
 One Connect unary ``PushRequest`` per profile; the queueing and retries live in
@@ -46,6 +47,7 @@ from agent.errors import ConfigError, PushError
 from agent.write.profile import LabeledProfile, shortened
 from agent.write.push import push_pb2, types_pb2
 from agent.write.sender import Backoff, EndpointSender, WriteMetrics
+from agent.write.spool import Spool
 
 __all__ = [
     "EndpointOptions",
@@ -62,6 +64,7 @@ PUSH_PATH = "/push.v1.PusherService/Push"
 _METRICS_KEY = "pyroscope.write.metrics"
 _QUEUE_SIZE = 256  # per endpoint: about an hour of one target at the default 15 s interval
 _LABEL_NAME = re.compile(r"[A-Za-z0-9_.]+")
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _KEPT_RESERVED = ("__name__", "__delta__")
 # Connect codes worth another attempt (connect-go; Alloy's write.go), besides
 # resource_exhausted, which is retried only with retry_on_http_429.
@@ -141,11 +144,30 @@ class PyroscopeWriteArguments:
     endpoint: list[EndpointOptions] = block(default_factory=list)
     external_labels: dict[str, str] = field(default_factory=dict)
     tracing: TracingOptions = block(default_factory=TracingOptions)
+    # ours, not Alloy's: profiles the endpoint cannot take wait on disk, one
+    # subdirectory per endpoint; "" keeps no spool
+    spool_directory: str = ""
+    spool_max_bytes: int = 256 << 20  # per endpoint; past it the oldest are dropped
 
     def __post_init__(self) -> None:
         for name in self.external_labels:
             if not _LABEL_NAME.fullmatch(name):
                 raise ArgumentError("external_labels", f"invalid label name {name!r}")
+        if self.spool_max_bytes <= 0:
+            raise ArgumentError("spool_max_bytes", "must be greater than 0")
+        if self.spool_directory:
+            names = [spool_name(options) for options in self.endpoint]
+            if len(set(names)) < len(names):
+                raise ArgumentError(
+                    "spool_directory",
+                    "two endpoints would share a spool: give each endpoint a distinct name",
+                )
+
+
+def spool_name(options: EndpointOptions) -> str:
+    """The subdirectory of an endpoint's spool: its name, else its URL (no password),
+    in characters safe in a file name."""
+    return _UNSAFE_IN_NAME.sub("_", options.name or _display_url(options.url))
 
 
 def series_labels(
@@ -382,8 +404,12 @@ class PyroscopeWrite:
         self._running = False
         self._since = time.time()
         self._arguments = arguments
+        self._spools: dict[Path, Spool] = {}
         # Replaced whole by update(), so append() reads one consistent pair.
-        self._state = (dict(arguments.external_labels), self._open(arguments))
+        self._state = (
+            dict(arguments.external_labels),
+            [self._open(options, arguments) for options in arguments.endpoint],
+        )
 
     def append(self, profile: LabeledProfile) -> None:
         external_labels, endpoints = self._state
@@ -412,19 +438,25 @@ class PyroscopeWrite:
         return Health("unhealthy", "; ".join(sender.failure for sender in failing), since)
 
     def update(self, arguments: PyroscopeWriteArguments) -> None:
-        """New endpoints replace the old ones (whose queues are dropped and counted);
-        a change of ``external_labels`` alone keeps the queues."""
-        same = arguments.endpoint == self._arguments.endpoint
-        endpoints = self._state[1] if same else self._open(arguments)
+        """Endpoints whose options (and spool arguments) stay keep their queues; new ones
+        are opened, and those no longer configured closed: what they hold is spooled,
+        or dropped and counted without a spool."""
+        running = list(zip(self._arguments.endpoint, self._state[1], strict=True))
+        spooled_alike = _spool_arguments(arguments) == _spool_arguments(self._arguments)
+        endpoints: list[_Endpoint] = []
+        opened = []
+        for options in arguments.endpoint:
+            same = [e for o, e in running if spooled_alike and o == options and e not in endpoints]
+            if not same:
+                opened.append(self._open(options, arguments))
+            endpoints.append(same[0] if same else opened[-1])
         with self._lock:
-            old = self._state[1]
             self._state = (dict(arguments.external_labels), endpoints)
             self._arguments = arguments
-            if self._running and not same:
-                for sender, _ in endpoints:
+            if self._running:
+                for sender, _ in opened:
                     sender.start()
-        if not same:
-            _close(old)
+        _close([endpoint for _, endpoint in running if endpoint not in endpoints])
 
     def run(self, stop: threading.Event) -> None:
         with self._lock:
@@ -435,27 +467,58 @@ class PyroscopeWrite:
         with self._lock:
             self._running = False
             endpoints = self._state[1]
+        # The producers have stopped (the graph stops them first): deliver what is
+        # queued within the stop timeout; what is left is then spooled (or dropped).
+        deadline = time.monotonic() + self._options.stop_timeout
+        late = [sender.endpoint for sender, _ in endpoints if not sender.wait_idle(deadline)]
+        if late:
+            log.warning("%s: not all delivered at stop: %s", self._options.id, ", ".join(late))
         _close(endpoints)
 
-    def _open(self, arguments: PyroscopeWriteArguments) -> list[_Endpoint]:
-        endpoints = []
-        for options in arguments.endpoint:
-            pusher = _HttpPusher(options, self._transport)
-            backoff = Backoff(
-                float(options.min_backoff_period),
-                float(options.max_backoff_period),
-                options.max_backoff_retries,
-            )
-            sender = EndpointSender(
-                _display_url(options.url),
-                pusher.push,
-                backoff,
-                self._metrics,
-                queue_size=self._queue_size,
-                drop_reason=_drop_reason,
-            )
-            endpoints.append((sender, pusher))
-        return endpoints
+    def _open(self, options: EndpointOptions, arguments: PyroscopeWriteArguments) -> _Endpoint:
+        pusher = _HttpPusher(options, self._transport)
+        backoff = Backoff(
+            float(options.min_backoff_period),
+            float(options.max_backoff_period),
+            options.max_backoff_retries,
+        )
+        endpoint = _display_url(options.url)
+        sender = EndpointSender(
+            endpoint,
+            pusher.push,
+            backoff,
+            self._metrics,
+            queue_size=self._queue_size,
+            drop_reason=_drop_reason,
+            spool=self._open_spool(options, endpoint, arguments),
+        )
+        return sender, pusher
+
+    def _open_spool(
+        self, options: EndpointOptions, endpoint: str, arguments: PyroscopeWriteArguments
+    ) -> Spool | None:
+        """The endpoint's spool, one object per directory: the senders of an endpoint
+        before and after an update share it."""
+        if not arguments.spool_directory:
+            return None
+        path = Path(arguments.spool_directory) / spool_name(options)
+        spool = self._spools.get(path)
+        if spool is not None:
+            spool.max_bytes = arguments.spool_max_bytes
+            return spool
+
+        def count_dropped(size: int, reason: str) -> None:
+            self._metrics.count_dropped(endpoint, size, reason)
+
+        try:
+            spool = self._spools[path] = Spool(path, arguments.spool_max_bytes, count_dropped)
+        except OSError as exc:
+            raise ConfigError(f"spool_directory: cannot use {path}: {exc.strerror}") from exc
+        return spool
+
+
+def _spool_arguments(arguments: PyroscopeWriteArguments) -> tuple[str, int]:
+    return arguments.spool_directory, arguments.spool_max_bytes
 
 
 def _metrics_of(

@@ -1,7 +1,10 @@
 """One endpoint's bounded queue and the thread that pushes from it, with retries.
 
 Each endpoint of ``pyroscope.write`` gets its own sender, so a slow or dead
-endpoint only ever fills, and drops from, its own queue.
+endpoint only ever fills, and drops from, its own queue. With a spool, what
+would be dropped for want of the endpoint (a full queue, retries exhausted,
+still queued at stop) goes to disk instead, and is replayed when the queue is
+empty and the endpoint answers.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.errors import PushError
 from agent.supervise import SupervisedThread
+from agent.write.spool import Spool, SpooledItem
 
 __all__ = ["Backoff", "EndpointSender", "PushError", "WriteMetrics"]
 
@@ -35,6 +39,9 @@ class WriteMetrics:
         "rejected",  # any other answer that is not worth retrying (400, 401, ...)
         "retries_exhausted",  # retryable failures (no answer, 5xx) past max_backoff_retries
         "stopped",  # still queued, or waiting to retry, when the endpoint was closed
+        "spool_full",  # the oldest spooled profile, to keep the spool within its cap
+        "torn",  # a spool file a crash left incomplete: never sent
+        "spool_error",  # the disk refused to spool it
     )
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -61,6 +68,26 @@ class WriteMetrics:
         )
         self.retries = counter(
             "pyroscope_write_retries_total", "Push attempts repeated after a retryable failure."
+        )
+        self.spooled = counter(
+            "emberscope_write_spooled_profiles_total",
+            "Profiles written to the spool for want of the endpoint.",
+        )
+        self.replayed = counter(
+            "emberscope_write_replayed_profiles_total",
+            "Spooled profiles delivered (also counted in pyroscope_write_sent_profiles_total).",
+        )
+        self.spool_bytes = Gauge(
+            "emberscope_write_spool_bytes",
+            "Bytes of the files in the endpoint's spool.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.spool_profiles = Gauge(
+            "emberscope_write_spool_profiles",
+            "Profiles waiting in the endpoint's spool.",
+            ["endpoint"],
+            registry=registry,
         )
         self.latency = Histogram(
             "pyroscope_write_latency",
@@ -97,6 +124,10 @@ class Backoff:
 class _Queued:
     body: bytes  # the serialized PushRequest
     size: int  # compressed pprof bytes, as the metrics count them
+    made_ns: int  # when it was handed over: its place in the spool
+
+
+_SPOOLED_REASONS = ("queue_full", "retries_exhausted", "stopped")  # the endpoint's fault
 
 
 class EndpointSender:
@@ -120,8 +151,14 @@ class EndpointSender:
         *,
         queue_size: int,
         drop_reason: Callable[[PushError], str] = lambda _: "rejected",
+        spool: Spool | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._spool = spool
+        # Replay waits while the endpoint fails: until a push succeeds, or a backoff.
+        self._replay_backoff = Backoff(backoff.minimum, backoff.maximum, 0)
+        self._replay_delays = self._replay_backoff.delays()
+        self._replay_at = 0.0
         self._push = push
         self._drop_reason = drop_reason
         self._backoff = backoff
@@ -133,6 +170,7 @@ class EndpointSender:
         self._thread = SupervisedThread(
             f"push {endpoint}", self._run, on_crash=self._crashed, stop=self._closing
         )
+        self._in_flight = False  # the thread holds an item it has not delivered yet
         self.failure = ""  # the last error while pushes keep failing, else ""
         self.failure_since = 0.0
 
@@ -143,7 +181,19 @@ class EndpointSender:
         """Ask the thread to end after the push in flight, without waiting for it."""
         self._closing.set()
         with self._ready:
-            self._ready.notify()
+            self._ready.notify_all()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until nothing is queued or being pushed, or ``deadline`` (monotonic)
+        passes; return whether it is idle. With a spool, while the endpoint fails,
+        there is nothing to wait for: what is left goes to disk at close."""
+        if self._spool is not None and self.failure:
+            return False
+        with self._ready:
+            return self._ready.wait_for(
+                lambda: not self._queue and not self._in_flight,
+                max(0.0, deadline - time.monotonic()),
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop, wait up to ``timeout`` for the thread; what is still queued is dropped
@@ -153,33 +203,89 @@ class EndpointSender:
         with self._ready:
             left, self._queue = list(self._queue), collections.deque()
         for item in left:
-            self._metrics.count_dropped(self.endpoint, item.size, "stopped")
+            self._give_up_on(item, "stopped")
 
     def enqueue(self, body: bytes, size: int) -> None:
+        """Never blocks on the endpoint. With a spool, while the endpoint fails a new
+        profile goes straight to disk, where a crash of the agent cannot take it."""
+        if self._spool is not None and self.failure:
+            self._give_up_on(_Queued(body, size, time.time_ns()), "queue_full")
+            return
+        oldest = None
         with self._ready:
             if len(self._queue) >= self._queue_size:
                 oldest = self._queue.popleft()
-                self._metrics.count_dropped(self.endpoint, oldest.size, "queue_full")
-                log.debug("queue for %s is full: dropped its oldest profile", self.endpoint)
-            self._queue.append(_Queued(body, size))
-            self._ready.notify()
+                log.debug("queue for %s is full: its oldest profile leaves it", self.endpoint)
+            self._queue.append(_Queued(body, size, time.time_ns()))
+            self._ready.notify_all()
+        if oldest is not None:
+            self._give_up_on(oldest, "queue_full")
+
+    def _give_up_on(self, item: _Queued, reason: str) -> None:
+        """Spool ``item`` when there is a spool and the endpoint is to blame, else drop it."""
+        if self._spool is None or reason not in _SPOOLED_REASONS:
+            self._metrics.count_dropped(self.endpoint, item.size, reason)
+            return
+        try:
+            if self._spool.put(item.body, item.size, item.made_ns):
+                self._metrics.spooled.labels(self.endpoint).inc()
+        except OSError as exc:
+            log.warning("cannot spool a profile for %s: %s", self.endpoint, exc)
+            self._metrics.count_dropped(self.endpoint, item.size, "spool_error")
+        self._show_spool()
+
+    def _show_spool(self) -> None:
+        if self._spool is not None:
+            self._metrics.spool_bytes.labels(self.endpoint).set(self._spool.bytes)
+            self._metrics.spool_profiles.labels(self.endpoint).set(self._spool.count)
 
     def _run(self, _stop: threading.Event) -> None:
+        self._show_spool()
         while (item := self._next()) is not None:
-            self._deliver(item)
+            if isinstance(item, SpooledItem):
+                self._replay(item)
+            else:
+                self._deliver(item)
 
     def _crashed(self, exc: BaseException) -> None:
         """A bug while sending: shown as the endpoint's failure until the restart."""
         self.failure = f"sender failed: {exc}"
         self.failure_since = self.failure_since or time.time()
 
-    def _next(self) -> _Queued | None:
+    def _next(self) -> _Queued | SpooledItem | None:
+        """The next queued item; when none, the oldest spooled one if replay is due."""
         with self._ready:
-            while not self._queue and not self._closing.is_set():
-                self._ready.wait()
-            if self._closing.is_set():
-                return None
-            return self._queue.popleft()
+            self._in_flight = False
+            self._ready.notify_all()
+            while not self._closing.is_set():
+                if self._queue:
+                    self._in_flight = True
+                    return self._queue.popleft()
+                wait = self._replay_at - time.monotonic()
+                if self._spool is not None and self._spool.count and wait <= 0:
+                    spooled = self._spool.oldest()
+                    self._show_spool()
+                    if spooled is not None:
+                        return spooled
+                self._ready.wait(wait if self._spool is not None and self._spool.count else None)
+            return None
+
+    def _replay(self, item: SpooledItem) -> None:
+        """One attempt: delivered or refused, it leaves the spool; a retryable failure
+        leaves it there and pauses replay."""
+        try:
+            self._push(item.body)
+        except PushError as exc:
+            self._note_failure(exc)
+            if exc.retryable:
+                self._replay_at = time.monotonic() + next(self._replay_delays)
+                return
+            self._metrics.count_dropped(self.endpoint, item.size, self._drop_reason(exc))
+        else:
+            self._count_sent(item.size)
+            self._metrics.replayed.labels(self.endpoint).inc()
+        self._spool.remove(item)
+        self._show_spool()
 
     def _deliver(self, item: _Queued) -> None:
         """Push one body, retrying retryable failures with backoff; count the outcome."""
@@ -192,16 +298,22 @@ class EndpointSender:
                 self._note_failure(exc)
                 reason = self._give_up(exc, delays)
                 if reason:
-                    self._metrics.count_dropped(self.endpoint, item.size, reason)
-                    log.debug("dropped a profile for %s (%s): %s", self.endpoint, reason, exc)
+                    log.debug("gave up a profile for %s (%s): %s", self.endpoint, reason, exc)
+                    self._replay_at = time.monotonic() + next(self._replay_delays)
+                    self._give_up_on(item, reason)
                     return
                 self._metrics.retries.labels(self.endpoint).inc()
                 continue
             break
-        self._metrics.sent_profiles.labels(self.endpoint).inc()
-        self._metrics.sent_bytes.labels(self.endpoint).inc(item.size)
+        self._count_sent(item.size)
         elapsed = time.monotonic() - started
         self._metrics.latency.labels(self.endpoint, "push_endpoint").observe(elapsed)
+
+    def _count_sent(self, size: int) -> None:
+        self._metrics.sent_profiles.labels(self.endpoint).inc()
+        self._metrics.sent_bytes.labels(self.endpoint).inc(size)
+        self._replay_at = 0.0
+        self._replay_delays = self._replay_backoff.delays()
         if self.failure:
             log.info("pushes to %s succeed again", self.endpoint)
             self.failure = ""

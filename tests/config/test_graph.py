@@ -309,3 +309,67 @@ def test_sys_env_reads_the_given_environment(kinds):
     text = 'test.source "a" {\n  value = json_decode(sys.env("N"))\n}\n'
     graph = Graph.load(text, kinds, environ={"N": "42"})
     assert graph.arguments("test.source.a") == SourceArguments(42)
+
+
+def test_stop_ends_a_component_only_after_those_that_reference_it_have_ended(kinds):
+    ended: list[str] = []
+
+    class Recording(kinds["test.relay"]):
+        def run(self, stop: threading.Event) -> None:
+            stop.wait()
+            ended.append(self.options.id)
+
+    class RecordingSource(kinds["test.source"]):
+        def run(self, stop: threading.Event) -> None:
+            stop.wait()
+            ended.append(self.options.id)
+
+    graph = load(CHAIN, {"test.relay": Recording, "test.source": RecordingSource})
+    graph.start()
+    assert graph.stop(timeout=WAIT) == []
+    assert ended == ["test.relay.second", "test.relay.first", "test.source.origin"]
+
+
+def test_a_reload_updates_kept_components_in_place_and_starts_and_stops_the_others(kinds, running):
+    graph = running(CHAIN)
+    instances = kinds["test.source"].instances
+    first = instances["test.relay.first"]
+    started = graph.reload(
+        'test.source "origin" {\n  value = 7\n}\n'
+        'test.relay "first" {\n  input = test.source.origin.value\n}\n'
+        'test.source "extra" {\n}\n',
+        "t2.alloy",
+    )
+    assert started == ["test.source.extra"]
+    assert graph.order == ["test.source.origin", "test.relay.first", "test.source.extra"]
+    assert instances["test.source.origin"].value == 7  # updated, not created again
+    assert kinds["test.source"].created.count("test.source.origin") == 1
+    assert instances["test.relay.first"] is first and first.updates == [7]
+    assert "test.relay.second" not in {t.name for t in threading.enumerate()}
+    assert "test.relay.second" not in dict(graph.components())
+
+
+def test_a_reload_that_does_not_load_changes_nothing(kinds, running):
+    graph = running(CHAIN)
+    with pytest.raises(ConfigError, match="t2.alloy"):
+        graph.reload('test.source "origin" {\n  value = "seven"\n}\n', "t2.alloy")
+    assert graph.order == ["test.source.origin", "test.relay.first", "test.relay.second"]
+    assert kinds["test.source"].instances["test.source.origin"].value == 1
+    assert graph.health("test.relay.second") == Health("healthy")
+
+
+def test_a_component_that_asks_for_a_restart_is_created_again(kinds, running):
+    class Restarting(kinds["test.source"]):
+        def restart_needed(self, arguments: SourceArguments) -> bool:
+            return arguments.value != self.value
+
+    graph = load('test.restarting "r" {\n  value = 1\n}\n', {"test.restarting": Restarting})
+    graph.start()
+    try:
+        old = dict(graph.components())["test.restarting.r"]
+        assert graph.reload('test.restarting "r" {\n  value = 2\n}\n') == ["test.restarting.r"]
+        new = dict(graph.components())["test.restarting.r"]
+        assert new is not old and new.value == 2
+        assert graph.reload('test.restarting "r" {\n  value = 2\n}\n') == []
+    finally:
+        graph.stop(timeout=1.0)

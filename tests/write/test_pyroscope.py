@@ -327,9 +327,13 @@ def test_a_profile_too_large_for_the_push_api_is_counted_as_such(pyroscope, star
     assert len(message) < 400, message  # the 5000 characters of labels are cut out
 
 
-def test_what_is_queued_or_waiting_to_retry_when_stopped_is_counted_stopped(pyroscope):
+def test_what_is_queued_or_waiting_to_retry_past_the_stop_timeout_is_counted_stopped(
+    pyroscope,
+):
     pyroscope.answers = [Answer(503)] * 10
-    options = ComponentOptions("pyroscope.write.s", lambda _: None, {}, threading.Lock())
+    options = ComponentOptions(
+        "pyroscope.write.s", lambda _: None, {}, threading.Lock(), stop_timeout=0.5
+    )
     arguments = write_to(
         pyroscope.url, min_backoff_period=Duration(30), max_backoff_period=Duration(30)
     )
