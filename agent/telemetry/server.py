@@ -549,8 +549,13 @@ class _Exchange(BaseHTTPRequestHandler):
         self.asked = self.path.split("?", 1)[0]
 
     def do_POST(self) -> None:
-        """Only ``/-/reload`` takes a POST; the method is part of the path routed."""
-        self.asked = "POST " + self.path.split("?", 1)[0]
+        """Only ``/-/reload`` takes a POST (the method is part of the path routed); any
+        other path answers 501, as the methods no path takes."""
+        asked = "POST " + self.path.split("?", 1)[0]
+        if asked != _RELOAD_PATH:
+            self.send_error(HTTPStatus.NOT_IMPLEMENTED, "Unsupported method ('POST')")
+            return
+        self.asked = asked
 
     def answer(self, status: int, content_type: str, body: bytes) -> bytes:
         """Every byte to send: what parsing wrote (a 100 Continue, say), then this answer."""
