@@ -30,7 +30,7 @@ _CONTAINER_FIELDS = {
 }  # fmt: skip
 _POD_FIELDS = {
     "hostPID", "hostNetwork", "dnsPolicy", "serviceAccountName", "nodeSelector", "tolerations",
-    "containers", "volumes",
+    "containers", "volumes", "terminationGracePeriodSeconds",
 }  # fmt: skip
 
 T = TypeVar("T")
@@ -116,6 +116,8 @@ def podman_run_args(
     assert (network == "host") == pod.get("hostNetwork", False), network
     if pod.get("hostPID"):
         args.append("--pid=host")
+    if "terminationGracePeriodSeconds" in pod:
+        args.append(f"--stop-timeout={pod['terminationGracePeriodSeconds']}")
     for item in container.get("env", []):
         value = item.get("value")
         if value is None:

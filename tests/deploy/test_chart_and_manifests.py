@@ -167,6 +167,9 @@ def test_daemonset_host_mounts() -> None:
         if "hostPath" in volume
     }
     mounts = {mount["name"]: mount for mount in container()["volumeMounts"]}
+    # The kernel's, read only; and the spool, the one host directory written.
+    assert host_paths.pop("spool") == "/var/lib/emberscope/spool"
+    assert mounts["spool"] == {"name": "spool", "mountPath": "/var/lib/emberscope/spool"}
     assert set(host_paths.values()) == {
         "/sys/kernel/btf",
         "/sys/kernel/tracing",

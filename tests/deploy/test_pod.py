@@ -118,6 +118,7 @@ class Pod:
             {
                 "image": {"repository": IMAGE, "tag": image_version(), "pullPolicy": "Never"},
                 "config": pod_config(loopback.pyroscope.url),
+                "spool": {"hostPath": ""},  # an emptyDir: nothing written to this host
                 **values,
             }
         )

@@ -234,11 +234,26 @@ def check_host_network(rendered: str, tmp_path: Path) -> None:
     assert container(rendered)["securityContext"]["capabilities"]["add"][-1] == "NET_ADMIN"
 
 
+def check_spool(rendered: str, tmp_path: Path) -> None:
+    config = assert_config_checks(rendered, tmp_path)
+    assert 'spool_directory = "/var/lib/emberscope/spool"' in config
+    assert "spool_max_bytes = 1048576" in config
+    pod = pod_spec(rendered)
+    assert pod["terminationGracePeriodSeconds"] == 60
+    assert {"name": "spool", "emptyDir": {}} in pod["volumes"]
+    mounts = container(rendered)["volumeMounts"]
+    assert {"name": "spool", "mountPath": "/var/lib/emberscope/spool"} in mounts
+
+
 VERBATIM = 'pyroscope.write "out" {\n  endpoint {\n    url = "http://p:4040"\n  }\n}\n'
 Check = Callable[[str, Path], None]
 # Every value of values.yaml is set by at least one case (test_every_value_is_exercised).
 CASES: dict[str, tuple[dict, Check]] = {
     "defaults": ({}, check_defaults),
+    "spool in an emptyDir": (
+        {"spool": {"hostPath": "", "maxBytes": 1 << 20}, "terminationGracePeriodSeconds": 60},
+        check_spool,
+    ),
     "least privilege": (
         {
             "security": {
@@ -417,6 +432,8 @@ def test_helm_lint_strict(case: str) -> None:
             "usernameKey and passwordKey go together",
         ),
         ({"configMap": {"create": False}}, "needs configMap.name"),
+        ({"terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds"),
+        ({"spool": {"hostPath": "relative/dir"}}, "hostPath"),
     ],
     ids=repr,
 )

@@ -3,6 +3,7 @@ the local busybox-static binary: shared by the discovery.docker tests."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tarfile
@@ -119,15 +120,14 @@ def example_to_files():
         edits: list[tuple[str, str]],
     ) -> str:
         targets = f"targets    = discovery.relabel.{relabel_label}.output\n"
+        # The whole block, whatever its arguments: from its header to its closing line.
+        blocks = re.findall(rf'^pyroscope\.write "{write_label}" {{\n.*?^}}', text, re.M | re.S)
+        assert len(blocks) == 1, f"the example no longer holds pyroscope.write {write_label!r}"
         return edit_exactly_once(
             text,
             [
                 *edits,
-                (
-                    f'pyroscope.write "{write_label}" {{\n  endpoint {{\n'
-                    '    url = "http://pyroscope:4040"\n  }\n}',
-                    f'pyroscope.file "out" {{\n  directory = "{output}"\n}}',
-                ),
+                (blocks[0], f'pyroscope.file "out" {{\n  directory = "{output}"\n}}'),
                 (
                     f"forward_to = [pyroscope.write.{write_label}.receiver]",
                     "forward_to = [pyroscope.file.out.receiver]",

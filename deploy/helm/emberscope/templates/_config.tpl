@@ -72,6 +72,10 @@ pyroscope.ebpf "local_pods" {
 }
 
 pyroscope.write "endpoint" {
+  // Profiles that cannot be delivered wait here (the chart's spool volume).
+  spool_directory = "/var/lib/emberscope/spool"
+  spool_max_bytes = {{ int64 .Values.spool.maxBytes }}
+
   endpoint {
     url = {{ .Values.pyroscope.url | quote }}
     {{- with .Values.pyroscope.auth }}
