@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results import describe_machine, write_section  # noqa: E402
-from tests.agent import free_port  # noqa: E402
+from tests.agent import free_port, writes_to_files  # noqa: E402
 from tests.discovery.apiserver import LoopbackApiServer  # noqa: E402
 from tests.discovery.test_containers import Cgroups, cgroup2_root  # noqa: E402
 from tests.discovery.test_kubernetes_agent import kubelet_cgroup, pod_object  # noqa: E402
@@ -148,9 +148,7 @@ def kubernetes_config(output: Path, api_server: str) -> str:
     text = (ROOT / "deploy" / "k8s.alloy").read_text()
     role = '  role = "pod"\n\n'
     text = edit_once(text, role, role.rstrip("\n") + f'\n  api_server = "{api_server}"\n\n')
-    write = 'pyroscope.write "endpoint" {\n  endpoint {\n    url = "http://pyroscope:4040"\n  }\n}'
-    text = edit_once(text, write, f'pyroscope.file "out" {{\n  directory = "{output}"\n}}')
-    return edit_once(text, "pyroscope.write.endpoint.receiver", "pyroscope.file.out.receiver")
+    return writes_to_files(text, "endpoint", output)
 
 
 def edit_once(text: str, old: str, new: str) -> str:

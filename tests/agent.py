@@ -71,6 +71,16 @@ def workload_config(folder: Path, output: Path, *, ebpf: str = "", rules: str = 
     return _WORKLOAD_CONFIG.format(folder=folder, output=output, ebpf=ebpf, rules=rules)
 
 
+def writes_to_files(config: str, write_label: str, output: Path) -> str:
+    """``config`` with its ``pyroscope.write "<write_label>"`` block, whatever its arguments,
+    replaced by a ``pyroscope.file`` writing under ``output`` (no Pyroscope runs here)."""
+    header = rf'^pyroscope\.write "{re.escape(write_label)}" {{\n'
+    blocks = re.findall(header + r".*?^}", config, re.M | re.S)
+    assert len(blocks) == 1, f"the config holds {len(blocks)} pyroscope.write {write_label!r}"
+    config = config.replace(blocks[0], f'pyroscope.file "out" {{\n  directory = "{output}"\n}}')
+    return config.replace(f"pyroscope.write.{write_label}.receiver", "pyroscope.file.out.receiver")
+
+
 def parse_log(text: str, log_format: str = "logfmt") -> list[dict[str, str]]:
     """Every line the agent logged, read strictly (logfmt as go-logfmt reads it, or
     JSON); each holds ts (RFC 3339, UTC, milliseconds), level, logger and msg."""

@@ -3,7 +3,6 @@ the local busybox-static binary: shared by the discovery.docker tests."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import tarfile
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.agent import writes_to_files
 
 IMAGE = "localhost/emberscope-busybox:test"
 BUSYBOX = Path("/bin/busybox")
@@ -120,20 +121,9 @@ def example_to_files():
         edits: list[tuple[str, str]],
     ) -> str:
         targets = f"targets    = discovery.relabel.{relabel_label}.output\n"
-        # The whole block, whatever its arguments: from its header to its closing line.
-        blocks = re.findall(rf'^pyroscope\.write "{write_label}" {{\n.*?^}}', text, re.M | re.S)
-        assert len(blocks) == 1, f"the example no longer holds pyroscope.write {write_label!r}"
+        text = writes_to_files(text, write_label, output)
         return edit_exactly_once(
-            text,
-            [
-                *edits,
-                (blocks[0], f'pyroscope.file "out" {{\n  directory = "{output}"\n}}'),
-                (
-                    f"forward_to = [pyroscope.write.{write_label}.receiver]",
-                    "forward_to = [pyroscope.file.out.receiver]",
-                ),
-                (targets, targets + f'  collect_interval = "{interval_s}s"\n'),
-            ],
+            text, [*edits, (targets, targets + f'  collect_interval = "{interval_s}s"\n')]
         )
 
     return rewrite
