@@ -268,9 +268,7 @@ def _translated() -> Iterator[None]:
     """The one place where transport and decoding errors become ``KubernetesError``."""
     try:
         yield
-    except httpx.HTTPError as exc:
-        raise KubernetesError(f"cannot reach the API server: {exc}") from exc
-    except OSError as exc:
+    except (httpx.HTTPError, OSError) as exc:
         raise KubernetesError(f"cannot reach the API server: {exc}") from exc
     except ValueError as exc:  # json.JSONDecodeError included
         raise KubernetesError(f"unusable answer from the API server: {exc}") from exc
