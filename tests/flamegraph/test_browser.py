@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 RATE = "499"
 PYTHON_WORKLOAD = """
-import sys, time
+import os, sys, time
 
 def hot():
     total = 0
@@ -30,11 +30,17 @@ def hot():
 def cold():
     return sum(range(4000))
 
+def zeroes(fd):
+    # Reading /dev/zero clears pages in the kernel: kernel frames on every run.
+    return os.read(fd, 1 << 18)
+
+fd = os.open("/dev/zero", os.O_RDONLY)
 print("ready", flush=True)
 end = time.time() + float(sys.argv[1])
 while time.time() < end:
     hot()
     cold()
+    zeroes(fd)
 """
 
 
@@ -77,6 +83,16 @@ def children_of(drawn: list[dict], label: str) -> list[dict]:
         for f in drawn
         if f["depth"] == parent["depth"] + 1
         and parent["x"] - 0.5 <= f["x"] <= parent["x"] + parent["width"] + 0.5
+    ]
+
+
+def ancestors(drawn: list[dict], frame: dict) -> list[dict]:
+    """The frames drawn below ``frame`` on its call path: its callers, down to the root."""
+    return [
+        f
+        for f in drawn
+        if f["depth"] < frame["depth"]
+        and f["x"] - 0.5 <= frame["x"] <= frame["x"] + frame["width"] <= f["x"] + f["width"] + 0.5
     ]
 
 
@@ -229,6 +245,9 @@ def test_python_frames_show_file_and_line(emberscope, tmp_path):
     fills = [tuple(map(int, f["fill"][4:-1].split(","))) for f in hot]
     assert all(blue > red and blue > green for red, green, blue in fills)  # blue: Python
     assert {"native", "python", "kernel"} <= {f["kind"] for f in drawn}
+    # The kernel frames sit above zeroes, the Python function that made the system call.
+    kernel = [f for f in drawn if f["kind"] == "kernel"]
+    assert any(f["label"].startswith("zeroes (") for k in kernel for f in ancestors(drawn, k))
 
 
 def test_go_frames_are_coloured_as_go(build_go_workload, emberscope, tmp_path):
