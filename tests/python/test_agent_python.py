@@ -4,18 +4,14 @@ on (the default) and off, its profiles, metrics and debug info."""
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.pprof import read_profile
-from tests.agent import free_port, loaded_programs, programs_held_by
+from tests.agent import loaded_programs, programs_held_by, run_agent, wait_for
 from tests.python.conftest import pyenv_python
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 SERVICE = """\
@@ -67,37 +63,24 @@ pyroscope.file "out" {{
 """
 
 
-def run_agent(tmp_path: Path, python: Path, python_enabled: bool) -> dict:
+def profile_service(tmp_path: Path, python: Path, python_enabled: bool) -> dict:
     """Run the agent on a Python service for three intervals; what it left behind."""
     script = tmp_path / "service_app.py"
     script.write_text(SERVICE)
     output = tmp_path / "out"
-    config = tmp_path / "agent.alloy"
-    config.write_text(
-        CONFIG.format(
-            script=script.name,
-            output=output,
-            python_enabled=str(python_enabled).lower(),
-        )
+    config = CONFIG.format(
+        script=script.name, output=output, python_enabled=str(python_enabled).lower()
     )
-    port = free_port()
     service = subprocess.Popen([str(python), str(script)])
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", f"--server.http.listen-addr=127.0.0.1:{port}"]
-        + [str(config)],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        time.sleep(7)
-        metrics = httpx.get(f"{base}/metrics", timeout=10).text
-        detail = httpx.get(f"{base}/api/v0/web/components/pyroscope.ebpf.default", timeout=10)
-        programs = _program_names(agent.pid)
+        with run_agent(config, tmp_path) as agent:
+            agent.wait_for_sampling()
+            wait_for(lambda: len(list(output.glob("*/*.pb.gz"))) >= 3, 30, "three profiles")
+            metrics = agent.get("/metrics").text
+            detail = agent.component("pyroscope.ebpf.default")
+            programs = _program_names(agent.process.pid)
+            returncode = agent.stop()
     finally:
-        agent.terminate()
-        _, log = agent.communicate(timeout=30)
         service.kill()
         service.wait()
     profiles = [read_profile(p.read_bytes()) for p in sorted(output.glob("*/*.pb.gz"))]
@@ -106,10 +89,10 @@ def run_agent(tmp_path: Path, python: Path, python_enabled: bool) -> dict:
         "script": str(script),
         "profiles": profiles,
         "metrics": metrics,
-        "debug": detail.json()["debugInfo"],
+        "debug": detail["debugInfo"],
         "programs": programs,
-        "log": log,
-        "returncode": agent.returncode,
+        "log": agent.log,
+        "returncode": returncode,
     }
 
 
@@ -149,7 +132,7 @@ def python312() -> Path:
 
 
 def test_the_agent_profiles_python_functions_with_lines(tmp_path, python312):
-    run = run_agent(tmp_path, python312, python_enabled=True)
+    run = profile_service(tmp_path, python312, python_enabled=True)
     assert run["returncode"] == 0, run["log"]
     assert "Traceback" not in run["log"]
     assert "walk_python" in run["programs"]
@@ -173,7 +156,7 @@ def test_the_agent_profiles_python_functions_with_lines(tmp_path, python312):
 
 
 def test_python_disabled_gives_native_stacks_without_the_unwinder(tmp_path, python312):
-    run = run_agent(tmp_path, python312, python_enabled=False)
+    run = profile_service(tmp_path, python312, python_enabled=False)
     assert run["returncode"] == 0, run["log"]
     assert "walk_python" not in run["programs"]
     assert {"do_sample", "handle_exec", "handle_exit"} <= run["programs"]
