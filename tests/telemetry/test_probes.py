@@ -57,7 +57,8 @@ def test_live_stays_200_while_pyroscope_and_the_api_server_are_down(build_worklo
     # Nothing listens on these ports: both services are down from start to end.
     config = outage_config(busy.pid, free_port(), free_port())
     try:
-        with run_agent(config, tmp_path) as agent:
+        # Nothing can be delivered at the stop either: do not wait the default 20 s for it.
+        with run_agent(config, tmp_path, "--stop.timeout=1s") as agent:
             agent.wait_for_sampling()
             wait_for(lambda: agent.get("/-/ready").status_code == 200, 30, "readiness")
             deadline = time.monotonic() + OUTAGE_S

@@ -114,8 +114,12 @@ def start():
     """Start components with running threads; stop them all at the end of the test."""
     stops = []
 
-    def start(arguments: PyroscopeWriteArguments, **keywords) -> PyroscopeWrite:
-        options = ComponentOptions("pyroscope.write.test", lambda _: None, {}, threading.Lock())
+    def start(
+        arguments: PyroscopeWriteArguments, stop_timeout: float = 10.0, **keywords
+    ) -> PyroscopeWrite:
+        options = ComponentOptions(
+            "pyroscope.write.test", lambda _: None, {}, threading.Lock(), stop_timeout=stop_timeout
+        )
         component = PyroscopeWrite(options, arguments, **keywords)
         stop = threading.Event()
         thread = threading.Thread(target=component.run, args=(stop,), daemon=True)
@@ -379,7 +383,10 @@ def test_a_dead_endpoint_does_not_delay_a_live_one(pyroscope, start):
     stalled = serve()
     dead = next(stalled)
     dead.answers = [Answer(delay=1.5)] * 50
-    component = start(write_to(dead.url, pyroscope.url, remote_timeout=Duration(1.5)))
+    # stop_timeout: the dead endpoint would hold the stop for the default 10 s
+    component = start(
+        write_to(dead.url, pyroscope.url, remote_timeout=Duration(1.5)), stop_timeout=1
+    )
     began = time.monotonic()
     for number in range(20):
         component.append(profile(number))
