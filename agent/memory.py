@@ -3,8 +3,8 @@
 glibc gives each thread that allocates while another holds the main arena an arena of its own
 (up to 8 per CPU), each keeping its own free pages. The agent's threads (sampling, discovery,
 telemetry, writers) allocate mostly under the GIL, so they would rarely wait for one another's
-arena: ``limit_arenas`` keeps the process to one. Measured with bench/rss.py's host mode, two
-agents side by side: 0.7 and 6.3 MB less RSS at 30 s than with two arenas.
+arena: ``limit_arenas`` keeps the process to one. Measured on examples/local.alloy with two
+agents running side by side for 30 s, twice: 0.7 and 6.3 MB less RSS than with two arenas.
 
 A collection allocates and frees many large buffers (drained maps, ELF sections, pprof
 bodies). glibc keeps what was freed in its heaps for later allocations, so the agent's RSS
