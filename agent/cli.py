@@ -19,6 +19,7 @@ from agent.config import parse_duration
 from agent.ebpf import DEFAULT_OBJECT_PATH, PidEvent, Session
 from agent.errors import BpfError, ConfigError, EmberscopeError, OutputError, ProcessError
 from agent.flamegraph import FORMATS, format_of, render, select_profiles
+from agent.memory import limit_arenas
 from agent.pprof import ProfileBuilder, format_table, merge_profiles, profile_pb2, top_functions
 from agent.profiler import ProcessProfile, ProcessSelection, Profiler
 from agent.sampling import CoreOptions, SamplingCore
@@ -269,6 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     # the config and discovery rooms: not needed by `profile`
     from agent.pipeline import DEFAULT_STOP_TIMEOUT, Agent
 
+    limit_arenas()  # before any thread starts
     limits = (args.recent_intervals, args.recent_max_mib << 20)
     stop_timeout = args.stop_timeout or DEFAULT_STOP_TIMEOUT
     agent = Agent.load(args.config, os.environ, args.listen_addr, limits, stop_timeout)

@@ -6,23 +6,16 @@ This is the only module that knows every room.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 
 from agent.config import Graph
-from agent.discovery import (
-    DockerDiscovery,
-    KubernetesDiscovery,
-    ProcessDiscovery,
-    RelabelComponent,
-)
 from agent.errors import ConfigError, EmberscopeError
-from agent.local_file import LocalFile
-from agent.pyroscope_ebpf import EbpfComponent
 from agent.telemetry import (
     ConfigMetrics,
     LoggingArguments,
@@ -30,7 +23,7 @@ from agent.telemetry import (
     TelemetryServer,
     new_registry,
 )
-from agent.write import RECENT_PROFILES_KEY, FileReceiver, PyroscopeWrite, RecentProfiles
+from agent.write import RECENT_PROFILES_KEY, RecentProfiles
 
 __all__ = ["BLOCKS", "DEFAULT_STOP_TIMEOUT", "KINDS", "Agent", "check"]
 
@@ -44,16 +37,37 @@ _STOP_MARGIN = 5.0
 _RELOAD_POLL_S = 0.2
 
 
-KINDS: Mapping[str, type] = {
-    "discovery.docker": DockerDiscovery,
-    "discovery.kubernetes": KubernetesDiscovery,
-    "discovery.process": ProcessDiscovery,
-    "discovery.relabel": RelabelComponent,
-    "local.file": LocalFile,
-    "pyroscope.ebpf": EbpfComponent,
-    "pyroscope.file": FileReceiver,
-    "pyroscope.write": PyroscopeWrite,
-}
+class _Kinds(Mapping[str, type]):
+    """Component names to their classes, each module imported when a configuration first
+    names its kind: a host that never reads ``discovery.kubernetes`` or ``pyroscope.write``
+    keeps their HTTP client out of its memory."""
+
+    def __init__(self, where: Mapping[str, str]) -> None:
+        self._where = where  # kind -> "module:Class"
+
+    def __getitem__(self, kind: str) -> type:
+        module, _, name = self._where[kind].partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+KINDS: Mapping[str, type] = _Kinds(
+    {
+        "discovery.docker": "agent.discovery.docker:DockerDiscovery",
+        "discovery.kubernetes": "agent.discovery.kubernetes:KubernetesDiscovery",
+        "discovery.process": "agent.discovery.process:ProcessDiscovery",
+        "discovery.relabel": "agent.discovery.relabel:RelabelComponent",
+        "local.file": "agent.local_file:LocalFile",
+        "pyroscope.ebpf": "agent.pyroscope_ebpf:EbpfComponent",
+        "pyroscope.file": "agent.write.files:FileReceiver",
+        "pyroscope.write": "agent.write.pyroscope:PyroscopeWrite",
+    }
+)
 
 # The unlabelled blocks that configure the agent itself.
 BLOCKS: Mapping[str, type] = {"logging": LoggingArguments}

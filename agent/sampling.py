@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.ebpf import Session, SessionOptions
+from agent.memory import release_free_memory
 from agent.profiler import Classifier, Profiler
 from agent.python import PythonProcesses
 from agent.symbols import Symbolizer
@@ -86,6 +87,7 @@ class SamplingCore:
     def open(self) -> None:
         """Load and attach the BPF program; the unwind tables live in its maps."""
         self.session.open()
+        release_free_memory()  # libbpf's parse of the kernel's BTF is freed by now
         if self.options.unwind_tables:
             cache = open_table_cache(self.options.unwind_cache_directory)
             self.unwinder = NativeUnwinder(self.session, cache)

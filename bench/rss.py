@@ -2,7 +2,10 @@
 
 Each mode runs ``python -m agent.cli run`` for ``--seconds`` and then reads VmRSS (and VmHWM,
 RssAnon, RssFile) from ``/proc/<pid>/status``, and the ``bytes_memlock`` of every map whose fd
-it holds (``map_id:`` in ``/proc/<pid>/fdinfo``, then ``bpftool -j map show id N``):
+it holds (``map_id:`` in ``/proc/<pid>/fdinfo``, then ``bpftool -j map show id N``). The pages
+of BPF maps the agent has mmapped (``anon_inode:bpf-map`` in ``/proc/<pid>/smaps``: the unwind
+rows, the ring buffers) are the maps' kernel memory, counted in VmRSS too: "own" is VmRSS
+without them, and "RSS + maps" counts them once.
 
 - host: ``examples/local.alloy`` (discovery.process, relabel, pyroscope.ebpf, pyroscope.file);
 - kubernetes: ``deploy/k8s.alloy`` against the loopback API server of the tests, serving
@@ -77,12 +80,23 @@ class Reading:
     hwm: int
     anon: int
     file: int
+    map_pages: int  # bytes of BPF map memory resident in the agent's mappings (part of rss)
     maps: list[BpfMap] = field(default_factory=list)
     collected: str = ""  # "targets/processes/samples" of the last collection logged
 
     @property
     def maps_memlock(self) -> int:
         return sum(m.memlock for m in self.maps)
+
+    @property
+    def own(self) -> int:
+        """VmRSS without the pages of mmapped BPF maps: the process's own memory."""
+        return self.rss - self.map_pages
+
+    @property
+    def total(self) -> int:
+        """RSS and maps, the mmapped maps' pages counted once (in the maps)."""
+        return self.own + self.maps_memlock
 
 
 def read_status(pid: int) -> dict[str, int]:
@@ -93,6 +107,18 @@ def read_status(pid: int) -> dict[str, int]:
         if rest.strip().endswith(" kB"):
             values[name] = int(rest.split()[0]) * 1024
     return values
+
+
+def read_map_pages(pid: int) -> int:
+    """Bytes resident in process ``pid``'s mappings of BPF maps (``anon_inode:bpf-map``)."""
+    total, in_map = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's first line: range perms offset dev inode path
+            in_map = len(fields) > 5 and fields[5].startswith("anon_inode:bpf-map")
+        elif fields[0] == "Rss:" and in_map:
+            total += int(fields[1]) * 1024
+    return total
 
 
 def read_maps(pid: int) -> list[BpfMap]:
@@ -176,7 +202,8 @@ def measure(tree: Path, mode: str, config: str, workdir: Path, seconds: float) -
             if not start_rss and time.monotonic() >= started + START_S:
                 start_rss = read_status(agent.pid)["VmRSS"]
             time.sleep(0.5)
-        status, maps = read_status(agent.pid), read_maps(agent.pid)
+        status, map_pages = read_status(agent.pid), read_map_pages(agent.pid)
+        maps = read_maps(agent.pid)
     finally:
         agent.send_signal(signal.SIGTERM)
         try:
@@ -193,6 +220,7 @@ def measure(tree: Path, mode: str, config: str, workdir: Path, seconds: float) -
         status["VmHWM"],
         status.get("RssAnon", 0),
         status.get("RssFile", 0),
+        map_pages,
         maps,
         "/".join(collected[-1]) if collected else "none yet",
     )
@@ -260,14 +288,15 @@ def mib(value: int) -> str:
 def format_report(readings: list[Reading]) -> str:
     rows = [
         f"| mode | agent | RSS MB at {START_S:g} s | RSS MB | peak RSS MB | anon MB | file MB "
-        "| maps MB | RSS + maps MB | last collection: targets/processes/samples |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| map pages MB | own MB | maps MB | RSS + maps MB "
+        "| last collection: targets/processes/samples |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in readings:
         rows.append(
             f"| {r.mode} | {r.tree} | {mib(r.start_rss)} | {mib(r.rss)} | {mib(r.hwm)} | "
-            f"{mib(r.anon)} | {mib(r.file)} | {mib(r.maps_memlock)} | "
-            f"{mib(r.rss + r.maps_memlock)} | {r.collected} |"
+            f"{mib(r.anon)} | {mib(r.file)} | {mib(r.map_pages)} | {mib(r.own)} | "
+            f"{mib(r.maps_memlock)} | {mib(r.total)} | {r.collected} |"
         )
     return "\n".join(rows)
 
@@ -314,8 +343,11 @@ def format_targets(readings: list[Reading]) -> str:
     lines = []
     for r in readings:
         lines.append(mark(f"{r.mode} RSS ({r.tree})", r.rss, TARGET_RSS_MB[r.mode]))
-        total = r.rss + r.maps_memlock
-        lines.append(mark(f"{r.mode} RSS + maps ({r.tree})", total, TARGET_TOTAL_MB))
+        lines.append(
+            f"  - of it {mib(r.map_pages)} MB mmapped BPF map pages; own memory {mib(r.own)} MB "
+            "(not the goal's figure)"
+        )
+        lines.append(mark(f"{r.mode} RSS + maps ({r.tree})", r.total, TARGET_TOTAL_MB))
     return "\n".join(lines)
 
 
@@ -326,7 +358,10 @@ def write_results(report: str, maps: str, targets: str, args: argparse.Namespace
     legend = textwrap.fill(
         f"RSS is VmRSS of `python -m agent.cli run` after {args.seconds:g} s (peak: VmHWM), in "
         "MiB; maps MB is the sum of `bytes_memlock` of the BPF maps whose fds the agent holds "
-        "(`bpftool map show`), charged to its memory cgroup beside the RSS. Host and busy mode "
+        "(`bpftool map show`), charged to its memory cgroup beside the RSS. Map pages MB are "
+        "the resident pages of the maps the agent mmaps (`anon_inode:bpf-map` in smaps), part "
+        "of both RSS and maps MB: own MB is RSS without them, and RSS + maps counts them "
+        "once. Host and busy mode "
         "profile every process of the machine, so what else runs there moves their figures. "
         f"busy: {args.processes} sleepers; kubernetes: {args.pods} pods, one sleeper each.",
         width=100,

@@ -20,8 +20,8 @@ import time
 from agent.config import ComponentOptions
 from agent.pprof import ProfileBuilder
 from agent.symbols.frames import Frame, MappedFile
-from agent.write import LabeledProfile, PyroscopeWrite
-from agent.write.pyroscope import EndpointOptions, PyroscopeWriteArguments
+from agent.write import LabeledProfile
+from agent.write.pyroscope import EndpointOptions, PyroscopeWrite, PyroscopeWriteArguments
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

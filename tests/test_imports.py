@@ -1,7 +1,9 @@
 """A configuration imports what it uses: the Kubernetes client (about 40 MB of RSS) loads
 only when a ``discovery.kubernetes`` component reads a ``kubeconfig_file``, never for a host
 configuration, ``check-config``, or the in-cluster and ``api_server`` ways of reaching the API
-server. Each case runs in a fresh interpreter, whose ``sys.modules`` is the oracle."""
+server; the modules of the component kinds (and httpx, which Docker and Kubernetes discovery
+and ``pyroscope.write`` use) load only when a configuration names their kind. Each case runs
+in a fresh interpreter, whose ``sys.modules`` is the oracle."""
 
 from __future__ import annotations
 
@@ -18,10 +20,17 @@ from tests.discovery.apiserver import LoopbackApiServer, make_pod, write_kubecon
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT = ("kubernetes", "urllib3")
+ON_DEMAND = (
+    "httpx",
+    "agent.discovery.docker",
+    "agent.discovery.kubernetes",
+    "agent.write.pyroscope",
+)
+WATCHED = CLIENT + ON_DEMAND
 
 # Runs `emberscope run` in the main thread (it owns the signal handlers); a second thread
 # waits until the agent is ready and, for `until`, a module is imported (or 20 s pass),
-# prints which of CLIENT are imported, and stops the agent as SIGTERM would.
+# prints which of WATCHED are imported, and stops the agent as SIGTERM would.
 RUN = """
 import json, os, signal, sys, threading, time, urllib.request
 from agent.cli import main
@@ -48,7 +57,7 @@ def watch():
 
 threading.Thread(target=watch, daemon=True).start()
 sys.exit(main(["run", f"--server.http.listen-addr=127.0.0.1:{port}", config]))
-""" % (CLIENT,)
+""" % (WATCHED,)
 
 CHECK = """
 import json, sys
@@ -58,7 +67,7 @@ from agent.pipeline import check
 for path in sys.argv[1:]:
     check(Path(path), {"HOSTNAME": "node-1"})
 print(json.dumps({"imported": [m for m in %r if m in sys.modules]}))
-""" % (CLIENT,)
+""" % (WATCHED,)
 
 
 def run_python(script: str, *args: str, cwd: Path = REPO, timeout: float = 90) -> dict:
@@ -75,13 +84,15 @@ def run_python(script: str, *args: str, cwd: Path = REPO, timeout: float = 90) -
 
 
 def test_check_config_imports_no_kubernetes_client():
-    configs = [REPO / "deploy" / "k8s.alloy", REPO / "examples" / "local.alloy"]
-    assert run_python(CHECK, *map(str, configs)) == {"imported": []}
+    assert run_python(CHECK, str(REPO / "examples" / "local.alloy")) == {"imported": []}
+    kinds = ["httpx", "agent.discovery.kubernetes", "agent.write.pyroscope"]
+    assert run_python(CHECK, str(REPO / "deploy" / "k8s.alloy")) == {"imported": kinds}
 
 
 @pytest.mark.usefixtures("bpf_ready")
 def test_a_host_configuration_runs_without_the_kubernetes_client(tmp_path):
-    """examples/local.alloy as `make run` runs it: discovery.process, relabel, ebpf, file."""
+    """examples/local.alloy as `make run` runs it: discovery.process, relabel, ebpf, file;
+    neither Docker nor Kubernetes discovery, pyroscope.write or httpx."""
     config = str(REPO / "examples" / "local.alloy")
     result = run_python(RUN, str(free_port()), "", config, cwd=tmp_path)
     assert result == {"ready": True, "imported": []}
@@ -89,9 +100,9 @@ def test_a_host_configuration_runs_without_the_kubernetes_client(tmp_path):
 
 @pytest.mark.usefixtures("bpf_ready")
 @pytest.mark.parametrize(
-    ("way", "imported"), [("api_server", []), ("kubeconfig_file", ["kubernetes", "urllib3"])]
+    ("way", "client"), [("api_server", []), ("kubeconfig_file", ["kubernetes", "urllib3"])]
 )
-def test_discovery_kubernetes_imports_the_client_only_for_a_kubeconfig(tmp_path, way, imported):
+def test_discovery_kubernetes_imports_the_client_only_for_a_kubeconfig(tmp_path, way, client):
     api = LoopbackApiServer()
     api.start()
     try:
@@ -105,9 +116,10 @@ def test_discovery_kubernetes_imports_the_client_only_for_a_kubeconfig(tmp_path,
             f'discovery.kubernetes "pods" {{\n  role = "pod"\n  {way} = "{value}"\n}}\n'
             f'pyroscope.file "out" {{\n  directory = "{tmp_path / "out"}"\n}}\n'
         )
-        until = imported[0] if imported else ""
+        until = client[0] if client else ""
         result = run_python(RUN, str(free_port()), until, str(config), cwd=tmp_path)
     finally:
         api.stop()
+    imported = [*client, "httpx", "agent.discovery.kubernetes"]
     assert result == {"ready": True, "imported": imported}
     assert api.queries("list"), "the component listed pods"

@@ -1,4 +1,9 @@
-"""The discovery room: targets found, relabeled and indexed by the pid or container they profile."""
+"""The discovery room: targets found, relabeled and indexed by the pid or container they profile.
+
+The Docker and Kubernetes components and their HTTP client are imported from their own
+modules (``agent.discovery.docker``, ``agent.discovery.kubernetes``), only by the
+configurations that use them.
+"""
 
 from agent.discovery.containers import (
     CgroupInfo,
@@ -7,8 +12,6 @@ from agent.discovery.containers import (
     parse_cgroup,
     parse_container_id,
 )
-from agent.discovery.docker import DockerArguments, DockerDiscovery
-from agent.discovery.kubernetes import KubernetesArguments, KubernetesDiscovery
 from agent.discovery.process import DiscoverConfig, ProcessDiscovery
 from agent.discovery.relabel import RelabelComponent, Rule, Rules, relabel
 from agent.discovery.targets import Target, TargetSet, build_targets
@@ -17,10 +20,6 @@ __all__ = [
     "CgroupInfo",
     "ContainerIdCache",
     "DiscoverConfig",
-    "DockerArguments",
-    "DockerDiscovery",
-    "KubernetesArguments",
-    "KubernetesDiscovery",
     "ProcessDiscovery",
     "RelabelComponent",
     "Rule",

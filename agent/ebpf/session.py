@@ -198,8 +198,6 @@ class Session:
         self._max_entries: dict[str, int] = {}
         self._active_buffer = 0
         self._sync_inner_fd = ctypes.c_int(0)
-        self._rows_mmap: mmap.mmap | None = None
-        self._rows_view: memoryview | None = None
         self.cpus: list[int] = []
         # per-CPU map values come as one slot per possible CPU
         self._possible_cpus = len(perf.read_online_cpus("/sys/devices/system/cpu/possible"))
@@ -323,10 +321,6 @@ class Session:
         if self._ring is not None:
             lib.ring_buffer__free(self._ring)
             self._ring = None
-        if self._rows_view is not None:
-            self._rows_view.release()
-            self._rows_mmap.close()
-            self._rows_view = None
         if self._object is not None:
             lib.bpf_object__close(self._object)
             self._object = None
@@ -393,14 +387,20 @@ class Session:
 
     # --- unwind tables ----------------------------------------------------
 
-    def unwind_rows(self) -> memoryview:
-        """The kernel's unwind_rows array, mapped into this process for writing."""
-        if self._rows_view is None:
-            size = self._max_entries["unwind_rows"] * ctypes.sizeof(UnwindRow)
-            pages = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-            self._rows_mmap = mmap.mmap(self._fds["unwind_rows"], pages)
-            self._rows_view = memoryview(self._rows_mmap)[:size]
-        return self._rows_view
+    def unwind_capacity(self) -> int:
+        """The rows of unwind tables the kernel's unwind_rows array holds."""
+        return self._max_entries["unwind_rows"]
+
+    def write_unwind_rows(self, start: int, rows: bytes) -> None:
+        """Write ``rows`` (8 bytes each) into the kernel's unwind_rows array from row ``start``.
+
+        The array is mapped only for the write: kept mapped, the pages written would count in
+        this process's RSS although they are the map's memory, charged to the cgroup once.
+        """
+        first = start * ctypes.sizeof(UnwindRow)
+        offset = first - first % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self._fds["unwind_rows"], first + len(rows) - offset, offset=offset) as view:
+            view[first - offset :] = rows
 
     def set_unwind_mapping(
         self, pid: int, start: int, end: int, bias: int, table_start: int, table_rows: int

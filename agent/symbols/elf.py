@@ -72,7 +72,6 @@ class SymbolTable:
     __slots__ = (
         "_starts",
         "_ends",
-        "_reach_ends",
         "_reach_owners",
         "_name_offsets",
         "_strings",
@@ -89,13 +88,11 @@ class SymbolTable:
         self._names: dict[int, str] = {}
         # For symbols nested in a bigger one: the symbol reaching furthest
         # among those starting at or before each index covers a gap after it.
-        self._reach_ends = array("Q")
-        self._reach_owners = array("q")
+        self._reach_owners = array("i")
         best_end, best = 0, -1
         for index, end in enumerate(ends):
             if end > best_end:
                 best_end, best = end, index
-            self._reach_ends.append(best_end)
             self._reach_owners.append(best)
 
     def __len__(self) -> int:
@@ -108,8 +105,9 @@ class SymbolTable:
             return None
         if vaddr < self._ends[index]:
             return self._name(index)
-        if vaddr < self._reach_ends[index]:
-            return self._name(self._reach_owners[index])
+        owner = self._reach_owners[index]
+        if owner >= 0 and vaddr < self._ends[owner]:
+            return self._name(owner)
         return None
 
     def merged(self, other: SymbolTable) -> SymbolTable:
@@ -373,10 +371,13 @@ def _collect(
 
 
 def _build_table(candidates: list[tuple[int, ...]], strings: bytes) -> SymbolTable:
-    """Keep the best symbol per address and give size-0 symbols an end."""
+    """Keep the best symbol per address and give size-0 symbols an end; keep only the
+    names of the symbols kept (a string table also names data, and file-local symbols
+    the table leaves out: often most of its bytes)."""
     candidates.sort()
     kept = [c for i, c in enumerate(candidates) if i == 0 or c[0] != candidates[i - 1][0]]
     starts, ends, name_offsets = array("Q"), array("Q"), array("Q")
+    names = bytearray()
     for index, (value, *_, size, name, code_end) in enumerate(kept):
         if size:
             end = value + size
@@ -385,5 +386,7 @@ def _build_table(candidates: list[tuple[int, ...]], strings: bytes) -> SymbolTab
             end = max(value, min(next_start, code_end))
         starts.append(value)
         ends.append(end)
-        name_offsets.append(name)
-    return SymbolTable(starts, ends, name_offsets, strings)
+        name_offsets.append(len(names))
+        name_end = strings.find(b"\0", name)
+        names += (strings[name:] if name_end < 0 else strings[name:name_end]) + b"\0"
+    return SymbolTable(starts, ends, name_offsets, bytes(names))

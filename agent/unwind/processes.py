@@ -30,7 +30,7 @@ from agent.symbols.cache import LruCache
 from agent.symbols.elf import LoadSegment, read_layout
 from agent.symbols.procmaps import MapEntry, open_mapped_file, read_maps
 from agent.unwind.cache import TableCache
-from agent.unwind.table import ROW_SIZE, UnwindTable, build_table
+from agent.unwind.table import UnwindTable, build_table
 
 __all__ = ["DEFAULT_CACHE_DIRECTORY", "NativeUnwinder", "open_table_cache"]
 
@@ -47,7 +47,9 @@ _FileKey = tuple[Any, ...]  # ("build-id", hex) or ("inode", dev, inode)
 class UnwindSession(Protocol):
     """What the unwinder needs of agent.ebpf.Session."""
 
-    def unwind_rows(self) -> memoryview: ...
+    def unwind_capacity(self) -> int: ...
+
+    def write_unwind_rows(self, start: int, rows: bytes) -> None: ...
 
     def set_unwind_mapping(
         self, pid: int, start: int, end: int, bias: int, table_start: int, table_rows: int
@@ -83,8 +85,7 @@ class NativeUnwinder:
     def __init__(self, session: UnwindSession, cache: TableCache | None = None) -> None:
         self._session = session
         self._cache = cache
-        self._rows = session.unwind_rows()
-        self._capacity = len(self._rows) // ROW_SIZE
+        self._capacity = session.unwind_capacity()
         self._files: OrderedDict[_FileKey, _File] = OrderedDict()  # least recently used first
         self._failed: dict[_FileKey, str] = {}  # files whose table could not be had
         self._processes: dict[int, _Process] = {}
@@ -224,7 +225,7 @@ class NativeUnwinder:
         if start is None:
             self.counters["files_without_room"] += 1
             return None
-        self._rows[start * ROW_SIZE : (start + table.row_count) * ROW_SIZE] = table.rows
+        self._session.write_unwind_rows(start, table.rows)
         file = self._files[key] = _File(
             path, start, table.row_count, round(elapsed, 4), table.functions, table.function_ends
         )

@@ -134,3 +134,15 @@ def test_a_deeply_nested_config_is_one_line_and_exits_1(emberscope, tmp_path, ne
         + ("encoding.from_json: JSON " if "json" in nesting else "")
         + "nested more than 100 levels deep"
     ]
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_an_unknown_component_kind_is_named(emberscope, tmp_path, command):
+    """The kinds' modules load on demand; a name that has none is refused as it always was."""
+    config = tmp_path / "bad.alloy"
+    config.write_text('discovery.process "p" {\n}\n\npyroscope.nope "a" {\n}\n')
+    result = emberscope(command, str(config))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f'emberscope: {config}:4:1: cannot find the definition of component name "pyroscope.nope"\n'
+    )

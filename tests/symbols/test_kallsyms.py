@@ -116,3 +116,11 @@ def test_real_kallsyms_lookups_agree_with_the_file(real_kallsyms):
         assert found is not None and found[0] in names, hex(address)
         checked += 1
     assert checked > 20
+
+
+def test_symbols_more_than_4_gb_apart_are_found():
+    # arm64 places modules below the kernel's text, further than 32-bit offsets reach.
+    kernel = read("ffff800080000000 T _stext\nffff000001000000 t mod_init\t[mod]\n")
+    assert kernel.lookup(0xFFFF800080000000) == ("_stext", "kernel")
+    assert kernel.lookup(0xFFFF000001000000) == ("mod_init", "mod")
+    assert kernel.lookup(0xFFFF000000FFFFFF) is None

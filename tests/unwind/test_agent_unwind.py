@@ -32,6 +32,17 @@ def whole_chain_share(output, service: str) -> float:
     return whole / total if total else 0.0
 
 
+def bpf_map_mappings(pid: int) -> list[int]:
+    """The sizes of process ``pid``'s mappings of BPF maps (ring buffers, mmapped arrays)."""
+    sizes = []
+    for line in open(f"/proc/{pid}/maps", encoding="ascii"):
+        fields = line.split()
+        if len(fields) > 5 and fields[5].startswith("anon_inode:bpf-map"):
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            sizes.append(end - start)
+    return sizes
+
+
 def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
     binary = build_workload("two_chains", *NO_FRAME_POINTERS)
     cache = tmp_path / "cache"
@@ -59,6 +70,7 @@ def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
                         "unwind_tables"
                     ]["files"],
                     "share": whole_chain_share(output, binary.name),
+                    "map_mappings": bpf_map_mappings(agent.process.pid),
                 }
             )
         assert "Traceback" not in agent.log
@@ -66,6 +78,9 @@ def test_the_agent_unwinds_with_tables_and_shows_it(build_workload, tmp_path):
     assert first["share"] >= 0.9
     assert first["table_frames"] > 100 and first["outermost"] > 50
     assert 0 < first["rows"] < first["capacity"] == 1 << 20
+    # the rows array is mapped only while a table is written: its pages are the map's memory,
+    # not the agent's, and stay out of its RSS
+    assert first["map_mappings"] and max(first["map_mappings"]) < first["capacity"] * 8
     assert any(f["path"] == str(binary) and f["rows"] > 0 for f in first["files"])
     assert len(list(cache.glob("*.unwind"))) >= 2  # the binary and libc at least
     # the second agent reads the cached tables instead of building them again

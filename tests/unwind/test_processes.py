@@ -25,8 +25,11 @@ class RecordingSession:
         self.native: set[int] = set()
         self.gone: set[int] = set()
 
-    def unwind_rows(self) -> memoryview:
-        return memoryview(self.rows)
+    def unwind_capacity(self) -> int:
+        return len(self.rows) // ROW_SIZE
+
+    def write_unwind_rows(self, start: int, rows: bytes) -> None:
+        self.rows[start * ROW_SIZE : start * ROW_SIZE + len(rows)] = rows
 
     def set_unwind_mapping(self, pid, start, end, bias, table_start, table_rows) -> int:
         self.mappings[(pid, start, end)] = (bias, table_start, table_rows)

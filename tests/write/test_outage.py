@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ComponentOptions
 from agent.pprof import read_profile, top_functions
-from agent.write import PyroscopeWrite
+from agent.write.pyroscope import PyroscopeWrite
 from tests.agent import free_port
 from tests.write.test_pyroscope import (
     Receiver,

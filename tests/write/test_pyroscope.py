@@ -24,9 +24,14 @@ from agent.config.httpclient import BasicAuth, TLSConfig
 from agent.pipeline import KINDS
 from agent.pprof import ProfileBuilder, profile_pb2
 from agent.symbols.frames import Frame
-from agent.write import LabeledProfile, PyroscopeWrite
+from agent.write import LabeledProfile
 from agent.write.push import push_pb2
-from agent.write.pyroscope import EndpointOptions, PyroscopeWriteArguments, series_labels
+from agent.write.pyroscope import (
+    EndpointOptions,
+    PyroscopeWrite,
+    PyroscopeWriteArguments,
+    series_labels,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"min_backoff_period": Duration(0.01), "max_backoff_period": Duration(0.05)}

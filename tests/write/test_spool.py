@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ComponentOptions, Duration
-from agent.write import PyroscopeWrite
-from agent.write.pyroscope import encode_push_request, series_labels
+from agent.write.pyroscope import PyroscopeWrite, encode_push_request, series_labels
 from agent.write.spool import Spool
 from tests.agent import run_agent, wait_for
 from tests.test_pipeline import collected
