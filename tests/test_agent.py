@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,10 +15,10 @@ from tests.agent import (
     parse_log,
     profiles_in,
     programs_held_by,
+    run_agent,
     workload_config,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 INTERVAL_S = 2
@@ -47,42 +44,28 @@ def agent_run(build_workload, tmp_path_factory):
     early = build_workload("three_leaves")
     late = build_workload("syscalls")
     output = tmp_path_factory.mktemp("agent-out")
-    config = tmp_path_factory.mktemp("agent-config") / "agent.alloy"
     interval = f'  collect_interval = "{INTERVAL_S}s"\n'
-    config.write_text(workload_config(early.parent, output, ebpf=interval, rules=ENV_RULE))
-    first = subprocess.Popen([str(early), "30"])
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            "--server.http.listen-addr=127.0.0.1:0",
-            str(config),
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    config = workload_config(early.parent, output, ebpf=interval, rules=ENV_RULE)
+    workloads = [subprocess.Popen([str(early), "30"])]
     try:
-        time.sleep(2.5 * INTERVAL_S)
-        second_started = time.time_ns()
-        second = subprocess.Popen([str(late), "30"])
-        time.sleep(2.5 * INTERVAL_S)
-        held = programs_held_by(agent.pid)
-        names = sorted(loaded_programs()[program] for program in held)
-        late_cpu_s = cpu_seconds(second.pid)
-        agent.send_signal(signal.SIGTERM)
-        _, log = agent.communicate(timeout=30)
+        with run_agent(config, tmp_path_factory.mktemp("agent")) as agent:
+            agent.wait_for_sampling()
+            time.sleep(2.5 * INTERVAL_S)
+            second_started = time.time_ns()
+            workloads.append(subprocess.Popen([str(late), "30"]))
+            time.sleep(2.5 * INTERVAL_S)
+            held = programs_held_by(agent.process.pid)
+            names = sorted(loaded_programs()[program] for program in held)
+            late_cpu_s = cpu_seconds(workloads[-1].pid)
+            returncode = agent.stop()
     finally:
-        agent.kill()
-        for process in (first, second):
+        for process in workloads:
             process.kill()
             process.wait()
     return {
         "output": output,
-        "log": log,
-        "returncode": agent.returncode,
+        "log": agent.log,
+        "returncode": returncode,
         "early": early.name,
         "late": late.name,
         "second_started": second_started,
