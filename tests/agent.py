@@ -238,14 +238,19 @@ def share(samples: list[Sample], has: Callable[[Sample], bool]) -> float:
 
 
 class RunningAgent:
-    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen, port: int, folder: Path) -> None:
         self.process = process
         self.port = port
-        self._log_path = log_path
+        self._folder = folder
 
     @property
     def log(self) -> str:
-        return self._log_path.read_text(errors="replace")
+        """What the agent wrote to stderr so far."""
+        return (self._folder / "agent.log").read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return (self._folder / "agent.stdout").read_text(errors="replace")
 
     def get(self, path: str, timeout: float = 5) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=timeout)
@@ -304,8 +309,8 @@ def run_agent(config: str, folder: Path, *args: str) -> Iterator[RunningAgent]:
     path = folder / "agent.alloy"
     path.write_text(config)
     port = free_port()
-    log_path = folder / "agent.log"
-    with open(log_path, "w") as log:
+    # Files, not pipes: a verbose agent would fill a pipe nobody reads and stall.
+    with open(folder / "agent.log", "w") as log, open(folder / "agent.stdout", "w") as stdout:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -318,9 +323,9 @@ def run_agent(config: str, folder: Path, *args: str) -> Iterator[RunningAgent]:
             ],
             cwd=REPO,
             stderr=log,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
         )
-    agent = RunningAgent(process, port, log_path)
+    agent = RunningAgent(process, port, folder)
     try:
         yield agent
     finally:

@@ -4,19 +4,14 @@ output of the running agent: its log, /metrics, the probes and the component API
 from __future__ import annotations
 
 import base64
-import signal
 import subprocess
-import sys
-from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 
-from tests.agent import free_port, wait_for
+from tests.agent import free_port, run_agent, wait_for
 from tests.write.test_pyroscope import serve
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 # A percent-encoded "@" in the URL: it must be hidden in both spellings.
@@ -60,63 +55,33 @@ def agent_outputs(build_workload, tmp_path_factory):
     receiver = serve()
     live = next(receiver)
     busy = subprocess.Popen([str(build_workload("three_leaves")), "60"])
-    port = free_port()
     folder = tmp_path_factory.mktemp("secrets")
-    config = folder / "agent.alloy"
-    config.write_text(
-        CONFIG.format(
-            pid=busy.pid,
-            password=quote(PASSWORD, safe=""),
-            proxy_password=PROXY_PASSWORD,
-            live=live.url.rsplit(":", 1)[1],
-            dead=free_port(),
-            proxy=free_port(),
-        )
+    config = CONFIG.format(
+        pid=busy.pid,
+        password=quote(PASSWORD, safe=""),
+        proxy_password=PROXY_PASSWORD,
+        live=live.url.rsplit(":", 1)[1],
+        dead=free_port(),
+        proxy=free_port(),
     )
-    stdout, stderr = (folder / "stdout").open("w"), (folder / "stderr").open("w")
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "-vv",
-            "run",
-            f"--server.http.listen-addr=127.0.0.1:{port}",
-            str(config),
-        ],
-        cwd=REPO,
-        # Files, not pipes: at -vv the log would fill a pipe and stall the agent.
-        stdout=stdout,
-        stderr=stderr,
-    )
-    base = f"http://127.0.0.1:{port}"
     outputs: dict[str, str] = {}
     try:
-        wait_for(lambda: live.requests, 60, "a push to the live endpoint")
-        dead_api = f"{base}/api/v0/web/components/pyroscope.write.dead"
-        wait_for(lambda: "cannot connect" in httpx.get(dead_api).text, 30, "the dead endpoint")
-        paths = ["/metrics", "/-/healthy", "/-/ready", "/api/v0/web/components"]
-        ids = [c["localID"] for c in httpx.get(f"{base}/api/v0/web/components").json()]
-        paths += [f"/api/v0/web/components/{component}" for component in ids]
-        for path in paths:
-            outputs[path] = httpx.get(base + path, timeout=5).text
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=30)
-    except AssertionError:
-        agent.kill()
-        agent.wait()
-        log = (folder / "stderr").read_text().splitlines()
-        lines = [line for line in log if "libbpf" not in line][-40:]
-        raise AssertionError("\n".join(lines)) from None
+        with run_agent(config, folder, "-vv") as agent:
+            wait_for(lambda: live.requests, 60, "a push to the live endpoint")
+            dead = "/api/v0/web/components/pyroscope.write.dead"
+            wait_for(lambda: "cannot connect" in agent.get(dead).text, 30, "the dead endpoint")
+            paths = ["/metrics", "/-/healthy", "/-/ready", "/api/v0/web/components"]
+            ids = [c["localID"] for c in agent.get("/api/v0/web/components").json()]
+            paths += [f"/api/v0/web/components/{component}" for component in ids]
+            for path in paths:
+                outputs[path] = agent.get(path).text
+            agent.stop()
     finally:
-        agent.kill()
-        stdout.close()
-        stderr.close()
         busy.kill()
         busy.wait()
         next(receiver, None)
-    outputs["stdout"] = (folder / "stdout").read_text()
-    outputs["stderr"] = (folder / "stderr").read_text()
+    outputs["stdout"] = agent.stdout
+    outputs["stderr"] = agent.log
     return outputs, live
 
 
