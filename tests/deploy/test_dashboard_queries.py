@@ -18,7 +18,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.telemetry.test_prometheus import free_port, stop, wait_for
+from tests.agent import free_port, run_agent, wait_for
+from tests.telemetry.test_prometheus import start_prometheus, stop
 from tests.write.test_pyroscope import Answer, Receiver, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,32 +200,21 @@ def running(build_workload, tmp_path, bpf_stats, pyroscope) -> Iterator[str]:
     folder.mkdir()
     workload = shutil.copy(build_workload("three_leaves"), folder / "three_leaves")
     damaged = damaged_copy(workload, folder / "damaged")
-    config = tmp_path / "agent.alloy"
-    config.write_text(CONFIG.format(folder=folder, output=tmp_path / "out", url=pyroscope.url))
-    agent_port, prometheus_port = free_port(), free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        PROMETHEUS.format(job=JOB, port=agent_port, cluster=CLUSTER, namespace=NAMESPACE)
-    )
-    processes = [subprocess.Popen([str(binary), "60"]) for binary in (workload, damaged)]
+    config = CONFIG.format(folder=folder, output=tmp_path / "out", url=pyroscope.url)
+    prometheus_port = free_port()
+    workloads = [subprocess.Popen([str(binary), "60"]) for binary in (workload, damaged)]
     try:
-        command = [sys.executable, "-m", "agent.cli", "run", str(config)]
-        listen = ["--server.http.listen-addr", f"127.0.0.1:{agent_port}"]
-        processes.append(subprocess.Popen([*command, *listen], cwd=REPO))
-        processes.append(
-            subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        with run_agent(config, tmp_path) as agent:
+            (tmp_path / "prometheus.yml").write_text(
+                PROMETHEUS.format(job=JOB, port=agent.port, cluster=CLUSTER, namespace=NAMESPACE)
             )
-        )
-        yield f"http://127.0.0.1:{prometheus_port}"
+            prometheus = start_prometheus(tmp_path, prometheus_port)
+            try:
+                yield f"http://127.0.0.1:{prometheus_port}"
+            finally:
+                stop(prometheus)
     finally:
-        for process in reversed(processes):
+        for process in workloads:
             stop(process)
 
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.agent import free_port, wait_for
+from tests.agent import free_port, run_agent, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 CONFIG = """
@@ -61,6 +59,20 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def start_prometheus(folder: Path, port: int) -> subprocess.Popen:
+    """Debian's Prometheus on ``folder``'s prometheus.yml, its data under ``folder``."""
+    return subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @pytest.fixture(scope="module")
 def running(build_workload, tmp_path_factory) -> Iterator[dict]:
     """The agent profiling a workload, and Prometheus scraping the agent every second."""
@@ -68,36 +80,22 @@ def running(build_workload, tmp_path_factory) -> Iterator[dict]:
         pytest.skip("Debian's prometheus package is not installed: run 'make install-test'")
     workload = build_workload("three_leaves")
     tmp = tmp_path_factory.mktemp("telemetry")
-    config = tmp / "agent.alloy"
-    config.write_text(CONFIG.format(folder=workload.parent, output=tmp / "out"))
-    agent_port, prometheus_port = free_port(), free_port()
-    (tmp / "prometheus.yml").write_text(PROMETHEUS.format(port=agent_port))
-    processes = [subprocess.Popen([str(workload), "60"])]
+    config = CONFIG.format(folder=workload.parent, output=tmp / "out")
+    prometheus_port = free_port()
+    workload_process = subprocess.Popen([str(workload), "60"])
     try:
-        listen = f"127.0.0.1:{agent_port}"
-        command = [sys.executable, "-m", "agent.cli", "run", str(config)]
-        processes.append(
-            subprocess.Popen([*command, "--server.http.listen-addr", listen], cwd=REPO)
-        )
-        processes.append(
-            subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        yield {
-            "agent": f"http://{listen}",
-            "prometheus": f"http://127.0.0.1:{prometheus_port}",
-        }
+        with run_agent(config, tmp) as agent:
+            (tmp / "prometheus.yml").write_text(PROMETHEUS.format(port=agent.port))
+            prometheus = start_prometheus(tmp, prometheus_port)
+            try:
+                yield {
+                    "agent": f"http://127.0.0.1:{agent.port}",
+                    "prometheus": f"http://127.0.0.1:{prometheus_port}",
+                }
+            finally:
+                stop(prometheus)
     finally:
-        for process in reversed(processes):
-            stop(process)
+        stop(workload_process)
 
 
 def query(prometheus: str, expression: str) -> list[dict]:
