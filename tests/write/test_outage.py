@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import collections
 import http.server
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ComponentOptions
 from agent.pprof import read_profile, top_functions
 from agent.write.pyroscope import PyroscopeWrite
-from tests.agent import free_port
+from tests.agent import RunningAgent, run_agent
 from tests.write.test_pyroscope import (
     Receiver,
     _handler,
@@ -33,7 +29,6 @@ from tests.write.test_pyroscope import (
     write_to,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 OUTAGE_S = 30  # 60 intervals of 500 ms
 CONFIG = """
 discovery.process "local" {{
@@ -112,16 +107,13 @@ class RestartableReceiver:
         self._connections.clear()
 
 
-def scrape(port: int) -> tuple[dict[str, float], list]:
+def scrape(agent: RunningAgent) -> tuple[dict[str, float], list]:
     """The agent's /metrics: each sample name's value summed over its labels, and the
     samples themselves."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = agent.metrics()
     totals: dict[str, float] = collections.defaultdict(float)
-    samples = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] += sample.value
-            samples.append(sample)
+    for sample in samples:
+        totals[sample.name] += sample.value
     return totals, samples
 
 
@@ -130,18 +122,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-def wait_for_metrics(port: int, agent: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert agent.poll() is None, "the agent exited early"
-        try:
-            scrape(port)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("the agent's /metrics never answered")
 
 
 @pytest.mark.slow  # about 45 s: a 30 s outage of the receiver under the real agent
@@ -153,61 +133,44 @@ def test_the_receiver_down_for_half_a_minute_keeps_memory_bounded_and_delivery_r
     pyroscope = RestartableReceiver()
     pyroscope.start()
     url = pyroscope.receiver.url
-    config = tmp_path / "agent.alloy"
-    config.write_text(CONFIG.format(folder=workload.parent, url=url))
-    port = free_port()
+    config = CONFIG.format(folder=workload.parent, url=url)
     busy = subprocess.Popen([str(workload), "120"])
-    agent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            f"--server.http.listen-addr=127.0.0.1:{port}",
-            str(config),
-        ],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     began = time.monotonic()
     try:
-        wait_for_metrics(port, agent)
+        with run_agent(config, tmp_path) as agent:
+            agent.wait_for_metrics()
 
-        # Up: profiles arrive.
-        assert pyroscope.receiver.wait_for(1, timeout=30), "no profile before the outage"
-        time.sleep(5)
-        before, _ = scrape(port)
-        sent_before = before["pyroscope_write_sent_profiles_total"]
-        assert sent_before >= 2
-        assert before["pyroscope_write_dropped_profiles_total"] == 0
+            # Up: profiles arrive.
+            assert pyroscope.receiver.wait_for(1, timeout=30), "no profile before the outage"
+            time.sleep(5)
+            before, _ = scrape(agent)
+            sent_before = before["pyroscope_write_sent_profiles_total"]
+            assert sent_before >= 2
+            assert before["pyroscope_write_dropped_profiles_total"] == 0
 
-        # Down for OUTAGE_S while the agent keeps sampling.
-        pyroscope.stop()
-        arrived_before = len(pyroscope.receiver.requests)
-        outage_began = time.monotonic()
-        rss_start = rss_kib(agent.pid)
-        rss = [rss_start]
-        while time.monotonic() - outage_began < OUTAGE_S:
-            time.sleep(3)
-            assert agent.poll() is None, "the agent died during the outage"
-            rss.append(rss_kib(agent.pid))
-        during, _ = scrape(port)
-        assert len(pyroscope.receiver.requests) == arrived_before  # it really was down
+            # Down for OUTAGE_S while the agent keeps sampling.
+            pyroscope.stop()
+            arrived_before = len(pyroscope.receiver.requests)
+            outage_began = time.monotonic()
+            rss_start = rss_kib(agent.process.pid)
+            rss = [rss_start]
+            while time.monotonic() - outage_began < OUTAGE_S:
+                time.sleep(3)
+                assert agent.process.poll() is None, "the agent died during the outage"
+                rss.append(rss_kib(agent.process.pid))
+            during, _ = scrape(agent)
+            assert len(pyroscope.receiver.requests) == arrived_before  # it really was down
 
-        # Back: later profiles arrive, with samples in them.
-        pyroscope.start()
-        restarted = time.monotonic()
-        assert pyroscope.receiver.url == url
-        pyroscope.receiver.wait_for(arrived_before + 3, timeout=10)
-        time.sleep(max(0.0, 5 - (time.monotonic() - restarted)))
-        received = list(pyroscope.receiver.requests)
-        after, samples = scrape(port)
-        agent.send_signal(signal.SIGTERM)
-        _, log = agent.communicate(timeout=30)
+            # Back: later profiles arrive, with samples in them.
+            pyroscope.start()
+            restarted = time.monotonic()
+            assert pyroscope.receiver.url == url
+            pyroscope.receiver.wait_for(arrived_before + 3, timeout=10)
+            time.sleep(max(0.0, 5 - (time.monotonic() - restarted)))
+            received = list(pyroscope.receiver.requests)
+            after, samples = scrape(agent)
+            returncode = agent.stop()
     finally:
-        agent.kill()
         busy.kill()
         busy.wait()
         pyroscope.stop()
@@ -225,7 +188,7 @@ def test_the_receiver_down_for_half_a_minute_keeps_memory_bounded_and_delivery_r
         f" retries {after['pyroscope_write_retries_total']:.0f}; run {elapsed:.1f}s"
     )
 
-    assert agent.returncode == 0, log
+    assert returncode == 0, agent.log
     # Sampling went on: one round per 500 ms, give or take a loaded machine.
     rounds = "pyroscope_ebpf_profiling_sessions_total"
     assert during[rounds] - before[rounds] >= 0.7 * OUTAGE_S / 0.5
