@@ -5,16 +5,13 @@ sampler, and a ``pyroscope.file`` receiver in place of ``pyroscope.write``."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.pprof import read_profile, top_functions
-from tests.agent import wait_for
+from tests.agent import run_agent, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "docker.alloy"
@@ -54,30 +51,14 @@ def agent_run(podman, example_to_files, tmp_path_factory):
     """Run the agent on the example; containers come, go, and the socket goes away."""
     output = tmp_path_factory.mktemp("docker-agent-out")
     folder = tmp_path_factory.mktemp("docker-agent")
-    config = folder / "docker.alloy"
-    config.write_text(example_config(example_to_files, podman.socket, output))
-    log = folder / "agent.log"
-    facts: dict = {"output": output, "log": log}
+    config = example_config(example_to_files, podman.socket, output)
+    facts: dict = {"output": output}
 
     podman.run_container(FIRST, command=BUSY)
-    with log.open("w") as stderr:
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "run",
-                "--server.http.listen-addr=127.0.0.1:0",
-                str(config),
-            ],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
+    with run_agent(config, folder) as agent:
 
         def seen(name: str, count: int = 1) -> bool:
-            assert agent.poll() is None, f"the agent exited: {log.read_text()}"
+            assert agent.process.poll() is None, f"the agent exited: {agent.log}"
             return len(profiles(output).get(f"/{name}", [])) >= count
 
         wait_for(lambda: seen(FIRST, 2), 25, f"two profiles of {FIRST}")
@@ -96,18 +77,15 @@ def agent_run(podman, example_to_files, tmp_path_factory):
             podman.run_container(AFTER, command=BUSY)  # the CLI needs no service
             facts["after_started"] = started_at(podman, AFTER)
             time.sleep(2)
-            facts["alive_in_outage"] = agent.poll() is None
+            facts["alive_in_outage"] = agent.process.poll() is None
             facts["outage_end"] = time.time_ns()
         finally:
             podman.start_service()
         wait_for(lambda: seen(AFTER), 20, f"a profile of {AFTER} once the socket is back")
         time.sleep(INTERVAL_S)
 
-        agent.send_signal(signal.SIGTERM)
-        facts["returncode"] = agent.wait(timeout=30)
-    finally:
-        agent.kill()
-        agent.wait()
+        facts["returncode"] = agent.stop()
+    facts["log"] = agent.log
     facts["profiles"] = profiles(output)
     return facts
 
@@ -154,7 +132,7 @@ def test_a_stopped_container_stops_producing_profiles(agent_run):
 
 def test_socket_gone_and_back_crashes_nothing_keeps_sampling_and_recovers(agent_run):
     assert agent_run["alive_in_outage"]
-    log = agent_run["log"].read_text()
+    log = agent_run["log"]
     gone = log.find("discovery.docker.linux unhealthy")
     assert gone >= 0 and "podman.sock" in log[gone:].splitlines()[0], log
     assert "discovery.docker.linux healthy" in log[gone:], log  # back again
@@ -170,4 +148,4 @@ def test_socket_gone_and_back_crashes_nothing_keeps_sampling_and_recovers(agent_
 
 
 def test_sigterm_stops_it_with_exit_code_0(agent_run):
-    assert agent_run["returncode"] == 0, agent_run["log"].read_text()
+    assert agent_run["returncode"] == 0, agent_run["log"]
