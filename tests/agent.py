@@ -304,8 +304,11 @@ class RunningAgent:
 
 
 @contextmanager
-def run_agent(config: str, folder: Path, *args: str) -> Iterator[RunningAgent]:
-    """Start ``emberscope run`` on ``config`` (written into ``folder``); stop it on exit."""
+def run_agent(
+    config: str, folder: Path, *args: str, environ: dict[str, str] | None = None
+) -> Iterator[RunningAgent]:
+    """Start ``emberscope run`` on ``config`` (written into ``folder``), with ``environ``
+    added to this environment; stop it on exit."""
     path = folder / "agent.alloy"
     path.write_text(config)
     port = free_port()
@@ -322,6 +325,8 @@ def run_agent(config: str, folder: Path, *args: str) -> Iterator[RunningAgent]:
                 str(path),
             ],
             cwd=REPO,
+            env=os.environ | (environ or {}),
+            stdin=subprocess.DEVNULL,
             stderr=log,
             stdout=stdout,
         )

@@ -6,10 +6,7 @@ kubelet-style paths, the real kernel sampler, and a ``pyroscope.file`` receiver 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.pprof import read_profile, top_functions
-from tests.agent import wait_for
+from tests.agent import RunningAgent, run_agent, wait_for
 from tests.discovery.apiserver import LoopbackApiServer, container_id, make_pod
 from tests.discovery.test_containers import Cgroups, cgroup2_root
 
@@ -100,6 +97,65 @@ def ends(profile: Any) -> int:
     return profile.time_nanos + profile.duration_nanos
 
 
+def run_scenario(
+    agent: RunningAgent, api: LoopbackApiServer, output: Path, facts: dict[str, Any]
+) -> None:
+    """Pods change, the API server restarts mid-watch and a resumed watch meets 410 Gone;
+    what happened when goes into ``facts``."""
+
+    def seen(condition: Callable[[dict], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            assert agent.process.poll() is None, f"the agent exited: {agent.log}"
+            return condition(profiles(output))
+
+        return check
+
+    def labelled(spec: tuple, name: str, value: str) -> Callable[[dict], bool]:
+        return lambda found: any(labels.get(name) == value for labels, _ in of(found, spec))
+
+    wait_for(
+        seen(lambda found: len(of(found, WEB)) >= 2 and len(of(found, WORKER)) >= 2),
+        25,
+        "two profiles of each pod of this node",
+    )
+
+    # kubectl annotate (and relabel) the web pod: one MODIFIED event
+    facts["patched"] = time.time_ns()
+    api.apply(pod_object(WEB, labels={"version": "v2"}, annotations=ANNOTATION))
+    wait_for(seen(labelled(WEB, "version", "v2")), 3 * INTERVAL_S, "the patched web pod")
+    facts["patch_seen"] = time.time_ns()
+
+    # the API server restarts mid-watch; the worker pod changes while it is away
+    facts["outage_start"] = time.time_ns()
+    api.stop()
+    time.sleep(1)
+    api.apply(pod_object(WORKER, labels={"stage": "during-outage"}))
+    time.sleep(1.5)
+    facts["alive_in_outage"] = agent.process.poll() is None
+    facts["outage_end"] = time.time_ns()
+    api.start()
+    wait_for(
+        seen(labelled(WORKER, "stage", "during-outage")),
+        6 * INTERVAL_S,
+        "the change made while the API server was away",
+    )
+
+    # 410 on resume: the history is compacted under a change no watch reports
+    facts["lists_before_410"] = len(api.queries("list"))
+    api.apply(pod_object(WORKER, labels={"stage": "after-410"}), record=False)
+    api.compact()
+    api.drop_watches()
+    wait_for(
+        seen(labelled(WORKER, "stage", "after-410")),
+        6 * INTERVAL_S,
+        "the change hidden by the compaction",
+    )
+    facts["lists_after_410"] = len(api.queries("list"))
+    time.sleep(INTERVAL_S)
+
+    facts["returncode"] = agent.stop()
+
+
 @pytest.fixture(scope="module")
 def agent_run(build_workload, example_to_files, tmp_path_factory):
     """Run the agent on the example while pods change, the API server restarts mid-watch
@@ -108,18 +164,15 @@ def agent_run(build_workload, example_to_files, tmp_path_factory):
     busy = build_workload("three_leaves")
     folder = tmp_path_factory.mktemp("k8s-agent")
     output = folder / "out"
-    log = folder / "agent.log"
     api = LoopbackApiServer()
     api.start()
     for spec in (WEB, WORKER, ELSEWHERE):
         api.apply(pod_object(spec))
-    config = folder / "k8s.alloy"
-    config.write_text(example_config(example_to_files, api.url, output))
-    facts: dict[str, Any] = {"output": output, "log": log, "api": api}
+    config = example_config(example_to_files, api.url, output)
+    facts: dict[str, Any] = {"output": output, "api": api}
 
     cgroups = Cgroups(root)
     processes: list[subprocess.Popen] = []
-    agent: subprocess.Popen | None = None
     try:
         for spec in (WEB, WORKER, ELSEWHERE):
             process = subprocess.Popen([str(busy), "60"])
@@ -128,78 +181,10 @@ def agent_run(build_workload, example_to_files, tmp_path_factory):
         facts["cgroup_lines"] = [
             Path(f"/proc/{p.pid}/cgroup").read_text().splitlines()[-1] for p in processes
         ]
-        with log.open("w") as stderr:
-            agent = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent.cli",
-                    "run",
-                    "--server.http.listen-addr=127.0.0.1:0",
-                    str(config),
-                ],
-                cwd=REPO,
-                env=os.environ | {"HOSTNAME": NODE},
-                stdin=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-        def seen(condition: Callable[[dict], bool]) -> Callable[[], bool]:
-            def check() -> bool:
-                assert agent.poll() is None, f"the agent exited: {log.read_text()}"
-                return condition(profiles(output))
-
-            return check
-
-        def labelled(spec: tuple, name: str, value: str) -> Callable[[dict], bool]:
-            return lambda found: any(labels.get(name) == value for labels, _ in of(found, spec))
-
-        wait_for(
-            seen(lambda found: len(of(found, WEB)) >= 2 and len(of(found, WORKER)) >= 2),
-            25,
-            "two profiles of each pod of this node",
-        )
-
-        # kubectl annotate (and relabel) the web pod: one MODIFIED event
-        facts["patched"] = time.time_ns()
-        api.apply(pod_object(WEB, labels={"version": "v2"}, annotations=ANNOTATION))
-        wait_for(seen(labelled(WEB, "version", "v2")), 3 * INTERVAL_S, "the patched web pod")
-        facts["patch_seen"] = time.time_ns()
-
-        # the API server restarts mid-watch; the worker pod changes while it is away
-        facts["outage_start"] = time.time_ns()
-        api.stop()
-        time.sleep(1)
-        api.apply(pod_object(WORKER, labels={"stage": "during-outage"}))
-        time.sleep(1.5)
-        facts["alive_in_outage"] = agent.poll() is None
-        facts["outage_end"] = time.time_ns()
-        api.start()
-        wait_for(
-            seen(labelled(WORKER, "stage", "during-outage")),
-            6 * INTERVAL_S,
-            "the change made while the API server was away",
-        )
-
-        # 410 on resume: the history is compacted under a change no watch reports
-        facts["lists_before_410"] = len(api.queries("list"))
-        api.apply(pod_object(WORKER, labels={"stage": "after-410"}), record=False)
-        api.compact()
-        api.drop_watches()
-        wait_for(
-            seen(labelled(WORKER, "stage", "after-410")),
-            6 * INTERVAL_S,
-            "the change hidden by the compaction",
-        )
-        facts["lists_after_410"] = len(api.queries("list"))
-        time.sleep(INTERVAL_S)
-
-        agent.send_signal(signal.SIGTERM)
-        facts["returncode"] = agent.wait(timeout=30)
+        with run_agent(config, folder, environ={"HOSTNAME": NODE}) as agent:
+            run_scenario(agent, api, output, facts)
+        facts["log"] = agent.log
     finally:
-        if agent is not None and agent.poll() is None:
-            agent.kill()
-            agent.wait()
         try:
             cgroups.close([p.pid for p in processes])
         finally:
@@ -300,7 +285,7 @@ def test_api_server_restart_and_410_crash_nothing_and_targets_recover(agent_run)
     worker = [labels for labels, _ in of(agent_run["profiles"], WORKER)]
     assert worker[-1]["stage"] == "after-410"
     assert worker[-1]["service_name"] == "ebpf/batch/worker"
-    log = agent_run["log"].read_text()
+    log = agent_run["log"]
     gone = log.find("discovery.kubernetes.all_pods unhealthy: cannot reach the API server")
     assert gone >= 0, log
     assert "discovery.kubernetes.all_pods healthy" in log[gone:], log  # back again
@@ -308,6 +293,6 @@ def test_api_server_restart_and_410_crash_nothing_and_targets_recover(agent_run)
 
 
 def test_sigterm_stops_it_with_exit_code_0(agent_run):
-    log = agent_run["log"].read_text()
+    log = agent_run["log"]
     assert agent_run["returncode"] == 0, log
     assert "agent stopped" in log, log
