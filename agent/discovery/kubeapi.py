@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.config.httpclient import ssl_context
+from agent.config.component import ArgumentError
+from agent.config.httpclient import TLSConfig, ssl_context
 from agent.errors import DiscoveryError
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def _in_cluster(service_account_dir: str) -> ApiServer:
         )
     if ":" in host:
         host = f"[{host}]"  # an IPv6 address
-    context = ssl.create_default_context(cafile=os.path.join(service_account_dir, "ca.crt"))
+    context = ssl_context(TLSConfig(ca_file=os.path.join(service_account_dir, "ca.crt")))
     token_file = _TokenFile(os.path.join(service_account_dir, "token"))
     token_file.read()
     return ApiServer(f"https://{host}:{port}", context, token_file.authorization)
@@ -118,16 +119,22 @@ def _from_kubeconfig(path: str) -> ApiServer:
         raise KubernetesError(f"kubeconfig_file {path}: {exc}") from exc
     verify: ssl.SSLContext | bool = True
     if configuration.host.startswith("https:"):
-        verify = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-        if configuration.cert_file:
-            verify.load_cert_chain(configuration.cert_file, configuration.key_file)
-        if not configuration.verify_ssl:
-            verify.check_hostname = False
-            verify.verify_mode = ssl.CERT_NONE
+        try:
+            tls = TLSConfig(
+                ca_file=configuration.ssl_ca_cert or "",
+                cert_file=configuration.cert_file or "",
+                key_file=configuration.key_file or "",
+                insecure_skip_verify=not configuration.verify_ssl,
+            )
+        except ArgumentError as exc:  # a client certificate without its key
+            raise KubernetesError(f"kubeconfig_file {path}: {exc}") from exc
+        verify = ssl_context(tls)
 
     def authorization() -> str | None:
-        # Calls the kubeconfig's refresh hook (exec plugins, expiring tokens) when it has one.
-        return configuration.get_api_key_with_prefix("authorization")
+        # The client's own header for the kubeconfig's token, built at each call, so that
+        # its refresh hook (exec plugins, expiring tokens) runs when it has one.
+        setting = configuration.auth_settings().get("BearerToken")
+        return setting["value"] if setting else None
 
     return ApiServer(configuration.host.rstrip("/"), verify, authorization)
 

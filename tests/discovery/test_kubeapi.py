@@ -115,6 +115,28 @@ def test_in_cluster_uses_the_service_account_over_tls_and_rereads_its_token(
         stop.set()
 
 
+def test_a_kubeconfig_over_tls_trusts_its_ca_and_sends_its_token(tmp_path, tls_server):
+    tls_server.apply(make_pod("web"))
+    kubeconfig = tmp_path / "kubeconfig"
+    apiserver.write_kubeconfig(str(kubeconfig), tls_server.url, str(tmp_path / "apiserver.crt"))
+    arguments = KubernetesArguments(role="pod", kubeconfig_file=str(kubeconfig))
+    component, recorder, stop = run_discovery(arguments)
+    try:
+        wait_for(lambda: names(recorder) == {"web"})
+        assert tls_server.authorizations[0] == "Bearer test-token"
+        assert component.health().state == "healthy"
+    finally:
+        stop.set()
+    # Another CA: the server is not trusted, and the component says so.
+    other_ca, _ = self_signed(tmp_path, "other")
+    apiserver.write_kubeconfig(str(kubeconfig), tls_server.url, str(other_ca))
+    component, _, stop = run_discovery(arguments)
+    try:
+        wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in component.health().message)
+    finally:
+        stop.set()
+
+
 def test_in_cluster_with_a_ca_that_does_not_sign_the_server_is_unhealthy(
     tmp_path, tls_server, monkeypatch
 ):
