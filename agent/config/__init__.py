@@ -12,7 +12,7 @@ from agent.config.component import (
     block,
 )
 from agent.config.duration import parse_duration
-from agent.config.graph import Graph, check_config
+from agent.config.graph import Graph
 
 __all__ = [
     "ArgumentError",
@@ -25,6 +25,5 @@ __all__ = [
     "Secret",
     "URL",
     "block",
-    "check_config",
     "parse_duration",
 ]

@@ -39,7 +39,7 @@ from agent.config.parser import Attribute, Block, Expr, Statement, parse
 from agent.errors import ConfigError
 from agent.supervise import SupervisedThread
 
-__all__ = ["Graph", "check_config"]
+__all__ = ["Graph"]
 
 _RUN_FAILED = "run failed"
 
@@ -343,16 +343,6 @@ class Graph:
         node.arguments = arguments
 
 
-def check_config(
-    path: str | os.PathLike[str],
-    kinds: Mapping[str, type],
-    *,
-    environ: Mapping[str, str] | None = None,
-) -> None:
-    """Raise ConfigError if the configuration file at ``path`` is not valid."""
-    Graph.load(Path(path), kinds, environ=environ)
-
-
 def _read(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -434,13 +424,21 @@ def _check_export(reference: Reference, kind: type) -> None:
 def _unknown_exports(kind: type) -> Any:
     """The exports of a component not created yet: each of its declared ``Exports``
     unknown but of its type, so that a reference is type-checked at load."""
+    types = _export_types(kind)
+    if types is None:
+        return UNKNOWN
+    return {name: unknown(type_name) for name, type_name in types}
+
+
+@functools.cache
+def _export_types(kind: type) -> tuple[tuple[str, str], ...] | None:
+    """(name, Alloy type) of each declared export of ``kind``; None where it declares none.
+    Read once per kind: the graph asks again at every re-evaluation."""
     exports = getattr(kind, "Exports", None)
     if exports is None:
-        return UNKNOWN
+        return None
     hints = typing.get_type_hints(exports)
-    return {
-        field.name: unknown(alloy_type(hints[field.name])) for field in dataclasses.fields(exports)
-    }
+    return tuple((f.name, alloy_type(hints[f.name])) for f in dataclasses.fields(exports))
 
 
 def _sort(nodes: list[_Node]) -> list[_Node]:

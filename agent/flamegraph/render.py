@@ -18,6 +18,7 @@ drops those under 0.1 px), which bounds the file's size on huge profiles.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from html import escape
@@ -89,10 +90,16 @@ def render_html(root: FlameNode, title: str, subtitle: str = "", header: str = "
     )
 
 
+@functools.cache
+def _script() -> str:
+    """flamegraph.js, read from the package once."""
+    return resources.files(__package__).joinpath("flamegraph.js").read_text()
+
+
 def _svg(root: FlameNode, title: str, subtitle: str) -> str:
     frames, depth = _frames(root)
     height = _TOP + (depth + 1) * _FRAME_HEIGHT + _PAD
-    script = resources.files(__package__).joinpath("flamegraph.js").read_text()
+    script = _script()
     parts = [
         f'<svg id="flamegraph" version="1.1" width="{_WIDTH}" height="{height}" '
         f'viewBox="0 0 {_WIDTH} {height}" xmlns="http://www.w3.org/2000/svg" '

@@ -5,14 +5,15 @@ They are checked against the agent's real table of component kinds.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from agent.config import Graph, check_config
+from agent.config import Graph
 from agent.discovery.kubernetes import SelectorConfig
 from agent.errors import ConfigError
-from agent.pipeline import KINDS
+from agent.pipeline import KINDS, check
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s.alloy"
@@ -21,7 +22,7 @@ DOCKER = REPO / "examples" / "docker.alloy"
 
 @pytest.mark.parametrize("path", [K8S, DOCKER], ids=["k8s", "docker"])
 def test_example_passes_check_config(path):
-    check_config(path, KINDS)
+    check(path, os.environ)
 
 
 def test_kubernetes_example_decodes_as_alloy_reads_it():
@@ -56,4 +57,4 @@ def test_a_broken_copy_of_an_example_is_rejected(tmp_path):
     broken = tmp_path / "k8s.alloy"
     broken.write_text(K8S.read_text().replace('role = "pod"', 'role = "pods"', 1))
     with pytest.raises(ConfigError, match=r"k8s.alloy:4:3: role: must be one of pod, node"):
-        check_config(broken, KINDS)
+        check(broken, os.environ)

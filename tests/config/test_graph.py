@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import ComponentOptions, Graph, Health, check_config
+from agent.config import ComponentOptions, Graph, Health
 from agent.errors import ConfigError
 from tests.agent import wait_for
 
@@ -293,16 +293,15 @@ def test_a_cycle_is_rejected_naming_its_components(kinds):
     assert load_error(itself, kinds) == "t.alloy:1:1: cycle: test.relay.self"
 
 
-def test_check_config_reads_a_file(kinds, tmp_path: Path):
+def test_a_graph_loads_from_a_file(kinds, tmp_path: Path):
     path = tmp_path / "agent.alloy"
     path.write_text('test.source "a" {\n  value = 2\n}\n')
-    check_config(path, kinds)
-    check_config(str(path), kinds)
+    Graph.load(path, kinds)
     path.write_text('test.source "a" {\n  value = "two"\n}\n')
     with pytest.raises(ConfigError, match=rf"^{path}:2:11: expected number, got string$"):
-        check_config(path, kinds)
+        Graph.load(path, kinds)
     with pytest.raises(ConfigError, match=r"missing.alloy: No such file or directory"):
-        check_config(tmp_path / "missing.alloy", kinds)
+        Graph.load(tmp_path / "missing.alloy", kinds)
 
 
 def test_sys_env_reads_the_given_environment(kinds):
