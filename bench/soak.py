@@ -419,6 +419,14 @@ def kill_scenario(setup: Setup, minutes: float) -> Row:
         # mid-collection: a moment after a round started
         rounds = len(collected(first.log))
         wait_for(lambda: len(collected(first.log)) > rounds, 2 * INTERVAL_S, "a round")
+        # what the round handed over reaches the disk within moments, from the sender's thread
+        wait_for(
+            lambda: first.metric("emberscope_write_spooled_profiles_total")
+            + len(setup.receiver.receiver.requests)
+            >= sum(collected(first.log)),
+            10,
+            "the round spooled",
+        )
         spooled = first.metric("emberscope_write_spooled_profiles_total")
         watch.close()
         write_drops(first, row)

@@ -2,9 +2,11 @@
 
 Each endpoint of ``pyroscope.write`` gets its own sender, so a slow or dead
 endpoint only ever fills, and drops from, its own queue. With a spool, what
-would be dropped for want of the endpoint (a full queue, retries exhausted,
-still queued at stop) goes to disk instead, and is replayed when the queue is
-empty and the endpoint answers.
+would be dropped for want of the endpoint (a full queue, still queued at stop)
+goes to disk instead, and a push that fails for the endpoint is not retried
+from memory: the thread moves it, and everything queued behind it, to disk at
+once, where a crash of the agent cannot take it. The spool is replayed, oldest
+first and one probe at a time with backoff, when the queue is empty.
 """
 
 from __future__ import annotations
@@ -206,11 +208,7 @@ class EndpointSender:
             self._give_up_on(item, "stopped")
 
     def enqueue(self, body: bytes, size: int) -> None:
-        """Never blocks on the endpoint. With a spool, while the endpoint fails a new
-        profile goes straight to disk, where a crash of the agent cannot take it."""
-        if self._spool is not None and self.failure:
-            self._give_up_on(_Queued(body, size, time.time_ns()), "queue_full")
-            return
+        """Never blocks on the endpoint, nor on the disk: the sender's thread spools."""
         oldest = None
         with self._ready:
             if len(self._queue) >= self._queue_size:
@@ -241,10 +239,13 @@ class EndpointSender:
 
     def _run(self, _stop: threading.Event) -> None:
         self._show_spool()
-        while (item := self._next()) is not None:
+        while not self._closing.is_set():
+            item = self._next()
             if isinstance(item, SpooledItem):
                 self._replay(item)
-            else:
+            elif item is not None and self._spool is not None and self.failure:
+                self._give_up_on(item, "retries_exhausted")  # the endpoint fails: to disk
+            elif item is not None:
                 self._deliver(item)
 
     def _crashed(self, exc: BaseException) -> None:
@@ -253,22 +254,26 @@ class EndpointSender:
         self.failure_since = self.failure_since or time.time()
 
     def _next(self) -> _Queued | SpooledItem | None:
-        """The next queued item; when none, the oldest spooled one if replay is due."""
+        """The next queued item; when none, the oldest spooled one once replay is due
+        (read outside the lock, so ``enqueue`` never waits on the disk). None at close,
+        or when the spool had nothing whole after all."""
         with self._ready:
             self._in_flight = False
             self._ready.notify_all()
-            while not self._closing.is_set():
+            while True:
+                if self._closing.is_set():
+                    return None
                 if self._queue:
                     self._in_flight = True
                     return self._queue.popleft()
+                spooled = self._spool is not None and self._spool.count > 0
                 wait = self._replay_at - time.monotonic()
-                if self._spool is not None and self._spool.count and wait <= 0:
-                    spooled = self._spool.oldest()
-                    self._show_spool()
-                    if spooled is not None:
-                        return spooled
-                self._ready.wait(wait if self._spool is not None and self._spool.count else None)
-            return None
+                if spooled and wait <= 0:
+                    break
+                self._ready.wait(wait if spooled else None)
+        item = self._spool.oldest()
+        self._show_spool()
+        return item
 
     def _replay(self, item: SpooledItem) -> None:
         """One attempt: delivered or refused, it leaves the spool; a retryable failure
@@ -288,7 +293,8 @@ class EndpointSender:
         self._show_spool()
 
     def _deliver(self, item: _Queued) -> None:
-        """Push one body, retrying retryable failures with backoff; count the outcome."""
+        """Push one body, retrying retryable failures with backoff (with a spool, the
+        first one sends it to disk); count the outcome."""
         started = time.monotonic()
         delays = self._backoff.delays()
         while True:
@@ -319,9 +325,12 @@ class EndpointSender:
             self.failure = ""
 
     def _give_up(self, exc: PushError, delays: Iterator[float]) -> str:
-        """The reason to drop after ``exc``, or "" once the backoff has been waited."""
+        """The reason to drop (or spool) after ``exc``, or "" once the backoff has been
+        waited."""
         if not exc.retryable:
             return self._drop_reason(exc)
+        if self._spool is not None:
+            return "retries_exhausted"  # replay retries it from disk
         delay = next(delays, None)
         if delay is None:
             return "retries_exhausted"
