@@ -421,9 +421,11 @@ def kill_scenario(setup: Setup, minutes: float) -> Row:
         wait_for(lambda: len(collected(first.log)) > rounds, 2 * INTERVAL_S, "a round")
         # what the round handed over reaches the disk within moments, from the sender's thread
         wait_for(
-            lambda: first.metric("emberscope_write_spooled_profiles_total")
-            + len(setup.receiver.receiver.requests)
-            >= sum(collected(first.log)),
+            lambda: (
+                first.metric("emberscope_write_spooled_profiles_total")
+                + len(setup.receiver.receiver.requests)
+                >= sum(collected(first.log))
+            ),
             10,
             "the round spooled",
         )
