@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.pprof import profile_pb2, value_index
+from agent.pprof import profile_pb2
+from agent.pprof.read import location_frames, value_index
+from agent.symbols.frames import Frame, MappedFile
 
 __all__ = ["KINDS", "FlameNode", "build_tree"]
 
@@ -46,7 +48,7 @@ class FlameNode:
 def build_tree(profile: profile_pb2.Profile) -> FlameNode:
     """The root ``all`` of the profile's samples, root-first stacks merged by frame."""
     index = value_index(profile)
-    frames = _location_frames(profile)
+    frames = _location_keys(profile)
     root = FlameNode("all", "")
     for sample in profile.sample:
         value = sample.value[index]
@@ -66,52 +68,34 @@ def build_tree(profile: profile_pb2.Profile) -> FlameNode:
     return root
 
 
-def _location_frames(profile: profile_pb2.Profile) -> dict[int, list[_Key]]:
-    """Each location's frames, outermost first (pprof lists inlined lines innermost first)."""
-    strings = profile.string_table
-    try:
-        functions = {f.id: (strings[f.name], strings[f.filename]) for f in profile.function}
-        mapping_kinds = _mapping_kinds(profile, functions)
-        frames = {}
-        for location in profile.location:
-            mapping_kind = mapping_kinds.get(location.mapping_id)
-            keys = []
-            for line in reversed(location.line):
-                name, filename = functions[line.function_id]
-                kind = mapping_kind or _unmapped_kind(name, location.address)
-                python = kind == "python" and filename
-                label = f"{name} ({filename}:{line.line})" if python else name
-                keys.append((label, kind))
-            frames[location.id] = keys
-        return frames
-    except (IndexError, KeyError) as exc:
-        raise ValueError(f"profile refers to a missing function or string ({exc})") from None
-
-
-def _mapping_kinds(
-    profile: profile_pb2.Profile, functions: dict[int, tuple[str, str]]
-) -> dict[int, str]:
-    strings = profile.string_table
+def _location_keys(profile: profile_pb2.Profile) -> dict[int, list[_Key]]:
+    """Each location's frames as (label, kind), outermost first."""
+    frames = location_frames(profile)
     go_mappings = {
-        location.mapping_id
-        for location in profile.location
-        if any(functions[line.function_id][0].startswith("runtime.") for line in location.line)
+        frame.mapping
+        for location in frames.values()
+        for frame in location
+        if frame.mapping is not None and frame.name.startswith("runtime.")
     }
-    kinds = {}
-    for mapping in profile.mapping:
-        path = strings[mapping.filename]
-        if not path or path.startswith("[anon") or "memfd:" in path:
-            kinds[mapping.id] = "jit"
-        elif mapping.id in go_mappings:
-            kinds[mapping.id] = "go"
-        else:
-            kinds[mapping.id] = "native"
-    return kinds
+    return {
+        location_id: [_key(frame, go_mappings) for frame in reversed(location)]
+        for location_id, location in frames.items()
+    }
 
 
-def _unmapped_kind(name: str, address: int) -> str:
-    if address == 0:
-        return "python"
-    if name.startswith("[unknown]"):
-        return "native"
-    return "kernel"
+def _key(frame: Frame, go_mappings: set[MappedFile]) -> _Key:
+    kind = _kind(frame, go_mappings)
+    if kind == "python" and frame.filename:
+        return f"{frame.name} ({frame.filename}:{frame.line})", kind
+    return frame.name, kind
+
+
+def _kind(frame: Frame, go_mappings: set[MappedFile]) -> str:
+    mapping = frame.mapping
+    if mapping is None:
+        if frame.address == 0:
+            return "python"
+        return "native" if frame.name.startswith("[unknown]") else "kernel"
+    if not mapping.path or mapping.path.startswith("[anon") or "memfd:" in mapping.path:
+        return "jit"
+    return "go" if mapping in go_mappings else "native"

@@ -2,13 +2,8 @@
 
 from agent.pprof.builder import ProfileBuilder, encode_profile
 from agent.pprof.merge import merge_profiles
-from agent.pprof.summary import (
-    FunctionShare,
-    format_table,
-    read_profile,
-    top_functions,
-    value_index,
-)
+from agent.pprof.read import read_profile, value_index
+from agent.pprof.summary import FunctionShare, format_table, top_functions
 
 __all__ = [
     "FunctionShare",

@@ -10,8 +10,7 @@ from collections.abc import Iterable
 
 from agent.pprof import profile_pb2
 from agent.pprof.builder import ProfileBuilder
-from agent.pprof.summary import value_index
-from agent.symbols.frames import Frame, MappedFile
+from agent.pprof.read import location_frames, value_index
 
 __all__ = ["merge_profiles"]
 
@@ -39,7 +38,7 @@ def merge_profiles(profiles: Iterable[profile_pb2.Profile]) -> profile_pb2.Profi
 
 def _add_samples(builder: ProfileBuilder, profile: profile_pb2.Profile, period: int) -> None:
     index = value_index(profile)
-    frames = _location_frames(profile)
+    frames = location_frames(profile)
     strings = profile.string_table
     for sample in profile.sample:
         count = round(sample.value[index] / period)
@@ -52,34 +51,3 @@ def _add_samples(builder: ProfileBuilder, profile: profile_pb2.Profile, period: 
             raise ValueError(f"a sample refers to a missing location or string ({exc})") from None
         builder.add_sample(stack, count, labels)
 
-
-def _location_frames(profile: profile_pb2.Profile) -> dict[int, list[Frame]]:
-    """Each location as frames, leaf first (a location's lines are innermost first)."""
-    strings = profile.string_table
-    try:
-        functions = {f.id: (strings[f.name], strings[f.filename]) for f in profile.function}
-        mappings = {
-            m.id: MappedFile(
-                m.memory_start,
-                m.memory_limit,
-                m.file_offset,
-                strings[m.filename],
-                strings[m.build_id],
-            )
-            for m in profile.mapping
-        }
-        return {
-            location.id: [
-                Frame(
-                    name=functions[line.function_id][0],
-                    address=location.address,
-                    mapping=mappings.get(location.mapping_id),
-                    filename=functions[line.function_id][1],
-                    line=line.line,
-                )
-                for line in location.line
-            ]
-            for location in profile.location
-        }
-    except (IndexError, KeyError) as exc:
-        raise ValueError(f"profile refers to a missing function or string ({exc})") from None

@@ -1,20 +1,16 @@
-"""Read a pprof profile back and rank its functions, as ``pprof -top`` does."""
+"""Rank a profile's functions, as ``pprof -top`` does, and lay them out as a table."""
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from agent.pprof import profile_pb2
+from agent.pprof.read import location_frames, value_index
 
-__all__ = ["FunctionShare", "format_table", "read_profile", "top_functions", "value_index"]
+__all__ = ["FunctionShare", "format_table", "top_functions"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _MIN_NAME_WIDTH = 20  # below this a cut name says too little: the line is let wrap
 
 
@@ -31,24 +27,6 @@ class FunctionShare:
     total_fraction: float
 
 
-def read_profile(data: bytes) -> profile_pb2.Profile:
-    """Decode a profile from gzipped or raw pprof bytes."""
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"not a pprof profile: corrupt gzip stream ({exc})") from exc
-    try:
-        profile = profile_pb2.Profile.FromString(data)
-    except DecodeError as exc:
-        raise ValueError(
-            f"not a pprof profile: neither gzip nor a valid Profile message ({exc})"
-        ) from exc
-    if not profile.string_table or profile.string_table[0] != "":
-        raise ValueError('not a pprof profile: string_table[0] must be ""')
-    return profile
-
-
 def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShare]:
     """Return up to ``limit`` functions, by self share, then total, then name.
 
@@ -59,7 +37,7 @@ def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShar
     if limit < 0:
         raise ValueError(f"limit must be zero or more, not {limit}")
     index = value_index(profile)
-    names = _location_names(profile)
+    frames = location_frames(profile)
     self_values: Counter[str] = Counter()
     total_values: Counter[str] = Counter()
     grand_total = 0
@@ -68,10 +46,13 @@ def top_functions(profile: profile_pb2.Profile, limit: int) -> list[FunctionShar
             raise ValueError("a sample's values do not match the profile's sample types")
         value = sample.value[index]
         grand_total += value
-        stack = [_lookup(names, location_id) for location_id in sample.location_id]
+        try:
+            stack = [frames[location_id] for location_id in sample.location_id]
+        except KeyError as exc:
+            raise ValueError(f"sample refers to missing location {exc}") from None
         if stack and stack[0]:
-            self_values[stack[0][0]] += value
-        for name in {name for location in stack for name in location}:
+            self_values[stack[0][0].name] += value
+        for name in {frame.name for location in stack for frame in location}:
             total_values[name] += value
     if grand_total == 0:
         return []
@@ -111,34 +92,3 @@ def _cut_middle(name: str, width: int) -> str:
         return name
     head = (width - 1) // 2
     return f"{name[:head]}…{name[len(name) - (width - 1 - head) :]}"
-
-
-def value_index(profile: profile_pb2.Profile) -> int:
-    """The index of the values read in each sample: the default sample type's, else the last."""
-    if not profile.sample_type:
-        raise ValueError("profile has no sample_type")
-    if profile.default_sample_type:
-        for index, value_type in enumerate(profile.sample_type):
-            if value_type.type == profile.default_sample_type:
-                return index
-    return len(profile.sample_type) - 1
-
-
-def _location_names(profile: profile_pb2.Profile) -> dict[int, tuple[str, ...]]:
-    """Map each location id to its function names, innermost inlined first."""
-    strings = profile.string_table
-    try:
-        functions = {function.id: strings[function.name] for function in profile.function}
-        return {
-            location.id: tuple(functions[line.function_id] for line in location.line)
-            for location in profile.location
-        }
-    except (IndexError, KeyError) as exc:
-        raise ValueError(f"profile refers to a missing function or string ({exc})") from None
-
-
-def _lookup(names: dict[int, tuple[str, ...]], location_id: int) -> tuple[str, ...]:
-    try:
-        return names[location_id]
-    except KeyError:
-        raise ValueError(f"sample refers to missing location {location_id}") from None
