@@ -50,4 +50,3 @@ def _add_samples(builder: ProfileBuilder, profile: profile_pb2.Profile, period: 
         except (KeyError, IndexError) as exc:
             raise ValueError(f"a sample refers to a missing location or string ({exc})") from None
         builder.add_sample(stack, count, labels)
-
