@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -166,6 +167,9 @@ class ComponentOptions:
     # Seconds a component may still spend delivering what it holds once its stop is
     # set (``emberscope run --stop.timeout``); the graph stops producers first.
     stop_timeout: float = 10.0
+    # When the stop began (monotonic): the graph's, before its producers' last
+    # collection; ``stop_timeout`` counts from it. Alone, a component's own stop.
+    stop_started: Callable[[], float] = time.monotonic
 
 
 class Component(Protocol):

@@ -91,6 +91,7 @@ class Graph:
         self._registry = registry
         self._changing = threading.RLock()  # one reload or re-evaluation at a time
         self.stop_timeout = 10.0  # see ComponentOptions.stop_timeout
+        self._stop_started = 0.0  # monotonic: when the last stop of components began
 
     @classmethod
     def load(
@@ -239,6 +240,7 @@ class Graph:
         return kept
 
     def _stop_nodes(self, nodes: Iterable[_Node], deadline: float) -> list[str]:
+        self._stop_started = time.monotonic()
         stuck = []
         for node in nodes:
             node.stop.set()
@@ -267,6 +269,7 @@ class Graph:
             self._shared_lock,
             self._registry,
             self.stop_timeout,
+            lambda: self._stop_started,
         )
         node.component = node.kind(options, arguments)
         node.arguments = arguments

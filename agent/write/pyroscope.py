@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 PUSH_PATH = "/push.v1.PusherService/Push"
 _METRICS_KEY = "pyroscope.write.metrics"
 _QUEUE_SIZE = 256  # per endpoint: about an hour of one target at the default 15 s interval
+# At stop, seconds a push in flight may still take before what is left is spooled:
+# within the 5 s the agent adds to --stop.timeout (agent.pipeline).
+_CLOSE_AT_STOP_S = 3.0
 _LABEL_NAME = re.compile(r"[A-Za-z0-9_.]+")
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _KEPT_RESERVED = ("__name__", "__delta__")
@@ -438,11 +441,13 @@ class PyroscopeWrite:
         return Health("unhealthy", "; ".join(sender.failure for sender in failing), since)
 
     def update(self, arguments: PyroscopeWriteArguments) -> None:
-        """Endpoints whose options (and spool arguments) stay keep their queues; new ones
-        are opened, and those no longer configured closed: what they hold is spooled,
-        or dropped and counted without a spool."""
+        """Endpoints whose options (and spool directory) stay keep their queues, under
+        the new spool cap; new ones are opened, and those no longer configured closed:
+        what they hold is spooled, or dropped and counted without a spool."""
         running = list(zip(self._arguments.endpoint, self._state[1], strict=True))
-        spooled_alike = _spool_arguments(arguments) == _spool_arguments(self._arguments)
+        spooled_alike = arguments.spool_directory == self._arguments.spool_directory
+        for spool in self._spools.values():
+            spool.max_bytes = arguments.spool_max_bytes
         endpoints: list[_Endpoint] = []
         opened = []
         for options in arguments.endpoint:
@@ -468,12 +473,13 @@ class PyroscopeWrite:
             self._running = False
             endpoints = self._state[1]
         # The producers have stopped (the graph stops them first): deliver what is
-        # queued within the stop timeout; what is left is then spooled (or dropped).
-        deadline = time.monotonic() + self._options.stop_timeout
+        # queued within the stop timeout, counted from the start of the whole stop;
+        # what is left is then spooled (or dropped) within the graph's margin.
+        deadline = self._options.stop_started() + self._options.stop_timeout
         late = [sender.endpoint for sender, _ in endpoints if not sender.wait_idle(deadline)]
         if late:
             log.warning("%s: not all delivered at stop: %s", self._options.id, ", ".join(late))
-        _close(endpoints)
+        _close(endpoints, _CLOSE_AT_STOP_S)
 
     def _open(self, options: EndpointOptions, arguments: PyroscopeWriteArguments) -> _Endpoint:
         pusher = _HttpPusher(options, self._transport)
@@ -504,8 +510,7 @@ class PyroscopeWrite:
         path = Path(arguments.spool_directory) / spool_name(options)
         spool = self._spools.get(path)
         if spool is not None:
-            spool.max_bytes = arguments.spool_max_bytes
-            return spool
+            return spool  # its cap already updated
 
         def count_dropped(size: int, reason: str) -> None:
             self._metrics.count_dropped(endpoint, size, reason)
@@ -515,10 +520,6 @@ class PyroscopeWrite:
         except OSError as exc:
             raise ConfigError(f"spool_directory: cannot use {path}: {exc.strerror}") from exc
         return spool
-
-
-def _spool_arguments(arguments: PyroscopeWriteArguments) -> tuple[str, int]:
-    return arguments.spool_directory, arguments.spool_max_bytes
 
 
 def _metrics_of(

@@ -358,6 +358,32 @@ def test_what_is_queued_or_waiting_to_retry_past_the_stop_timeout_is_counted_sto
     assert drops(component, pyroscope.url) == {"stopped": 3}
 
 
+def test_the_stop_timeout_counts_from_the_start_of_the_whole_stop(pyroscope):
+    pyroscope.answers = [Answer(503)] * 10
+    options = ComponentOptions(
+        "pyroscope.write.s",
+        lambda _: None,
+        {},
+        threading.Lock(),
+        stop_timeout=5,
+        stop_started=lambda: time.monotonic() - 5,  # the producers' stop took it all
+    )
+    arguments = write_to(
+        pyroscope.url, min_backoff_period=Duration(30), max_backoff_period=Duration(30)
+    )
+    component = PyroscopeWrite(options, arguments)
+    stop = threading.Event()
+    thread = threading.Thread(target=component.run, args=(stop,))
+    thread.start()
+    component.append(profile())
+    wait_until(lambda: "HTTP 503" in component.health().message)
+    stopped = time.monotonic()
+    stop.set()
+    thread.join(10)
+    assert time.monotonic() - stopped < 1  # no budget left: not 5 s more
+    assert drops(component, pyroscope.url) == {"stopped": 1}
+
+
 def test_a_server_stalling_past_remote_timeout_is_retried(pyroscope, start):
     pyroscope.answers = [Answer(delay=1.0)]
     component = start(write_to(pyroscope.url, remote_timeout=Duration(0.3)))

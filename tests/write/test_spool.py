@@ -116,7 +116,7 @@ def test_what_the_endpoint_could_not_take_is_replayed_oldest_first_when_it_answe
         spooled = "emberscope_write_spooled_profiles_total"
         wait_for(lambda: metric(component, spooled, url) == 6, 10, "six profiles spooled")
         assert drops(component, url) == {}
-        assert len(os.listdir(tmp_path / re.sub(r"[^A-Za-z0-9._-]", "_", url))) == 6
+        assert len(os.listdir(tmp_path / spool_name_of(url))) == 6
 
         component.append(profile(6))  # while the endpoint fails: straight to disk
         wait_for(lambda: metric(component, spooled, url) == 7, 10, "the seventh spooled")
@@ -251,3 +251,29 @@ def test_a_stop_while_the_endpoint_fails_spools_at_once(tmp_path):
     thread.join(10)
     assert time.monotonic() - stopped < 2  # not the 20 s of the stop timeout
     assert metric(component, "emberscope_write_spooled_profiles_total", url) == 3
+
+
+def test_a_new_spool_cap_applies_in_place_keeping_the_endpoint(tmp_path):
+    url = closed_port_url()
+    arguments = spooled_write(url, tmp_path)
+    component, stop, thread = start_write(arguments)
+    try:
+        senders = [sender for sender, _ in component._state[1]]
+        for number in range(3):
+            component.append(profile(number))
+        spooled = "emberscope_write_spooled_profiles_total"
+        wait_for(lambda: metric(component, spooled, url) == 3, 10, "three profiles spooled")
+        one_file = os.path.getsize(next((tmp_path / spool_name_of(url)).iterdir()))
+        component.update(dataclasses.replace(arguments, spool_max_bytes=one_file + 100))
+        assert [sender for sender, _ in component._state[1]] == senders  # not reopened
+        component.append(profile(3))
+        wait_for(lambda: metric(component, spooled, url) == 4, 10, "the fourth spooled")
+        assert drops(component, url) == {"spool_full": 3}  # the new cap: room for one
+        assert metric(component, "emberscope_write_spool_profiles", url) == 1
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def spool_name_of(url: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", url)
