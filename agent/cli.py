@@ -253,11 +253,13 @@ def _configure_logging(args: argparse.Namespace, block: LoggingArguments | None 
         level = max(level - 10 * getattr(args, "verbose", 0), logging.DEBUG)
     log_format = getattr(args, "log_format", None) or (block.format if block else "logfmt")
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h.formatter, LogFormatter)]:
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    # Called again at a reload: the handler is kept (threads log through it) and
+    # given the new format.
+    ours = [h for h in root.handlers if isinstance(h.formatter, LogFormatter)]
+    handler = ours[0] if ours else logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogFormatter(log_format))
-    root.addHandler(handler)
+    if not ours:
+        root.addHandler(handler)
     root.setLevel(max(level, logging.WARNING))
     log.setLevel(level)
     logging.captureWarnings(True)
@@ -275,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
     stop_timeout = args.stop_timeout or DEFAULT_STOP_TIMEOUT
     agent = Agent.load(args.config, os.environ, args.listen_addr, limits, stop_timeout)
     _configure_logging(args, agent.graph.settings["logging"])
+    agent.on_settings = lambda settings: _configure_logging(args, settings["logging"])
     log.info("configuration %s, working directory %s", args.config.resolve(), Path.cwd())
     _check_privileges()
     stop = _stop_on_signals()

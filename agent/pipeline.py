@@ -10,7 +10,8 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -78,6 +79,7 @@ class Agent:
     metrics, health and components served on ``listen_addr`` (None: not served).
 
     >>> agent = Agent.load(Path("examples/local.alloy"), os.environ, ("127.0.0.1", 12345))
+    >>> agent.on_settings = apply_logging  # called with graph.settings after each reload
     >>> signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     >>> agent.run_until(stop)
     """
@@ -105,6 +107,8 @@ class Agent:
         self._metrics.loaded(True)
         self._reload_requested = threading.Event()
         self._reloading = threading.Lock()
+        # applies the configuration's own blocks (``logging``) again after a reload
+        self.on_settings: Callable[[Mapping[str, Any]], None] = lambda settings: None
 
     @classmethod
     def load(
@@ -162,6 +166,7 @@ class Agent:
                 return self.last_reload_error
             self.last_reload_error = ""
             self._metrics.loaded(True)
+            self.on_settings(self.graph.settings)
             log.info(
                 "configuration reloaded components=%d started=%s",
                 len(self.graph.order),

@@ -209,6 +209,7 @@ class Graph:
             kept = self._matching_nodes(loaded._nodes)
             leaving = [node for node in reversed(self._nodes) if kept.get(node.id) is not node]
             self._stop_nodes(leaving, time.monotonic() + self.stop_timeout)
+            self.settings = loaded.settings
             self._nodes = [kept.get(node.id, node) for node in loaded._nodes]
             self._by_id = {node.id: node for node in self._nodes}
             with self._wakeup:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import time
 from datetime import datetime
 
 import logfmtkv
@@ -81,3 +83,22 @@ def test_the_flags_win_over_the_logging_block(tmp_path):
     records = parse_log(text, "logfmt")
     assert {record["level"] for record in records} <= {"info", "warn", "error"}
     assert "agent started components=1" in [record["msg"] for record in records]
+
+
+def test_a_reload_applies_a_changed_logging_block(tmp_path):
+    with run_agent(CONFIG, tmp_path) as agent:
+        agent.wait_for_metrics()
+        wait_for(lambda: "healthy" in agent.log, 10, "discovery's first scan")
+        quieter = CONFIG.replace('"debug"', '"info"').replace('"json"', '"logfmt"')
+        (tmp_path / "agent.alloy").write_text(quieter)
+        agent.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in agent.log, 10, "the reload")
+        time.sleep(2)  # two discovery scans: their debug lines, were they still written
+        assert agent.stop() == 0
+    lines = agent.log.splitlines()
+    first_logfmt = next(n for n, line in enumerate(lines) if not line.startswith("{"))
+    before = parse_log("\n".join(lines[:first_logfmt]), "json")
+    after = parse_log("\n".join(lines[first_logfmt:]), "logfmt")  # every line after
+    assert "debug" in {record["level"] for record in before}
+    assert {record["level"] for record in after} <= {"info", "warn", "error"}
+    assert after[0]["msg"] == "configuration reloaded components=1 started=none"
