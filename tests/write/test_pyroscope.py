@@ -336,12 +336,22 @@ def test_a_profile_too_large_for_the_push_api_is_counted_as_such(pyroscope, star
     assert len(message) < 400, message  # the 5000 characters of labels are cut out
 
 
+@pytest.mark.parametrize(
+    "stop_timeout, stop_began_s_ago",
+    [(0.5, 0), (5, 5)],  # the second: the producers' stop took the whole timeout
+    ids=["from its own stop", "from the agent's stop"],
+)
 def test_what_is_queued_or_waiting_to_retry_past_the_stop_timeout_is_counted_stopped(
-    pyroscope,
+    pyroscope, stop_timeout, stop_began_s_ago
 ):
     pyroscope.answers = [Answer(503)] * 10
     options = ComponentOptions(
-        "pyroscope.write.s", lambda _: None, {}, threading.Lock(), stop_timeout=0.5
+        "pyroscope.write.s",
+        lambda _: None,
+        {},
+        threading.Lock(),
+        stop_timeout=stop_timeout,
+        stop_started=lambda: time.monotonic() - stop_began_s_ago,
     )
     arguments = write_to(
         pyroscope.url, min_backoff_period=Duration(30), max_backoff_period=Duration(30)
@@ -353,35 +363,11 @@ def test_what_is_queued_or_waiting_to_retry_past_the_stop_timeout_is_counted_sto
     for number in range(3):
         component.append(profile(number))
     wait_until(lambda: "HTTP 503" in component.health().message)  # the first one waits
-    stop.set()
-    thread.join(5)
-    assert drops(component, pyroscope.url) == {"stopped": 3}
-
-
-def test_the_stop_timeout_counts_from_the_start_of_the_whole_stop(pyroscope):
-    pyroscope.answers = [Answer(503)] * 10
-    options = ComponentOptions(
-        "pyroscope.write.s",
-        lambda _: None,
-        {},
-        threading.Lock(),
-        stop_timeout=5,
-        stop_started=lambda: time.monotonic() - 5,  # the producers' stop took it all
-    )
-    arguments = write_to(
-        pyroscope.url, min_backoff_period=Duration(30), max_backoff_period=Duration(30)
-    )
-    component = PyroscopeWrite(options, arguments)
-    stop = threading.Event()
-    thread = threading.Thread(target=component.run, args=(stop,))
-    thread.start()
-    component.append(profile())
-    wait_until(lambda: "HTTP 503" in component.health().message)
     stopped = time.monotonic()
     stop.set()
     thread.join(10)
-    assert time.monotonic() - stopped < 1  # no budget left: not 5 s more
-    assert drops(component, pyroscope.url) == {"stopped": 1}
+    assert time.monotonic() - stopped < stop_timeout - stop_began_s_ago + 1
+    assert drops(component, pyroscope.url) == {"stopped": 3}
 
 
 def test_a_server_stalling_past_remote_timeout_is_retried(pyroscope, start):
