@@ -100,6 +100,8 @@ class ProfilesPage:
         profiles = self.recent.last(target, count)
         if not profiles:
             return _not_held()
+        if len(profiles) == 1:
+            return HTTPStatus.OK, "application/octet-stream", profiles[0].data  # as it was sent
         merged = merge_profiles(read_profile(p.data) for p in profiles)
         return HTTPStatus.OK, "application/octet-stream", encode_profile(merged)
 

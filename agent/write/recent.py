@@ -46,8 +46,7 @@ class RecentProfiles:
         self.intervals = intervals
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._rings: dict[str, collections.deque[LabeledProfile]] = {}
-        self._labels: dict[str, dict[str, str]] = {}
+        self._rings: dict[str, collections.deque[LabeledProfile]] = {}  # never empty
         self._bytes = 0
         registry = registry if registry is not None else CollectorRegistry()
         Gauge(
@@ -80,7 +79,6 @@ class RecentProfiles:
             ring = self._rings.get(target)
             if ring is None:
                 ring = self._rings[target] = collections.deque()
-                self._labels[target] = dict(profile.labels)
             if len(ring) == self.intervals:
                 self._bytes -= _size(ring.popleft())
             ring.append(profile)
@@ -91,7 +89,7 @@ class RecentProfiles:
     def targets(self) -> dict[str, dict[str, str]]:
         """Each target held, by its id, with its labels."""
         with self._lock:
-            return {target: dict(self._labels[target]) for target in self._rings}
+            return {target: dict(ring[-1].labels) for target, ring in self._rings.items()}
 
     def last(self, target: str, count: int) -> list[LabeledProfile]:
         """The newest ``count`` profiles of ``target``, oldest first; [] if it has none."""
@@ -106,7 +104,6 @@ class RecentProfiles:
         self._evicted.inc()
         if not ring:
             del self._rings[target]
-            del self._labels[target]
 
 
 def target_id(labels: Mapping[str, str]) -> str:

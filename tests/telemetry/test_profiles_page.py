@@ -105,6 +105,13 @@ def test_the_page_lists_the_target_and_shows_its_flame_graph(agent_page, tmp_pat
     assert 100 * widest["width"] / root["width"] == pytest.approx(100 * hot.total_fraction, abs=2)
 
 
+def test_one_interval_downloads_as_it_was_written(agent_page):
+    agent, files = agent_page
+    target = httpx.get(f"http://127.0.0.1:{agent.port}/profiles/").text.split('href="')[1][:16]
+    downloaded = agent.get(f"/profiles/{target}/last-1.pb.gz").content
+    assert downloaded == newest(files, 1)[0][1]  # the bytes pyroscope.file wrote
+
+
 def test_the_page_only_reads(agent_page):
     agent, _ = agent_page
     target = httpx.get(f"http://127.0.0.1:{agent.port}/profiles/").text.split('href="')[1][:16]
