@@ -29,6 +29,14 @@ def _interpreters() -> list[pytest.param]:
     return params
 
 
+def only_on(*ids: str) -> pytest.MarkDecorator:
+    """Runs a test on these interpreters alone ("pyenv-3.8", "debian-3.11"): for what
+    does not depend on the interpreter's version, to keep the suite short."""
+    chosen = [param for param in _interpreters() if param.id in ids]
+    assert len(chosen) == len(ids), f"unknown interpreter among {ids}"
+    return pytest.mark.parametrize("interpreter", chosen, indirect=True)
+
+
 @pytest.fixture(params=_interpreters())
 def interpreter(request: pytest.FixtureRequest) -> tuple[Path, tuple[int, int]]:
     """(path of a real interpreter, its minor version); skipped where absent."""
