@@ -243,6 +243,7 @@ class Profiler:
         for pid in [pid for pid, seen in self._pending.items() if seen < deadline]:
             if not self._decide(pid, wait=False):
                 self._count_unattributed(self._held.pop(pid, []))
+                self._symbolizer.forget(pid)  # its maps were read while it waited
 
     def _handle(self, event: PidEvent) -> None:
         pid = event.pid
@@ -273,7 +274,10 @@ class Profiler:
         destinations = tuple(self._classify(self.facts(pid)))
         if not destinations and wait and pid not in self._routes:
             # Never decided: wait a little for discovery before ignoring it.
-            first_seen = self._pending.setdefault(pid, self._clock())
+            first_seen = self._pending.get(pid)
+            if first_seen is None:
+                first_seen = self._pending[pid] = self._clock()
+                self._read_maps_while_pending(pid)
             if self._clock() - first_seen <= _PENDING_S:
                 return ()
         self._pending.pop(pid, None)
@@ -282,6 +286,15 @@ class Profiler:
         else:
             self._route(pid, destinations)
         return destinations
+
+    def _read_maps_while_pending(self, pid: int) -> None:
+        """Read the maps of a process that waits for discovery: one that lives a few
+        hundred milliseconds is gone when it is decided, and its held samples are
+        named from what is read now."""
+        try:
+            self._symbolizer.add_process(pid)
+        except ProcessError as exc:
+            log.debug("user frames of pid %d cannot be named: %s", pid, exc.reason)
 
     def _start_profiling(
         self, pid: int, destinations: tuple[Destination, ...], *, tracked_only: bool = True
