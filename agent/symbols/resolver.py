@@ -247,7 +247,8 @@ class Symbolizer:
         return True
 
     def _refresh(self, pid: int, process: _Process) -> None:
-        """Re-read the maps of ``pid`` and open each code file not parsed nor open yet."""
+        """Re-read the maps of ``pid`` and open each code file not parsed nor open yet;
+        a file another process mapped and whose table is kept is not opened again."""
         mappings = sorted(
             (m for m in read_maps(pid, self._proc_root) if m.is_exec), key=lambda m: m.start
         )
@@ -256,10 +257,22 @@ class Symbolizer:
         process.frames.clear()
         for entry in mappings:
             key = _file_key(entry)
-            if entry.is_file and key not in process.tables and key not in process.streams:
-                stream = self._open(pid, entry)
-                if stream is not None:
-                    process.streams[key] = stream
+            if not entry.is_file or key in process.tables or key in process.streams:
+                continue
+            known = self._kept_table(key)
+            if known is not None:
+                process.tables[key] = known
+                continue
+            stream = self._open(pid, entry)
+            if stream is not None:
+                process.streams[key] = stream
+
+    def _kept_table(self, key: _FileKey) -> ElfInfo | None:
+        """The table of the file ``key`` if it was parsed before and is still kept."""
+        build_id = self._build_ids.get(key)
+        if build_id is None:
+            return None
+        return self._by_build_id.get(build_id) if build_id else self._by_file.get(key)
 
     def _open(self, pid: int, entry: MapEntry) -> BinaryIO | None:
         try:

@@ -129,6 +129,32 @@ def test_library_shared_by_two_processes_is_parsed_once(binaries, run_workload, 
     assert symbolizer.tables_parsed == 2
 
 
+def test_a_file_whose_table_is_kept_is_not_opened_for_the_next_process(
+    binaries, run_workload, symbolizer
+):
+    first = run_workload(binaries.with_library)
+    assert names(symbolizer.resolve_user(first.pid, [first.addresses["lib_work"]])) == ["lib_work"]
+    second = run_workload(binaries.with_library)
+    before = open_fds()
+    symbolizer.add_process(second.pid)
+    # the library's table is kept: only the files not parsed yet are opened
+    assert open_fds() - before == count_code_files(second.pid) - 1
+    second.stop()  # gone: named from the kept table all the same
+    frames = symbolizer.resolve_user(second.pid, [second.addresses["lib_work"]])
+    assert names(frames) == ["lib_work"]
+    assert symbolizer.tables_parsed == 1
+
+
+def count_code_files(pid: int) -> int:
+    """The distinct files ``pid`` maps executable, by device and inode."""
+    files = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        _, permissions, _, device, inode, *path = line.split()
+        if "x" in permissions and inode != "0":
+            files.add((device, inode))
+    return len(files)
+
+
 def test_copies_with_one_build_id_share_a_table(binaries, run_workload, symbolizer, tmp_path):
     workloads = []
     for copy in ("one", "two"):
