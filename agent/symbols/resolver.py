@@ -23,6 +23,7 @@ from agent.symbols.kallsyms import KernelSymbols, read_kallsyms
 from agent.symbols.minidebuginfo import read_minidebuginfo
 from agent.symbols.perfmap import DEFAULT_MAX_BYTES, PerfMap
 from agent.symbols.procmaps import MapEntry, open_mapped_file, read_maps
+from agent.symbols.vdso import VDSO_PATH, read_own_vdso
 
 __all__ = ["Symbolizer"]
 
@@ -88,8 +89,9 @@ class Symbolizer:
     a file, and ``same_file_cache_size`` tables of files without a build id,
     by device and inode. A binary without ``.symtab`` is completed from its
     separate debug file; anonymous code is named by the process's perf map, if
-    it is a regular file of at most ``perf_map_max_bytes``; ELF names are
-    demangled in the ``demangle`` mode (see agent.symbols.demangle).
+    it is a regular file of at most ``perf_map_max_bytes``, and the vDSO by our
+    own (agent.symbols.vdso); ELF names are demangled in the ``demangle`` mode
+    (see agent.symbols.demangle).
 
     >>> with Symbolizer() as symbolizer:
     ...     symbolizer.add_process(pid)
@@ -127,6 +129,7 @@ class Symbolizer:
         self._build_ids: LruCache[_FileKey, str] = LruCache(_BUILD_IDS_KEPT)
         self._demangler = Demangler(demangle)
         self._function_start: Callable[[str, int], int | None] | None = None
+        self._vdso: tuple[int, ElfInfo | None] | None = None  # read at its first frame
         self.tables_parsed = 0
         self.errors: dict[str, int] = {}
 
@@ -286,7 +289,7 @@ class Symbolizer:
     ) -> Frame:
         if entry is None:
             return _unknown(address)
-        info = self._elf_info(pid, process, entry) if entry.is_file else None
+        info = self._elf_info(pid, process, entry) if entry.is_file else self._vdso_table(entry)
         offset = lookup - entry.start + entry.offset
         name = None
         if info is not None:
@@ -306,6 +309,15 @@ class Symbolizer:
             build_id=info.build_id if info else "",
         )
         return Frame(name=name, address=address, mapping=mapping)
+
+    def _vdso_table(self, entry: MapEntry) -> ElfInfo | None:
+        """Our own vDSO's table for a process's ``[vdso]`` of the same size (read once)."""
+        if entry.path != VDSO_PATH:
+            return None
+        if self._vdso is None:
+            self._vdso = read_own_vdso() or (0, None)
+        size, info = self._vdso
+        return info if entry.end - entry.start == size else None
 
     def set_function_starts(self, function_start: Callable[[str, int], int | None]) -> None:
         """Name code without a symbol by the start of its function, which

@@ -219,7 +219,8 @@ FAKE_PID = 4242
 
 @pytest.fixture
 def fake_proc(tmp_path):
-    """A /proc with one process mapping a corrupt file, a missing one, vdso and JIT-like memory."""
+    """A /proc with one process mapping a corrupt file, a missing one, a vdso of one page
+    (not ours: another image, so offsets) and JIT-like memory."""
     process = tmp_path / str(FAKE_PID)
     (process / "root" / "app").mkdir(parents=True)
     (process / "root" / "app" / "broken.so").write_bytes(b"\x7fELF but not really" * 8)
