@@ -355,6 +355,21 @@ class EbpfComponent:
     class Exports:
         """pyroscope.ebpf exports nothing."""
 
+    @staticmethod
+    def check_together(arguments: Mapping[str, EbpfArguments]) -> None:
+        """ConfigError if two components of one configuration differ in a sampler
+        argument: found at load, so a reload to such a configuration is refused
+        while the running one goes on."""
+        if not arguments:
+            return
+        first_id, first = next(iter(arguments.items()))
+        for ours_id, ours in arguments.items():
+            conflict = _sampler_conflict(
+                ours_id, _sampler_settings(ours), first_id, _sampler_settings(first)
+            )
+            if conflict:
+                raise ConfigError(conflict)
+
     def __init__(self, options: ComponentOptions, arguments: EbpfArguments) -> None:
         self._options = options
         _claim_sampler_settings(options, arguments)
@@ -554,22 +569,36 @@ class EbpfComponent:
 def _claim_sampler_settings(options: ComponentOptions, arguments: EbpfArguments) -> None:
     """Record this component's sampler settings; ConfigError if they differ from
     another pyroscope.ebpf's, since all of them share one sampler."""
-    settings = {name: getattr(arguments, name) for name in SAMPLER_ARGUMENTS}
+    settings = _sampler_settings(arguments)
     with options.shared_lock:
         claimed = options.shared.setdefault(_SETTINGS_KEY, {})
         for other, theirs in claimed.items():
-            if other == options.id:
-                continue
-            differ = [name for name in SAMPLER_ARGUMENTS if settings[name] != theirs[name]]
-            if differ:
-                shown = ", ".join(f"{n} = {settings[n]!r}" for n in differ)
-                theirs_shown = ", ".join(f"{n} = {theirs[n]!r}" for n in differ)
-                raise ConfigError(
-                    f"{options.id} has {shown} but {other} has {theirs_shown}: every "
-                    "pyroscope.ebpf of an agent shares one BPF program and symbolizer, "
-                    "so these arguments must be the same in all of them"
-                )
+            conflict = other != options.id and _sampler_conflict(
+                options.id, settings, other, theirs
+            )
+            if conflict:
+                raise ConfigError(conflict)
         claimed[options.id] = settings
+
+
+def _sampler_settings(arguments: EbpfArguments) -> dict[str, Any]:
+    return {name: getattr(arguments, name) for name in SAMPLER_ARGUMENTS}
+
+
+def _sampler_conflict(
+    ours_id: str, ours: Mapping[str, Any], theirs_id: str, theirs: Mapping[str, Any]
+) -> str:
+    """What two components' sampler settings disagree on, said for the user; "" if nothing."""
+    differ = [name for name in SAMPLER_ARGUMENTS if ours[name] != theirs[name]]
+    if not differ:
+        return ""
+    shown = ", ".join(f"{n} = {ours[n]!r}" for n in differ)
+    theirs_shown = ", ".join(f"{n} = {theirs[n]!r}" for n in differ)
+    return (
+        f"{ours_id} has {shown} but {theirs_id} has {theirs_shown}: every "
+        "pyroscope.ebpf of an agent shares one BPF program and symbolizer, "
+        "so these arguments must be the same in all of them"
+    )
 
 
 def _metrics_of(options: ComponentOptions) -> BoundEbpfMetrics:

@@ -9,8 +9,10 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agent.config import Graph
 from agent.config.component import ComponentOptions
 from agent.errors import ConfigError
+from agent.pipeline import KINDS
 from agent.pyroscope_ebpf import EbpfComponent, Sampler
 
 TWO_RATES = """
@@ -28,15 +30,28 @@ pyroscope.ebpf "slow" {
 """
 
 
-def test_two_components_with_different_sample_rates_are_refused_at_load(emberscope, tmp_path):
+@pytest.mark.parametrize(
+    "command", [["run", "--server.http.listen-addr=127.0.0.1:0"], ["check-config"]]
+)
+def test_two_components_with_different_sample_rates_are_refused_at_load(
+    emberscope, tmp_path, command
+):
     config = tmp_path / "two.alloy"
     config.write_text(TWO_RATES)
-    result = emberscope("run", "--server.http.listen-addr=127.0.0.1:0", str(config))
+    result = emberscope(*command, str(config))
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert "pyroscope.ebpf.slow has sample_rate = 49" in message, result.stderr
     assert "pyroscope.ebpf.fast has sample_rate = 199" in message
     assert "Traceback" not in result.stderr
+
+
+def test_a_reload_to_components_that_disagree_is_refused_before_anything_stops():
+    # Graph.reload loads the new configuration first: refused there, nothing changes
+    with pytest.raises(ConfigError, match="pyroscope.ebpf.slow has sample_rate = 49"):
+        Graph.load(TWO_RATES, KINDS)
+    agreeing = TWO_RATES.replace("sample_rate = 49", "sample_rate = 199")
+    Graph.load(agreeing, KINDS)
 
 
 def test_components_may_differ_in_their_own_arguments_and_a_change_is_checked():

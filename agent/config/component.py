@@ -178,6 +178,11 @@ class Component(Protocol):
     ``__init__`` validates nothing beyond what ``Arguments`` did and must not
     block; ``run`` does the work until ``stop`` is set; ``update`` may be
     called from another thread while ``run`` runs.
+
+    Optional: a static ``check_together(arguments)`` is given the arguments of
+    every component of the kind at load (id -> arguments) and raises ConfigError
+    when they may not run side by side; ``restart_needed(arguments)`` says a
+    reload must create the component again instead of updating it.
     """
 
     Arguments: ClassVar[type]

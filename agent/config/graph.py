@@ -129,6 +129,7 @@ class Graph:
         graph = cls(ordered, environ, registry, shared, settings, kinds, blocks)
         for node in ordered:
             node.arguments = decode(node.block, node.kind.Arguments, scope)
+        _check_together(ordered)
         return graph
 
     @property
@@ -353,6 +354,18 @@ def _read(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
     return decode_source(data, str(path))
+
+
+def _check_together(nodes: list[_Node]) -> None:
+    """Let each kind that declares ``check_together`` see the arguments of all its
+    components at once (id -> arguments): those that must agree with one another."""
+    by_kind: dict[type, dict[str, Any]] = {}
+    for node in nodes:
+        by_kind.setdefault(node.kind, {})[node.id] = node.arguments
+    for kind, arguments in by_kind.items():
+        check = getattr(kind, "check_together", None)
+        if check is not None:
+            check(arguments)
 
 
 def _decode_settings(
