@@ -234,9 +234,13 @@ class Profiler:
             self._python.retry()
 
     def reclassify(self) -> None:
-        """Decide again for every known process: the targets have changed."""
+        """Decide again for every known process: the targets have changed. One that
+        exited keeps its routes until the collection that takes its last samples:
+        they were taken while it matched them, and its target may leave with it
+        (discovery drops an exited process before the next collection)."""
         for pid in [*self._routes, *self._pending]:
-            self._decide(pid)
+            if pid not in self._exited or not self._routes.get(pid):
+                self._decide(pid)
 
     def _expire_pending(self) -> None:
         deadline = self._clock() - _PENDING_S

@@ -24,9 +24,12 @@ from tests.discovery.test_containers import Cgroups, cgroup2_root
 pytestmark = pytest.mark.usefixtures("bpf_ready")
 
 
-def process_config(folder: Path, output: Path, rate: int, pid_map_size: int) -> str:
+def process_config(
+    folder: Path, output: Path, rate: int, pid_map_size: int, interval: str = "1s"
+) -> str:
     arguments = (
-        f'  collect_interval = "1s"\n  sample_rate = {rate}\n  pid_map_size = {pid_map_size}\n'
+        f'  collect_interval = "{interval}"\n  sample_rate = {rate}\n'
+        f"  pid_map_size = {pid_map_size}\n"
     )
     return workload_config(folder, output, ebpf=arguments)
 
@@ -186,7 +189,10 @@ pyroscope.file "out" {{
 @pytest.mark.parametrize("target", ["container", "process"])
 def test_processes_living_30_to_200_ms_keep_their_samples(build_workload, tmp_path, target):
     """Each burner exits before the agent can read its /proc entry: it is
-    matched by the cgroup or the discovery the kernel and procevents saw."""
+    matched by the cgroup or the discovery the kernel and procevents saw.
+    Processes at the default 15 s interval: a collection comes after discovery
+    has dropped most of them (10 s after their exit), and after far more of them
+    than the pid cache holds (32) have started."""
     churner = build_workload("churn")
     output = tmp_path / "out"
     container_id = os.urandom(32).hex()
@@ -194,7 +200,7 @@ def test_processes_living_30_to_200_ms_keep_their_samples(build_workload, tmp_pa
         config = CONTAINER_CONFIG.format(container_id=container_id, output=output)
         service = "burners"
     else:
-        config = process_config(churner.parent, output, rate=97, pid_map_size=2048)
+        config = process_config(churner.parent, output, rate=97, pid_map_size=2048, interval="15s")
         service = churner.name
     cgroups = Cgroups(cgroup2_root())
     with run_agent(config, tmp_path) as agent:

@@ -130,6 +130,22 @@ def test_an_exited_process_is_forgotten_after_its_last_samples(clock):
     assert len(recorder.samples) == 1
 
 
+def test_an_exited_process_keeps_its_target_until_its_last_samples_are_taken(clock):
+    recorder = Recorder()
+    targets = {9: recorder}
+    profiler, session, _ = make(targets, clock)
+    session.events = [PidEvent(PidEventType.NEW, 9, 1)]
+    profiler.poll()
+    session.events = [PidEvent(PidEventType.EXIT, 9, 0)]
+    profiler.poll()
+    del targets[9]  # discovery drops the exited process before the collection
+    profiler.reclassify()
+    session.counts = [RawSample(9, (0x2,), (), 4)]
+    profiler.collect()
+    assert recorder.samples == [(9, ["user_2"], 4)]
+    assert profiler.unattributed["no_target"] == 0
+
+
 def test_exec_rereads_the_maps_of_a_profiled_process(clock):
     profiler, session, symbolizer = make({5: Recorder()}, clock)
     session.events = [PidEvent(PidEventType.NEW, 5, 1), PidEvent(PidEventType.EXEC, 5, 0)]

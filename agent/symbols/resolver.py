@@ -34,6 +34,9 @@ _REFRESH_EVERY_S = 1.0
 # A JIT appends to its perf map all the time: look at it at most this often.
 _PERF_MAP_EVERY_S = 1.0
 _BUILD_IDS_KEPT = 1024
+# Exited processes pushed out of the pid cache, kept until the collection that names
+# their last samples forgets them; a bound in case an exit is never heard of.
+_EXITED_KEPT = 4096
 # Resolved frames kept per process (about 200 bytes each), emptied when full.
 _FRAMES_PER_PROCESS = 8192
 
@@ -84,7 +87,8 @@ class Symbolizer:
     when a process is added, so a process that exits afterwards still resolves.
 
     Three LRUs of exactly the sizes given hold what is kept:
-    ``pid_cache_size`` processes (evicting one closes its files),
+    ``pid_cache_size`` processes (evicting one closes its files; one that exited
+    is kept aside, its files parsed, until ``forget``),
     ``build_id_cache_size`` symbol tables by build id, shared by every copy of
     a file, and ``same_file_cache_size`` tables of files without a build id,
     by device and inode. A binary without ``.symtab`` is completed from its
@@ -118,8 +122,9 @@ class Symbolizer:
         self._kallsyms_path = kallsyms_path
         self._kernel: KernelSymbols | None = None
         self._kernel_failed = False
-        self._processes: LruCache[int, _Process] = LruCache(
-            pid_cache_size, on_evict=lambda _pid, process: process.close()
+        self._processes: LruCache[int, _Process] = LruCache(pid_cache_size, self._evicted)
+        self._exited: LruCache[int, _Process] = LruCache(
+            _EXITED_KEPT, on_evict=lambda _pid, process: process.close()
         )
         # The same build id reached through another inode (one library in many
         # container images) shares a table; files without one go by (dev, inode).
@@ -152,22 +157,40 @@ class Symbolizer:
         else:
             self._refresh(pid, process)
 
+    def _evicted(self, pid: int, process: _Process) -> None:
+        """A process pushed out of the pid cache. Still running, it is closed: its maps
+        can be read again. Gone, its names cannot, so it is kept (its files parsed now,
+        its resolved frames dropped) until ``forget``, which the collection that names
+        its last samples calls: a busy node starts more processes in one interval than
+        the cache holds."""
+        if os.path.exists(f"{self._proc_root}/{pid}/exe"):
+            process.close()
+            return
+        for entry in process.mappings:
+            if entry.is_file and _file_key(entry) in process.streams:
+                self._elf_info(pid, process, entry)
+        process.frames.clear()
+        self._exited.put(pid, process)
+
     def _add(self, pid: int) -> _Process:
         # The maps are read before any file is opened: a failure leaks nothing.
         process = _Process([], [])
         self._refresh(pid, process)
+        self.forget(pid)  # an exited process whose pid is used again
         self._processes.put(pid, process)
         return process
 
     def forget(self, pid: int) -> None:
         """Drop what is kept of ``pid`` and close its files."""
-        process = self._processes.pop(pid)
-        if process is not None:
-            process.close()
+        for kept in (self._processes, self._exited):
+            process = kept.pop(pid)
+            if process is not None:
+                process.close()
 
     def close(self) -> None:
-        for pid, _ in self._processes.items():
-            self.forget(pid)
+        for kept in (self._processes, self._exited):
+            for pid, _ in kept.items():
+                self.forget(pid)
 
     def debug_info(self) -> dict[str, Any]:
         """The caches' sizes, counters and entries, least recently used first."""
@@ -175,6 +198,7 @@ class Symbolizer:
             "pid_cache": {
                 **self._processes.stats(),
                 "entries": [_process_info(pid, p) for pid, p in self._processes.items()],
+                "exited_kept": len(self._exited),
             },
             "build_id_cache": {
                 **self._by_build_id.stats(),
@@ -233,7 +257,7 @@ class Symbolizer:
         return frames
 
     def _process(self, pid: int) -> _Process | None:
-        process = self._processes.get(pid)
+        process = self._processes.get(pid) or self._exited.get(pid)
         if process is None:
             try:
                 process = self._add(pid)

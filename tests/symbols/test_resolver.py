@@ -106,6 +106,29 @@ def test_process_that_exited_after_add_process_still_resolves(
     )
 
 
+def test_an_exited_process_pushed_out_of_the_pid_cache_resolves_until_forgotten(
+    binaries, run_workload
+):
+    with Symbolizer(pid_cache_size=1) as symbolizer:
+        gone = run_workload(binaries.pie)
+        symbolizer.add_process(gone.pid)
+        gone.stop()
+        alive = run_workload(binaries.pie)
+        symbolizer.add_process(alive.pid)  # pushes the exited one out of the cache
+        assert symbolizer.debug_info()["pid_cache"]["exited_kept"] == 1
+        stack = [gone.addresses[f] for f in WORKLOAD_FUNCTIONS]
+        assert names([symbolizer.resolve_user(gone.pid, [a])[0] for a in stack]) == list(
+            WORKLOAD_FUNCTIONS
+        )
+        symbolizer.forget(gone.pid)  # its last samples are named
+        assert symbolizer.debug_info()["pid_cache"]["exited_kept"] == 0
+        assert symbolizer.resolve_user(gone.pid, stack[:1])[0].name.startswith("[unknown]")
+        # one still running is closed when pushed out, and read again when needed
+        symbolizer.add_process(run_workload(binaries.pie).pid)
+        assert symbolizer.debug_info()["pid_cache"]["exited_kept"] == 0
+        assert names(symbolizer.resolve_user(alive.pid, [alive.addresses["beta"]])) == ["beta"]
+
+
 def test_deleted_binary_resolves_through_map_files(binaries, run_workload, symbolizer, tmp_path):
     program = tmp_path / "replaced"
     shutil.copy(binaries.pie, program)
