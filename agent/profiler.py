@@ -247,7 +247,7 @@ class Profiler:
         for pid in [pid for pid, seen in self._pending.items() if seen < deadline]:
             if not self._decide(pid, wait=False):
                 self._count_unattributed(self._held.pop(pid, []))
-                self._symbolizer.forget(pid)  # its maps were read while it waited
+                self._forget_pending(pid)
 
     def _handle(self, event: PidEvent) -> None:
         pid = event.pid
@@ -281,7 +281,7 @@ class Profiler:
             first_seen = self._pending.get(pid)
             if first_seen is None:
                 first_seen = self._pending[pid] = self._clock()
-                self._read_maps_while_pending(pid)
+                self._prepare_pending(pid)
             if self._clock() - first_seen <= _PENDING_S:
                 return ()
         self._pending.pop(pid, None)
@@ -291,14 +291,24 @@ class Profiler:
             self._route(pid, destinations)
         return destinations
 
-    def _read_maps_while_pending(self, pid: int) -> None:
+    def _prepare_pending(self, pid: int) -> None:
         """Read the maps of a process that waits for discovery: one that lives a few
         hundred milliseconds is gone when it is decided, and its held samples are
-        named from what is read now."""
+        named from what is read now. It is walked whole from now on when the tables
+        of its files are loaded already (another process of the same program)."""
         try:
             self._symbolizer.add_process(pid)
+            if self._unwinder is not None and self._unwinder.add(pid, placed_only=True):
+                self._unwind_refreshed[pid] = (self._clock(), 0.0)
         except ProcessError as exc:
             log.debug("user frames of pid %d cannot be named: %s", pid, exc.reason)
+
+    def _forget_pending(self, pid: int) -> None:
+        """What ``_prepare_pending`` kept of a process that matched no target."""
+        self._symbolizer.forget(pid)
+        if self._unwinder is not None:
+            self._unwinder.forget(pid)
+        self._unwind_refreshed.pop(pid, None)
 
     def _start_profiling(
         self, pid: int, destinations: tuple[Destination, ...], *, tracked_only: bool = True

@@ -234,24 +234,30 @@ def test_processes_living_30_to_200_ms_keep_their_samples(build_workload, tmp_pa
             cgroups.close([burners.pid])
     samples = samples_of(output, service)
     expected = 97 * cpu_s
-    unnamed = unnamed_samples(output, service, churner.name)
+    unnamed, whole = stack_quality(output, service, churner.name)
     print(
         f"{target}: {samples} samples for {cpu_s:.1f} CPU s ({samples / expected:.0%}), "
-        f"{unnamed} with a user frame not named"
+        f"{unnamed} with a user frame not named, {whole} walked to main"
     )
     assert samples >= 0.9 * expected, agent.log[-3000:]
     # their maps were read while they lived: gone when written, still named
     assert unnamed <= 0.1 * samples
+    # walked whole from their first samples on: the program's tables are loaded
+    assert whole >= 0.7 * samples
 
 
-def unnamed_samples(output: Path, service: str, executable: str) -> int:
-    """Samples with a user frame the agent could not name: in no mapping it read
-    ("[unknown]"), or in the executable but named by its offset."""
-    unnamed = 0
+def stack_quality(output: Path, service: str, executable: str) -> tuple[int, int]:
+    """Samples with a user frame the agent could not name (in no mapping it read,
+    "[unknown]", or in the executable but named by its offset), and samples whose
+    stack reaches ``main``."""
+    unnamed = whole = 0
     for _, profile in profiles_in(output, service):
         frames = location_frames(profile)
         for sample in profile.sample:
             names = [frame.name for id in sample.location_id for frame in frames[id]]
+            count = sample.value[0] // profile.period
             if any(n.startswith(("[unknown]", f"{executable}+0x")) for n in names):
-                unnamed += sample.value[0] // profile.period
-    return unnamed
+                unnamed += count
+            if "main" in names:
+                whole += count
+    return unnamed, whole

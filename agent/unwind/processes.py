@@ -95,23 +95,32 @@ class NativeUnwinder:
         )
         self.counters: Counter[str] = Counter()
 
-    def add(self, pid: int) -> bool:
+    def add(self, pid: int, *, placed_only: bool = False) -> bool:
         """Load the tables of ``pid``'s executable mappings and mark it for native
-        walking; False when it is gone. Raises ProcessError when its maps cannot be read."""
+        walking; False when it is gone. Raises ProcessError when its maps cannot be read.
+
+        With ``placed_only``, nothing is built: ``pid`` is walked with tables only if
+        every file it maps has its table in the kernel already (another process of the
+        same program), else False. For a process not decided yet, at little cost.
+        """
+        entries = [e for e in read_maps(pid) if e.is_exec]
+        if placed_only and not all(self._placed(pid, e) for e in entries if e.is_file):
+            return False
         self._processes.setdefault(pid, _Process())
-        self.refresh(pid)
+        self.refresh(pid, entries)
         if not self._session.set_native(pid):
             self.forget(pid)
             return False
         return True
 
-    def refresh(self, pid: int) -> bool:
-        """Follow ``pid``'s mappings: tables for new ones, removal of unmapped
-        ones; whether anything changed."""
+    def refresh(self, pid: int, entries: list[MapEntry] | None = None) -> bool:
+        """Follow ``pid``'s mappings (``entries``, else read again): tables for new
+        ones, removal of unmapped ones; whether anything changed."""
         process = self._processes.get(pid)
         if process is None:
             return False
-        entries = [e for e in read_maps(pid) if e.is_exec]
+        if entries is None:
+            entries = [e for e in read_maps(pid) if e.is_exec]
         current = {(e.start, e.end) for e in entries}
         gone = [span for span in process.mappings if span not in current]
         for span in gone:
@@ -177,22 +186,33 @@ class NativeUnwinder:
         if file is not None:
             file.users.discard(pid)
 
-    def _placed_file(self, pid: int, entry: MapEntry) -> tuple[_FileKey, _File, int] | None:
-        """The file's table in the kernel and the mapping's bias; None: no table.
-
-        A file's build ID and segments are read once per inode: a node starting
-        processes all day maps the same few libraries into each of them.
-        """
-        inode = (entry.dev_major, entry.dev_minor, entry.inode)
+    def _placed(self, pid: int, entry: MapEntry) -> bool:
+        """Whether the file of ``entry`` needs no table built: one is in the kernel,
+        or none can be had."""
         try:
-            layout = self._layouts.get(inode)
-            if layout is None:
-                with open_mapped_file(pid, entry) as stream:
-                    layout = read_layout(stream, entry.path)
-                self._layouts.put(inode, layout)
-            build_id, segments = layout
+            build_id, segments = self._layout(pid, entry)
+        except (EmberscopeError, OSError):
+            return True
+        key = _file_key(entry, build_id)
+        return key in self._files or key in self._failed or _bias(entry, segments) is None
+
+    def _layout(self, pid: int, entry: MapEntry) -> tuple[str, tuple[LoadSegment, ...]]:
+        """A file's build ID and segments, read once per inode: a node starting
+        processes all day maps the same few libraries into each of them."""
+        inode = (entry.dev_major, entry.dev_minor, entry.inode)
+        layout = self._layouts.get(inode)
+        if layout is None:
+            with open_mapped_file(pid, entry) as stream:
+                layout = read_layout(stream, entry.path)
+            self._layouts.put(inode, layout)
+        return layout
+
+    def _placed_file(self, pid: int, entry: MapEntry) -> tuple[_FileKey, _File, int] | None:
+        """The file's table in the kernel and the mapping's bias; None: no table."""
+        try:
+            build_id, segments = self._layout(pid, entry)
             bias = _bias(entry, segments)
-            key: _FileKey = ("build-id", build_id) if build_id else ("inode", *inode)
+            key = _file_key(entry, build_id)
             if key in self._files:
                 self._files.move_to_end(key)
                 return key, self._files[key], bias
@@ -258,6 +278,13 @@ class NativeUnwinder:
                 return position
             position = max(position, end)
         return position if self._capacity - position >= rows else None
+
+
+def _file_key(entry: MapEntry, build_id: str) -> _FileKey:
+    """A file's table goes by its build ID, else by device and inode."""
+    if build_id:
+        return ("build-id", build_id)
+    return ("inode", entry.dev_major, entry.dev_minor, entry.inode)
 
 
 def _bias(entry: MapEntry, segments: tuple[LoadSegment, ...]) -> int | None:

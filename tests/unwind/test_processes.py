@@ -91,6 +91,23 @@ def test_a_file_mapped_by_two_processes_is_built_and_placed_once(sleepers):
     assert unwinder.stats()["files_built"] == len(first)
 
 
+def test_placed_only_builds_nothing_and_walks_a_process_whose_files_are_placed(sleepers):
+    session = RecordingSession(1 << 21)
+    unwinder = NativeUnwinder(session)
+    one, two = (p.pid for p in sleepers)
+    assert not unwinder.add(one, placed_only=True)  # no table of its files yet
+    assert unwinder.stats().get("files_built", 0) == 0
+    assert session.native == set() and session.mappings == {}
+    unwinder.add(two)  # decided: its tables are built
+    built = unwinder.stats()["files_built"]
+    assert unwinder.add(one, placed_only=True)  # the same program: nothing to build
+    assert unwinder.stats()["files_built"] == built
+    assert session.native == {one, two}
+    assert {k[1:] for k in session.mappings if k[0] == one} == {
+        (m.start, m.end) for m in read_maps(one) if m.is_exec
+    }
+
+
 def test_forgetting_a_process_removes_its_mappings_and_frees_its_files_for_eviction(sleepers):
     session = RecordingSession(1 << 21)
     unwinder = NativeUnwinder(session)
