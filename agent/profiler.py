@@ -31,7 +31,7 @@ from agent.pprof import ProfileBuilder
 from agent.python import PythonProcesses
 from agent.symbols import Frame, Symbolizer
 from agent.symbols.cache import LruCache
-from agent.symbols.procmaps import read_process_entry, read_stat_fields
+from agent.symbols.procmaps import MapEntry, read_process_entry, read_stat_fields
 from agent.unwind.processes import NativeUnwinder
 
 __all__ = [
@@ -297,8 +297,8 @@ class Profiler:
         named from what is read now. It is walked whole from now on when the tables
         of its files are loaded already (another process of the same program)."""
         try:
-            self._symbolizer.add_process(pid)
-            if self._unwinder is not None and self._unwinder.add(pid, placed_only=True):
+            entries = self._symbolizer.add_process(pid)
+            if self._unwinder is not None and self._unwinder.add(pid, entries, placed_only=True):
                 self._unwind_refreshed[pid] = (self._clock(), 0.0)
         except ProcessError as exc:
             log.debug("user frames of pid %d cannot be named: %s", pid, exc.reason)
@@ -318,15 +318,16 @@ class Profiler:
         A process whose maps cannot be read (gone already, another user
         namespace) is still counted: its user frames stay addresses.
         """
+        entries = None
         try:
-            self._symbolizer.add_process(pid)
+            entries = self._symbolizer.add_process(pid)
         except ProcessError as exc:
             log.debug("user frames of pid %d cannot be named: %s", pid, exc.reason)
         # Python first: the kernel then walks its frames from its first profiled sample
         if self._python is not None:
             self._python.add(pid)
         self._route(pid, destinations, tracked_only=tracked_only)
-        self._start_native(pid)
+        self._start_native(pid, entries)
 
     def _stop_profiling(self, pid: int) -> None:
         """Forget what was kept of ``pid``'s program image (exit, exec)."""
@@ -340,12 +341,13 @@ class Profiler:
         self._settling.pop(pid, None)
         self._routes.pop(pid, None)
 
-    def _start_native(self, pid: int) -> None:
-        """Walk ``pid``'s user stacks with its files' unwind tables from now on."""
+    def _start_native(self, pid: int, entries: list[MapEntry] | None) -> None:
+        """Walk ``pid``'s user stacks with its files' unwind tables from now on
+        (``entries``: its executable mappings, as the symbolizer read them)."""
         if self._unwinder is None:
             return
         try:
-            self._unwinder.add(pid)
+            self._unwinder.add(pid, entries)
         except ProcessError as exc:
             log.debug("no native unwinding for pid %d: %s", pid, exc.reason)
             self._session.set_native(pid, NativeMode.FRAME_POINTERS)
@@ -395,21 +397,24 @@ class Profiler:
 
     def _refresh_settling(self) -> None:
         """Read again the maps of processes that started less than _SETTLE_S ago,
-        every _SETTLE_EVERY_S at most (events wake the poll far more often)."""
+        every _SETTLE_EVERY_S at most (events wake the poll far more often); not
+        those just read."""
         now = self._clock()
         if now - self._settled_at < _SETTLE_EVERY_S:
             return
         self._settled_at = now
         for pid, since in list(self._settling.items()):
+            if now - since < _SETTLE_EVERY_S:
+                continue
             if now - since > _SETTLE_S or not self._reread_maps(pid):
                 del self._settling[pid]
 
     def _reread_maps(self, pid: int) -> bool:
         """Open the files ``pid`` mapped since; False when it is gone."""
         try:
-            self._symbolizer.add_process(pid)
+            entries = self._symbolizer.add_process(pid)
             if self._unwinder is not None:
-                self._unwinder.refresh(pid)
+                self._unwinder.refresh(pid, entries)
         except ProcessError:
             return False
         return True

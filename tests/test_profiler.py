@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from agent import profiler as profiler_module
 from agent.ebpf import PidEvent, PidEventType, PidState, RawSample
 from agent.profiler import ProcessSelection, Profiler
-from agent.symbols import Frame
+from agent.symbols import Frame, Symbolizer, resolver
+from agent.symbols.procmaps import read_maps
+from agent.unwind import NativeUnwinder, processes
+from tests.unwind.test_processes import RecordingSession
 
 
 class ScriptedSession:
@@ -37,8 +42,9 @@ class NamingSymbolizer:
         self.added: list[int] = []
         self.forgotten: list[int] = []
 
-    def add_process(self, pid: int) -> None:
+    def add_process(self, pid: int) -> list:
         self.added.append(pid)
+        return []
 
     def forget(self, pid: int) -> None:
         self.forgotten.append(pid)
@@ -214,3 +220,40 @@ def test_samples_carry_what_the_kernel_saw_at_first_sight():
     profiler.collect()
     assert seen[0].comm == "burner" and seen[0].cgroup_name == "x.scope"
     assert seen[0].ppid == 1 and seen[0].cgroup_id == 77
+
+
+class UnwindingSession(ScriptedSession, RecordingSession):
+    """The scripted kernel with the unwind maps over plain memory."""
+
+    def __init__(self) -> None:
+        ScriptedSession.__init__(self)
+        RecordingSession.__init__(self, 1 << 20)
+
+
+def test_a_new_process_has_its_maps_read_once_for_names_and_tables(clock, monkeypatch):
+    reads: list[int] = []
+
+    def counted(pid, *args):
+        reads.append(pid)
+        return read_maps(pid, *args)
+
+    monkeypatch.setattr(resolver, "read_maps", counted)
+    monkeypatch.setattr(processes, "read_maps", counted)
+    session = UnwindingSession()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with Symbolizer() as symbolizer:
+            profiler = Profiler(
+                session,
+                symbolizer,
+                lambda process: [Recorder()] if process.pid == sleeper.pid else [],
+                unwinder=NativeUnwinder(session),
+                clock=lambda: clock[0],
+            )
+            session.events = [PidEvent(PidEventType.NEW, sleeper.pid, 1)]
+            profiler.poll()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert reads == [sleeper.pid]
+    assert sleeper.pid in session.native  # walked with its tables

@@ -149,13 +149,16 @@ class Symbolizer:
     ) -> None:
         self.close()
 
-    def add_process(self, pid: int) -> None:
-        """Read the maps of ``pid`` and open its code files; ProcessError if it is gone."""
+    def add_process(self, pid: int) -> list[MapEntry]:
+        """Read the maps of ``pid`` and open its code files; return its executable
+        mappings, lowest first (the unwinder takes them: the maps are read once).
+        ProcessError if it is gone."""
         process = self._processes.get(pid)
         if process is None:
-            self._add(pid)
+            process = self._add(pid)
         else:
             self._refresh(pid, process)
+        return process.mappings
 
     def _evicted(self, pid: int, process: _Process) -> None:
         """A process pushed out of the pid cache. Still running, it is closed: its maps

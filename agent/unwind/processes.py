@@ -95,15 +95,19 @@ class NativeUnwinder:
         )
         self.counters: Counter[str] = Counter()
 
-    def add(self, pid: int, *, placed_only: bool = False) -> bool:
-        """Load the tables of ``pid``'s executable mappings and mark it for native
-        walking; False when it is gone. Raises ProcessError when its maps cannot be read.
+    def add(
+        self, pid: int, entries: list[MapEntry] | None = None, *, placed_only: bool = False
+    ) -> bool:
+        """Load the tables of ``pid``'s executable mappings (``entries``, else read)
+        and mark it for native walking; False when it is gone. Raises ProcessError
+        when its maps cannot be read.
 
         With ``placed_only``, nothing is built: ``pid`` is walked with tables only if
         every file it maps has its table in the kernel already (another process of the
         same program), else False. For a process not decided yet, at little cost.
         """
-        entries = [e for e in read_maps(pid) if e.is_exec]
+        if entries is None:
+            entries = [e for e in read_maps(pid) if e.is_exec]
         if placed_only and not all(self._placed(pid, e) for e in entries if e.is_file):
             return False
         self._processes.setdefault(pid, _Process())
@@ -114,8 +118,8 @@ class NativeUnwinder:
         return True
 
     def refresh(self, pid: int, entries: list[MapEntry] | None = None) -> bool:
-        """Follow ``pid``'s mappings (``entries``, else read again): tables for new
-        ones, removal of unmapped ones; whether anything changed."""
+        """Follow ``pid``'s executable mappings (``entries``, else read again): tables
+        for new ones, removal of unmapped ones; whether anything changed."""
         process = self._processes.get(pid)
         if process is None:
             return False
