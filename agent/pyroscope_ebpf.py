@@ -9,6 +9,7 @@ target, and every ``collect_interval`` sends those profiles to its
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -360,13 +361,9 @@ class EbpfComponent:
         """ConfigError if two components of one configuration differ in a sampler
         argument: found at load, so a reload to such a configuration is refused
         while the running one goes on."""
-        if not arguments:
-            return
-        first_id, first = next(iter(arguments.items()))
-        for ours_id, ours in arguments.items():
-            conflict = _sampler_conflict(
-                ours_id, _sampler_settings(ours), first_id, _sampler_settings(first)
-            )
+        settings = {name: _sampler_settings(each) for name, each in arguments.items()}
+        for (earlier_id, earlier), (ours_id, ours) in itertools.pairwise(settings.items()):
+            conflict = _sampler_conflict(ours_id, ours, earlier_id, earlier)
             if conflict:
                 raise ConfigError(conflict)
 

@@ -297,11 +297,13 @@ class Symbolizer:
             if stream is not None:
                 process.streams[key] = stream
 
-    def _kept_table(self, key: _FileKey) -> ElfInfo | None:
-        """The table of the file ``key`` if it was parsed before and is still kept."""
-        build_id = self._build_ids.get(key)
+    def _kept_table(self, key: _FileKey, build_id: str | None = None) -> ElfInfo | None:
+        """The table of the file ``key`` (whose ``build_id`` is looked up when not
+        given) if it was parsed before and is still kept."""
         if build_id is None:
-            return None
+            build_id = self._build_ids.get(key)
+            if build_id is None:
+                return None
         return self._by_build_id.get(build_id) if build_id else self._by_file.get(key)
 
     def _open(self, pid: int, entry: MapEntry) -> BinaryIO | None:
@@ -404,7 +406,7 @@ class Symbolizer:
             if build_id is None:
                 build_id = read_build_id(stream, entry.path)
                 self._build_ids.put(key, build_id)
-            known = self._by_build_id.get(build_id) if build_id else self._by_file.get(key)
+            known = self._kept_table(key, build_id)
             if known is not None:
                 return known
             info = read_elf(stream, entry.path)
