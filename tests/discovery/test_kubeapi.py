@@ -107,9 +107,17 @@ def test_in_cluster_uses_the_service_account_over_tls_and_rereads_its_token(
     try:
         wait_for(lambda: names(recorder) == {"web"})
         assert tls_server.authorizations[0] == "Bearer first-token"
-        (account / "token").write_text("rotated-token\n")
-        tls_server.drop_watches()  # the next watch request carries the new token
-        wait_for(lambda: tls_server.authorizations[-1] == "Bearer rotated-token")
+        # as the kubelet rotates it: a whole new file in its place
+        (account / "token.new").write_text("rotated-token\n")
+        (account / "token.new").replace(account / "token")
+
+        def rotated() -> bool:
+            # the next watch request carries the new token; dropped again in case the
+            # one dropped first was already on its way with the old token
+            tls_server.drop_watches()
+            return tls_server.authorizations[-1] == "Bearer rotated-token"
+
+        wait_for(rotated)
         assert component.health().state == "healthy"
     finally:
         stop.set()
