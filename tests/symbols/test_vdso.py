@@ -18,16 +18,22 @@ def vdso_mapping(pid: int) -> tuple[int, int]:
 
 
 def gdb_names(pid: int, addresses: list[int]) -> list[str]:
-    """The oracle: gdb's ``info symbol`` in the live process, "" where it names none."""
+    """The oracle: gdb's ``info symbol`` in the live process, "" where it names none.
+    Asked twice at most: an attach that fails answers nothing."""
     commands = [arg for a in addresses for arg in ("-ex", f"info symbol {a:#x}")]
-    shown = subprocess.run(
-        ["gdb", "-nx", "-batch", "-p", str(pid), *commands],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    answers = [line for line in shown.splitlines() if " section " in line or "No symbol" in line]
-    assert len(answers) == len(addresses), shown
+    for _ in range(2):
+        shown = subprocess.run(
+            ["gdb", "-nx", "-batch", "-p", str(pid), *commands],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        answers = [
+            line for line in shown.stdout.splitlines() if " section " in line or "No symbol" in line
+        ]
+        if len(answers) == len(addresses):
+            break
+    assert len(answers) == len(addresses), f"{shown.stdout}\n{shown.stderr}"
     return [
         "" if line.startswith("No symbol") else re.split(r" \+ | in section ", line)[0]
         for line in answers
